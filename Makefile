@@ -1,0 +1,72 @@
+# The one task runner: people, CI and the workflows all call these targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --locked
+
+# No telemetry from the tools, and no Python downloads: use the interpreter that is here.
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := true
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON ?= python3
+
+.PHONY: help install data run repro summary test test-fast lint format typecheck ui new-data bench clean
+
+help: ## Show the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
+
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.installed: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --locked
+	@touch $@
+
+install: .venv/.installed ## Create .venv with the locked dependencies (installs uv first if needed)
+
+data: install ## Fetch the data from the DVC remote (the default remote lives in the repository)
+	$(RUN) dvc pull data.dvc feed.dvc
+
+run: data ## The main job: the whole pipeline (validate, prepare, train, evaluate, register) and a summary
+	$(RUN) dvc repro
+	$(RUN) forkcast summary
+
+repro: install ## dvc repro only (reruns just the stages whose inputs changed)
+	$(RUN) dvc repro
+
+summary: install ## Print the summary of the last run
+	$(RUN) forkcast summary
+
+test: install ## All tests, slow end-to-end ones included
+	$(RUN) pytest
+
+test-fast: install ## Tests without the slow end-to-end ones
+	$(RUN) pytest -m "not slow"
+
+lint: install ## Lint and check formatting
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: install ## Format and fix what ruff can
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+typecheck: install ## Type-check the package
+	$(RUN) mypy
+
+ui: install ## Browse runs and registered models in the MLflow UI (http://127.0.0.1:5000)
+	$(RUN) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///.mlflow/mlflow.db}" --port 5000
+
+new-data: data ## Simulate new data: MONTH=2011-03 keeps the feed through that month, else the next month arrives
+	$(RUN) forkcast new-data $(if $(MONTH),--through $(MONTH),--next-month)
+	$(RUN) dvc add data
+
+bench: install ## Time and peak memory of each stage at 10k, 100k and 1M rows
+	$(RUN) python benchmarks/pipeline.py
+
+clean: ## Remove pipeline outputs and the local MLflow store (keeps data and .venv)
+	rm -rf outputs/prepared outputs/model outputs/registry .mlflow

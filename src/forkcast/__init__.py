@@ -1,0 +1,1 @@
+"""Forkcast: a governed machine-learning lifecycle."""

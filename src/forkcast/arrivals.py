@@ -1,0 +1,56 @@
+"""Simulate new data arriving: the training data grows month by month from an upstream feed.
+
+The feed (`feed/`, tracked by `feed.dvc`) stands in for the system new hours come
+from. `arrive` rewrites the training data as the feed's rows up to the end of a
+month, byte for byte, so `dvc add data` then changes `data.dvc` exactly as a real
+data push would.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+
+from forkcast import atomic
+
+
+class ArrivalError(Exception):
+    """The requested month cannot be taken from the feed."""
+
+
+def _months(path: Path, start_date: dt.date) -> pd.Series:
+    days = pd.read_csv(path, usecols=["day"])["day"]
+    dates = pd.Timestamp(start_date) + pd.to_timedelta(days - 1, unit="D")
+    return dates.dt.to_period("M")
+
+
+def arrive(feed: Path, data: Path, start_date: dt.date, through: str | None) -> str:
+    """Write the feed's rows up to the end of month `through` (or the month after `data`'s last) to `data`."""
+    if not feed.exists():
+        raise ArrivalError(f"feed {feed} not found: run `dvc pull` first")
+    feed_months = _months(feed, start_date)
+    if through is None:
+        if not data.exists():
+            raise ArrivalError(f"{data} does not exist yet: start with --through YYYY-MM")
+        last = _months(data, start_date).max()
+        later = feed_months[feed_months > last]
+        if later.empty:
+            raise ArrivalError(f"the feed has no month after {last}: the data already holds all of it")
+        month = later.min()
+    else:
+        try:
+            month = pd.Period(through, freq="M")
+        except ValueError as exc:
+            raise ArrivalError(f"--through must look like YYYY-MM, got '{through}'") from exc
+        if month < feed_months.min() or month > feed_months.max():
+            raise ArrivalError(f"the feed covers {feed_months.min()} .. {feed_months.max()}, not {month}")
+
+    keep = int((feed_months <= month).sum())
+    if not (feed_months.iloc[:keep] <= month).all():
+        raise ArrivalError(f"the feed {feed} is not in time order")
+    lines = feed.read_text().splitlines(keepends=True)
+    atomic.write_text(data, "".join(lines[: keep + 1]))  # +1: the header
+    latest = int((feed_months == month).sum())
+    return f"{data}: {keep:,} rows, {feed_months.min()} .. {month} (the latest month, {month}, has {latest:,})"

@@ -1,0 +1,268 @@
+"""The `forkcast` command: one subcommand per pipeline stage, thin over the stage modules.
+
+Heavy libraries are imported inside each command so that `forkcast --help` is instant.
+Exit codes: 0 success, 1 the data or model failed a check (see the report), 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from forkcast import paths
+
+if TYPE_CHECKING:
+    from forkcast.config import Params
+
+# Not imported from config: building its pydantic models costs half a second that `--help` need not pay.
+PARAMS_FILE = Path("params.yaml")
+
+app = typer.Typer(
+    help="Forkcast: validate, prepare, train, evaluate and register a demand model. "
+    "Run the whole pipeline with `dvc repro` (or `make run`).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rendering it with rich costs half a second
+)
+
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="The params file.")]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+def _params(path: Path) -> Params:
+    from forkcast.config import ConfigError, load_params
+
+    try:
+        return load_params(path)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Print what a step does and how long it took, so long steps are never silent."""
+    typer.echo(f"{name} ...", err=True)
+    started = time.perf_counter()
+    yield
+    typer.echo(f"{name}: done in {time.perf_counter() - started:.1f}s", err=True)
+
+
+def _require(*files: Path) -> None:
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise _fail(f"missing input {', '.join(missing)}: run the earlier stages first (`dvc repro`)", EXIT_USAGE)
+
+
+@app.command()
+def validate(
+    data: Annotated[Path | None, typer.Option(help="CSV to check (default: data.raw in params.yaml).")] = None,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Check the raw data against the schema; write a JSON and Markdown report; exit 1 below the threshold."""
+    from forkcast.config import ConfigError
+    from forkcast.validation import validate_file, write_report
+
+    params = _params(params_file)
+    source = data or params.data.raw
+    with _step(f"validate {source}"):
+        try:
+            report = validate_file(source, params.validate_, params.data.start_date)
+        except ConfigError as exc:
+            raise _fail(str(exc), EXIT_USAGE) from exc
+        write_report(report, paths.VALIDATION_JSON, paths.VALIDATION_MD)
+    typer.echo(
+        f"{report.checks_passed}/{len(report.checks)} checks passed ({report.share_of_checks_passed:.1%}, "
+        f"required {report.min_share_of_checks_passed:.1%}); {report.rows_passing_all_checks:,} of "
+        f"{report.rows:,} rows pass every check. Report: {paths.VALIDATION_MD}"
+    )
+    if not report.passed:
+        for check in report.failed_checks:
+            detail = check.error or f"pass rate {check.pass_rate:.2%} < {check.min_pass_rate:.2%}"
+            typer.echo(f"  FAILED {check.name}: {detail}", err=True)
+        raise _fail(f"data validation failed: see {paths.VALIDATION_MD}", EXIT_CHECK_FAILED)
+
+
+@app.command()
+def prepare(params_file: ParamsOption = PARAMS_FILE) -> None:
+    """Build model features and split them by time into train, validation and test."""
+    from forkcast.prepare import build_features, load_raw, split_by_time, write_splits
+
+    params = _params(params_file)
+    _require(params.data.raw)
+    with _step("prepare"):
+        try:
+            splits = split_by_time(build_features(load_raw(params.data.raw), params.data), params.split)
+        except ValueError as exc:
+            raise _fail(f"cannot prepare {params.data.raw}: {exc}", EXIT_CHECK_FAILED) from exc
+        write_splits(splits, {name: paths.prepared_split(name) for name in paths.SPLITS})
+    for name, frame in splits.items():
+        start, end = frame["timestamp"].min(), frame["timestamp"].max()
+        typer.echo(f"{name:>10}: {len(frame):>6,} rows  {start:%Y-%m-%d} .. {end:%Y-%m-%d}")
+
+
+def _read_splits() -> dict[str, Any]:
+    from forkcast.prepare import read_split
+
+    files = {name: paths.prepared_split(name) for name in paths.SPLITS}
+    _require(*files.values())
+    return {name: read_split(path) for name, path in files.items()}
+
+
+@app.command()
+def train(params_file: ParamsOption = PARAMS_FILE) -> None:
+    """Fit the model pipeline; export and check ONNX; write metadata."""
+    from forkcast import lineage
+    from forkcast.train import OnnxMismatchError, save
+    from forkcast.train import train as fit_model
+
+    params = _params(params_file)
+    splits = _read_splits()
+    with _step(f"train {params.train.model}"):
+        try:
+            model = fit_model(params, splits, lineage.data_hash(paths.DATA_DVC))
+        except OnnxMismatchError as exc:
+            raise _fail(str(exc), EXIT_CHECK_FAILED) from exc
+        save(model, paths.MODEL_PICKLE, paths.MODEL_ONNX, paths.MODEL_METADATA)
+    validation = model.metadata["metrics"]["validation"]
+    typer.echo(
+        f"validation RMSE {validation['rmse']:.1f}, MAE {validation['mae']:.1f}, R² {validation['r2']:.3f}; "
+        f"ONNX matches within {model.metadata['onnx_max_abs_difference_on_test']:.2g}"
+    )
+
+
+@app.command()
+def evaluate(params_file: ParamsOption = PARAMS_FILE) -> None:
+    """Score the model and the naive seasonal baseline on the test split; write metrics and plot data."""
+    from forkcast.evaluate import evaluate as score
+    from forkcast.evaluate import save
+    from forkcast.train import load_pipeline
+
+    params = _params(params_file)
+    _require(paths.MODEL_PICKLE)
+    splits = _read_splits()
+    with _step("evaluate"):
+        evaluation = score(load_pipeline(paths.MODEL_PICKLE), splits["train"], splits["test"], params.data.target)
+        save(evaluation, paths.METRICS_JSON, paths.PREDICTIONS_CSV, paths.ERROR_BY_HOUR_CSV, paths.ERROR_BY_MONTH_CSV)
+    typer.echo(_metrics_table(evaluation.metrics))
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    model, baseline = metrics["model"], metrics["baseline"]
+    lines = [f"{'test set':<22}{'RMSE':>8}{'MAE':>8}{'R²':>8}"]
+    for label, values in (("model", model), ("seasonal baseline", baseline)):
+        lines.append(f"{label:<22}{values['rmse']:>8.1f}{values['mae']:>8.1f}{values['r2']:>8.3f}")
+    lines.append(f"RMSE {metrics['rmse_improvement_over_baseline']:.1%} better than the baseline")
+    return "\n".join(lines)
+
+
+@app.command()
+def register(params_file: ParamsOption = PARAMS_FILE) -> None:
+    """Log the run to MLflow, register a model version as `candidate`, and judge it against `production`."""
+    from forkcast import atomic, lineage
+    from forkcast.registry import save_gate, track_and_register
+    from forkcast.train import load_pipeline
+
+    params = _params(params_file)
+    _require(paths.MODEL_PICKLE, paths.MODEL_METADATA, paths.METRICS_JSON, paths.VALIDATION_JSON)
+    test = _read_splits()["test"]
+    with _step("register in MLflow"):
+        registration = track_and_register(
+            params=params,
+            pipeline=load_pipeline(paths.MODEL_PICKLE),
+            test=test,
+            evaluation=atomic.read_json(paths.METRICS_JSON),
+            metadata=atomic.read_json(paths.MODEL_METADATA),
+            lineage=lineage.lineage(paths.DATA_DVC, paths.DVC_LOCK),
+            artifacts=[paths.VALIDATION_JSON, paths.VALIDATION_MD, paths.MODEL_METADATA, paths.METRICS_JSON,
+                       paths.MODEL_ONNX],
+            local_dir=paths.LOCAL_MLFLOW_DIR,
+        )  # fmt: skip
+        save_gate(registration, paths.GATE_JSON, paths.GATE_MD)
+    verdict = registration.verdict
+    typer.echo(
+        f"registered {registration.model_name} v{registration.version} (alias candidate); gate: "
+        f"{'ELIGIBLE' if verdict.eligible else 'REJECTED'}: {verdict.reason}"
+    )
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="The registered model version to promote.")],
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Give a registered model version the `production` alias (later candidates are judged against it)."""
+    from mlflow.exceptions import MlflowException
+
+    from forkcast.registry import promote as set_alias
+
+    params = _params(params_file)
+    try:
+        set_alias(paths.LOCAL_MLFLOW_DIR, params, version)
+    except MlflowException as exc:
+        raise _fail(f"cannot promote version {version}: {exc.message}", EXIT_USAGE) from exc
+    typer.echo(f"{params.tracking.registered_model} v{version} is now aliased 'production'")
+
+
+@app.command()
+def summary() -> None:
+    """Print the outcome of the last pipeline run: metrics vs baseline, validation, gate, MLflow run."""
+    from forkcast.report import pipeline_summary
+
+    _require(paths.VALIDATION_JSON)
+    typer.echo(pipeline_summary())
+
+
+@app.command("new-data")
+def new_data(
+    through: Annotated[
+        str | None, typer.Option(help="Keep the feed up to the end of this month (YYYY-MM), e.g. 2011-02.")
+    ] = None,
+    next_month: Annotated[bool, typer.Option("--next-month", help="Append the month after the latest one.")] = False,
+    feed: Annotated[Path, typer.Option(help="The full upstream feed to take months from.")] = Path(
+        "feed/bikeshare_2011_hourly.csv"
+    ),
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Simulate new data arriving: rewrite the training data from the feed, month by month."""
+    from forkcast.arrivals import ArrivalError, arrive
+
+    params = _params(params_file)
+    if (through is None) == (not next_month):
+        raise _fail("give exactly one of --through YYYY-MM or --next-month", EXIT_USAGE)
+    try:
+        message = arrive(feed, params.data.raw, params.data.start_date, through)
+    except ArrivalError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    typer.echo(message)
+    typer.echo("next: `dvc add data` then `git add data.dvc && git commit` (and `dvc push`), then `make run`")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (for tests and `python -m forkcast`)."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="forkcast", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0

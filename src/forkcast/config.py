@@ -1,0 +1,149 @@
+"""Typed settings: `params.yaml` holds every knob of the data, model and gates.
+
+Each section is a frozen pydantic model with `extra="forbid"`, so a typo in
+`params.yaml` fails fast and names the offending key and the allowed ones.
+Infrastructure (tracking URI, remotes) lives in environment variables instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")  # keep in step with forkcast.cli.PARAMS_FILE
+
+
+class ConfigError(Exception):
+    """`params.yaml` is missing, unreadable or has an invalid value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class DataParams(_Section):
+    raw: Path = Path("data/bikeshare_hourly.csv")
+    start_date: dt.date = dt.date(2011, 1, 1)  # the calendar date of `day` 1
+    target: str = "bikers"
+
+
+class ValidateParams(_Section):
+    # The stage fails when the share of checks that pass falls below this.
+    min_share_of_checks_passed: Fraction = 1.0
+    # A check passes when at least this share of rows passes it ...
+    default_min_pass_rate: Fraction = 1.0
+    # ... unless overridden here, by check name (see the validation report).
+    min_pass_rate: dict[str, Fraction] = {}
+    failure_samples: Annotated[int, Field(ge=0, le=100)] = 5
+
+
+class SplitParams(_Section):
+    # Chronological split by whole days: train, then validation, then test.
+    validation_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.15
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.15
+
+
+class HistGradientBoostingParams(_Section):
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    max_iter: Annotated[int, Field(ge=1)] = 100
+    max_leaf_nodes: Annotated[int, Field(ge=2)] = 31
+    min_samples_leaf: Annotated[int, Field(ge=1)] = 20
+    l2_regularization: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class RandomForestParams(_Section):
+    n_estimators: Annotated[int, Field(ge=1)] = 200
+    max_depth: Annotated[int, Field(ge=1)] | None = None
+    min_samples_leaf: Annotated[int, Field(ge=1)] = 2
+    max_features: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+
+
+class TrainParams(_Section):
+    model: Literal["hist_gradient_boosting", "random_forest"] = "hist_gradient_boosting"
+    seed: int = 42
+    hist_gradient_boosting: HistGradientBoostingParams = HistGradientBoostingParams()
+    random_forest: RandomForestParams = RandomForestParams()
+    # ONNX export must reproduce scikit-learn's predictions within this (bikes per hour).
+    onnx_tolerance: Annotated[float, Field(gt=0.0)] = 0.01
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The hyperparameters of the selected model family only."""
+        chosen: _Section = getattr(self, self.model)
+        return chosen.model_dump()
+
+
+class GateParams(_Section):
+    metric: Literal["rmse", "mae"] = "rmse"
+    # A candidate may be worse than production by at most this share of production's metric.
+    tolerance: Annotated[float, Field(ge=0.0)] = 0.05
+
+
+class TrackingParams(_Section):
+    experiment: str = "forkcast"
+    registered_model: str = "forkcast-demand"
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    split: SplitParams = SplitParams()
+    train: TrainParams = TrainParams()
+    gate: GateParams = GateParams()
+    tracking: TrackingParams = TrackingParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _split_leaves_training_data(self) -> Params:
+        if self.split.validation_fraction + self.split.test_fraction >= 0.8:
+            raise ValueError("split: validation_fraction + test_fraction must leave at least 20% for training")
+        return self
+
+
+def _describe(error: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, item["loc"][:-1])
+            lines.append(f"unknown key '{where}'; allowed here: {', '.join(allowed)}")
+        else:
+            lines.append(f"'{where}': {item['msg']}" if where else item["msg"])
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], parent: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in parent:
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            return []
+        match = next((f for name, f in fields.items() if part in (name, f.alias)), None)
+        if match is None:
+            return []
+        current = match.annotation
+    fields = getattr(current, "model_fields", {})
+    return sorted(field.alias or name for name, field in fields.items())
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate `params.yaml`; raise ConfigError naming the bad key."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} not found: run from the project root") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc, Params)}") from exc

@@ -1,0 +1,26 @@
+"""Regression metrics and the naive seasonal baseline every model must beat."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+PROFILE_KEYS = ["workingday", "hr"]
+
+
+def regression_metrics(actual: pd.Series, predicted: pd.Series | np.ndarray) -> dict[str, float]:
+    if len(actual) == 0:
+        raise ValueError("cannot compute metrics on an empty split")
+    return {
+        "rmse": float(np.sqrt(mean_squared_error(actual, predicted))),
+        "mae": float(mean_absolute_error(actual, predicted)),
+        "r2": float(r2_score(actual, predicted)) if len(actual) > 1 else float("nan"),
+    }
+
+
+def seasonal_baseline(train: pd.DataFrame, target: str, frame: pd.DataFrame) -> pd.Series:
+    """Mean training demand for the same hour on the same kind of day (working or not)."""
+    profile = train.groupby(PROFILE_KEYS)[target].mean().rename("baseline")
+    joined = frame[PROFILE_KEYS].join(profile, on=PROFILE_KEYS)["baseline"]
+    return joined.fillna(train[target].mean())

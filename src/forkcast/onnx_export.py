@@ -1,0 +1,65 @@
+"""Export the fitted pipeline to ONNX (one input per column) and check it agrees."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from forkcast.schema import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+
+
+@contextlib.contextmanager
+def _integer_missing_value_flags() -> Iterator[None]:
+    """skl2onnx 1.20 writes a boolean where the current onnx requires an int for
+    HistGradientBoosting trees (`nodes_missing_value_tracks_true`); cast it while converting."""
+    from skl2onnx.common import tree_ensemble
+
+    original = tree_ensemble.add_node
+
+    def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
+
+    tree_ensemble.add_node = add_node
+    try:
+        yield
+    finally:
+        tree_ensemble.add_node = original
+
+
+def to_onnx_bytes(pipeline: Pipeline) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    inputs = [(name, FloatTensorType([None, 1])) for name in NUMERIC_FEATURES]
+    inputs += [(name, StringTensorType([None, 1])) for name in CATEGORICAL_FEATURES]
+    with _integer_missing_value_flags():
+        model = convert_sklearn(pipeline, initial_types=inputs)
+    return bytes(model.SerializeToString())
+
+
+def onnx_inputs(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    feeds = {name: frame[[name]].to_numpy(np.float32) for name in NUMERIC_FEATURES}
+    feeds |= {name: frame[[name]].astype(str).to_numpy(object) for name in CATEGORICAL_FEATURES}
+    return feeds
+
+
+def predict_onnx(model: bytes, frame: pd.DataFrame) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, onnx_inputs(frame))[0]).ravel()
+
+
+def max_abs_difference(pipeline: Pipeline, model: bytes, frame: pd.DataFrame) -> float:
+    """Largest gap between scikit-learn and ONNX Runtime predictions (before clipping)."""
+    from forkcast.schema import FEATURES
+
+    expected = pipeline.predict(frame[list(FEATURES)])
+    return float(np.max(np.abs(predict_onnx(model, frame) - expected))) if len(frame) else 0.0

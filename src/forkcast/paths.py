@@ -1,0 +1,35 @@
+"""Where each stage writes, relative to the project root (the working directory, as for DVC)."""
+
+from pathlib import Path
+
+OUTPUTS = Path("outputs")
+
+VALIDATION_DIR = OUTPUTS / "validation"
+VALIDATION_JSON = VALIDATION_DIR / "report.json"
+VALIDATION_MD = VALIDATION_DIR / "report.md"
+
+PREPARED_DIR = OUTPUTS / "prepared"
+SPLITS = ("train", "validation", "test")
+
+MODEL_DIR = OUTPUTS / "model"
+MODEL_PICKLE = MODEL_DIR / "model.joblib"
+MODEL_ONNX = MODEL_DIR / "model.onnx"
+MODEL_METADATA = MODEL_DIR / "metadata.json"
+
+EVALUATION_DIR = OUTPUTS / "evaluation"
+METRICS_JSON = EVALUATION_DIR / "metrics.json"
+PREDICTIONS_CSV = EVALUATION_DIR / "predictions.csv"
+ERROR_BY_HOUR_CSV = EVALUATION_DIR / "error_by_hour.csv"
+ERROR_BY_MONTH_CSV = EVALUATION_DIR / "error_by_month.csv"
+
+REGISTRY_DIR = OUTPUTS / "registry"
+GATE_JSON = REGISTRY_DIR / "gate.json"
+GATE_MD = REGISTRY_DIR / "gate.md"
+
+DATA_DVC = Path("data.dvc")
+DVC_LOCK = Path("dvc.lock")
+LOCAL_MLFLOW_DIR = Path(".mlflow")
+
+
+def prepared_split(name: str) -> Path:
+    return PREPARED_DIR / f"{name}.parquet"

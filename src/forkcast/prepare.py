@@ -1,0 +1,86 @@
+"""The prepare stage: typed features and a chronological train/validation/test split.
+
+The split is by whole days in time order, so the model is always evaluated on
+hours that come after everything it was trained on, as it will be in production.
+The columns that leak the target (`casual`, `registered`) are dropped here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from forkcast import atomic
+from forkcast.config import DataParams, SplitParams
+from forkcast.schema import FEATURES, Features, RawHourly
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+    def as_dict(self) -> dict[str, pd.DataFrame]:
+        return dict(self.items())
+
+    def items(self) -> list[tuple[str, pd.DataFrame]]:
+        return [("train", self.train), ("validation", self.validation), ("test", self.test)]
+
+
+def load_raw(path: Path) -> pd.DataFrame:
+    return RawHourly.validate(pd.read_csv(path))
+
+
+def add_timestamp(raw: pd.DataFrame, start_date: dt.date) -> pd.Series:
+    days = pd.to_timedelta(raw["day"] - 1, unit="D")
+    hours = pd.to_timedelta(raw["hr"], unit="h")
+    return pd.Timestamp(start_date) + days + hours
+
+
+def build_features(raw: pd.DataFrame, data: DataParams) -> pd.DataFrame:
+    """Model inputs plus `timestamp` and the target, sorted in time."""
+    timestamp = add_timestamp(raw, data.start_date)
+    table = raw.assign(timestamp=timestamp, month=timestamp.dt.month)
+    features = Features.validate(table[list(FEATURES)])
+    prepared = pd.concat([table[["timestamp"]], features, table[[data.target]]], axis=1)
+    return prepared.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def split_by_time(prepared: pd.DataFrame, split: SplitParams) -> Splits:
+    """Split whole days in time order; every split gets at least one day."""
+    days = prepared["timestamp"].dt.normalize()
+    unique_days = np.sort(days.unique())
+    n_days = len(unique_days)
+    if n_days < 3:
+        raise ValueError(f"need at least 3 days of data to split train/validation/test, got {n_days}")
+    n_test = max(1, round(n_days * split.test_fraction))
+    n_validation = max(1, round(n_days * split.validation_fraction))
+    n_train = n_days - n_test - n_validation
+    if n_train < 1:
+        raise ValueError(f"{n_days} days leave no training data with these split fractions")
+    validation_start = unique_days[n_train]
+    test_start = unique_days[n_train + n_validation]
+    return Splits(
+        train=prepared[days < validation_start].reset_index(drop=True),
+        validation=prepared[(days >= validation_start) & (days < test_start)].reset_index(drop=True),
+        test=prepared[days >= test_start].reset_index(drop=True),
+    )
+
+
+def write_splits(splits: Splits, path_of: dict[str, Path]) -> None:
+    for name, frame in splits.items():
+        atomic.write_atomic(path_of[name], partial(_to_parquet, frame))
+
+
+def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_parquet(path, index=False)
+
+
+def read_split(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)

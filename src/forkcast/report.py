@@ -1,0 +1,43 @@
+"""The end-of-run summary: what a person wants to see after `make run`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from forkcast import atomic, paths
+
+
+def _read(path: Any) -> Any:
+    return atomic.read_json(path) if path.exists() else None
+
+
+def pipeline_summary() -> str:
+    validation = _read(paths.VALIDATION_JSON)
+    metrics = _read(paths.METRICS_JSON)
+    gate = _read(paths.GATE_JSON)
+    lines = ["", "Forkcast pipeline summary", "========================="]
+    if validation:
+        s = validation["summary"]
+        lines.append(
+            f"data validation   {'passed' if validation['passed'] else 'FAILED'}: {s['checks_passed']}/{s['checks']} "
+            f"checks ({s['share_of_checks_passed']:.1%}), {s['share_of_rows_passed']:.2%} of {s['rows']:,} rows clean"
+            f"  -> {paths.VALIDATION_MD}"
+        )
+    if metrics:
+        model, baseline = metrics["model"], metrics["baseline"]
+        lines += [
+            f"test set ({metrics['test_rows']:,} h)   RMSE    MAE     R²",
+            f"  model           {model['rmse']:6.1f} {model['mae']:6.1f} {model['r2']:6.3f}",
+            f"  baseline        {baseline['rmse']:6.1f} {baseline['mae']:6.1f} {baseline['r2']:6.3f}"
+            f"   (RMSE {metrics['rmse_improvement_over_baseline']:.1%} better)",
+        ]
+    if gate:
+        verdict = gate["verdict"]
+        lines += [
+            f"quality gate      {'ELIGIBLE for promotion' if gate['eligible'] else 'REJECTED'}: {verdict['reason']}",
+            f"MLflow            {gate['model_name']} v{gate['version']} (alias candidate), run {gate['run_id']}",
+            f"                  store {gate['tracking_uri']}; browse with `make ui`",
+        ]
+    else:
+        lines.append("quality gate      not run yet (the pipeline stopped earlier)")
+    return "\n".join(lines)

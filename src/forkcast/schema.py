@@ -1,0 +1,84 @@
+"""Pandera schemas: the raw hourly data as it arrives, and the model's input features."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+MONTH_NAMES = ("Jan", "Feb", "March", "April", "May", "June", "July", "Aug", "Sept", "Oct", "Nov", "Dec")
+WEATHER = ("clear", "cloudy/misty", "light rain/snow", "heavy rain/snow")
+LEAKING_COLUMNS = ("casual", "registered")  # they sum to the target: never a model input
+
+# The model's inputs: what a caller knows at prediction time.
+NUMERIC_FEATURES = (
+    "season", "month", "hr", "holiday", "weekday", "workingday", "temp", "atemp", "hum", "windspeed",
+)  # fmt: skip
+CATEGORICAL_FEATURES = ("weathersit",)
+FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
+
+
+class RawHourly(pa.DataFrameModel):
+    """One row per hour of bike rentals, as published (see the data card in the README)."""
+
+    season: Series[int] = pa.Field(isin=[1, 2, 3, 4])
+    mnth: Series[str] = pa.Field(isin=list(MONTH_NAMES))
+    day: Series[int] = pa.Field(in_range={"min_value": 1, "max_value": 366})
+    hr: Series[int] = pa.Field(in_range={"min_value": 0, "max_value": 23})
+    holiday: Series[int] = pa.Field(isin=[0, 1])
+    weekday: Series[int] = pa.Field(in_range={"min_value": 0, "max_value": 6})
+    workingday: Series[int] = pa.Field(isin=[0, 1])
+    weathersit: Series[str] = pa.Field(isin=list(WEATHER))
+    temp: Series[float] = pa.Field(in_range={"min_value": 0.0, "max_value": 1.0})
+    atemp: Series[float] = pa.Field(in_range={"min_value": 0.0, "max_value": 1.0})
+    hum: Series[float] = pa.Field(in_range={"min_value": 0.0, "max_value": 1.0})
+    windspeed: Series[float] = pa.Field(in_range={"min_value": 0.0, "max_value": 1.0})
+    casual: Series[int] = pa.Field(ge=0)
+    registered: Series[int] = pa.Field(ge=0)
+    bikers: Series[int] = pa.Field(ge=0)
+
+    class Config:
+        strict = False  # extra columns are tolerated and ignored
+        unique = ["day", "hr"]  # noqa: RUF012 (pandera reads it as is)  # one row per hour
+
+    @pa.dataframe_check(name="workingday_consistent")
+    @classmethod
+    def workingday_consistent(cls, df: pd.DataFrame) -> pd.Series:
+        """A working day is a weekday (Mon-Fri) that is not a holiday."""
+        expected = (~df["weekday"].isin([0, 6]) & (df["holiday"] == 0)).astype(int)
+        return df["workingday"] == expected
+
+    @pa.dataframe_check(name="target_is_casual_plus_registered")
+    @classmethod
+    def target_is_sum(cls, df: pd.DataFrame) -> pd.Series:
+        """The target equals casual plus registered rentals."""
+        return df["bikers"] == df["casual"] + df["registered"]
+
+
+def month_matches_day(df: pd.DataFrame, start_date: dt.date) -> pd.Series:
+    """The month name agrees with the calendar date of `day` (needs the data's start date)."""
+    dates = pd.Timestamp(start_date) + pd.to_timedelta(df["day"] - 1, unit="D")
+    expected = dates.dt.month.map(lambda m: MONTH_NAMES[m - 1])
+    return df["mnth"] == expected
+
+
+class Features(pa.DataFrameModel):
+    """The model's input: one row per hour, as the service will receive it."""
+
+    season: Series[int] = pa.Field(isin=[1, 2, 3, 4])
+    month: Series[int] = pa.Field(in_range={"min_value": 1, "max_value": 12})
+    hr: Series[int] = pa.Field(in_range={"min_value": 0, "max_value": 23})
+    holiday: Series[int] = pa.Field(isin=[0, 1])
+    weekday: Series[int] = pa.Field(in_range={"min_value": 0, "max_value": 6})
+    workingday: Series[int] = pa.Field(isin=[0, 1])
+    temp: Series[float] = pa.Field(in_range={"min_value": 0.0, "max_value": 1.0})
+    atemp: Series[float] = pa.Field(in_range={"min_value": 0.0, "max_value": 1.0})
+    hum: Series[float] = pa.Field(in_range={"min_value": 0.0, "max_value": 1.0})
+    windspeed: Series[float] = pa.Field(in_range={"min_value": 0.0, "max_value": 1.0})
+    weathersit: Series[str] = pa.Field(isin=list(WEATHER))
+
+    class Config:
+        strict = "filter"  # anything else (the target, leaking columns) is dropped
+        coerce = True

@@ -1,0 +1,109 @@
+"""Shared fixtures: the real dataset (pulled from the project's DVC remote), params, project copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from forkcast.config import Params
+from forkcast.prepare import Splits, build_features, load_raw, split_by_time
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = ROOT / "data" / "bikeshare_hourly.csv"
+BIN = Path(sys.executable).parent  # the environment's console scripts: dvc, forkcast, mlflow
+
+# What a fresh clone holds: the tracked files a project copy needs (data comes from `dvc pull`).
+PROJECT_FILES = (
+    "src", "pyproject.toml", "params.yaml", "dvc.yaml", "data.dvc", "feed.dvc", ".gitignore", ".dvcignore",
+    ".dvc/config", ".dvc/.gitignore", ".dvc/storage",
+)  # fmt: skip
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """Environment for the project's tools in a subprocess: no telemetry, the venv first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    env |= {
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "true",
+        "GIT_AUTHOR_NAME": "Forkcast Tests",
+        "GIT_AUTHOR_EMAIL": "tests@forkcast.invalid",
+        "GIT_COMMITTER_NAME": "Forkcast Tests",
+        "GIT_COMMITTER_EMAIL": "tests@forkcast.invalid",
+    }
+    return env | extra
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, check=False)
+
+
+def run_ok(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    result = run(args, cwd, **env)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def dataset() -> Path:
+    """The real hourly data, fetched from the repository's DVC remote when a fresh clone lacks it."""
+    if not DATASET.exists():
+        run_ok(["dvc", "pull", "data.dvc", "feed.dvc"], ROOT)
+    return DATASET
+
+
+@pytest.fixture(scope="session")
+def raw_text(dataset: Path) -> pd.DataFrame:
+    """The raw data as text, the way the validate stage reads it."""
+    return pd.read_csv(dataset, dtype=str)
+
+
+@pytest.fixture(scope="session")
+def params() -> Params:
+    return Params()
+
+
+@pytest.fixture(scope="session")
+def splits(dataset: Path, params: Params) -> Splits:
+    return split_by_time(build_features(load_raw(dataset), params.data), params.split)
+
+
+@pytest.fixture
+def project(tmp_path: Path, dataset: Path) -> Path:
+    """A fresh clone of the project in a temporary directory: a git repository with its data pulled."""
+    copy = tmp_path / "project"
+    for name in PROJECT_FILES:
+        source, target = ROOT / name, copy / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    run_ok(["git", "init", "-q", "-b", "main"], copy)
+    run_ok(["git", "add", "-A"], copy)
+    run_ok(["git", "commit", "-q", "-m", "fresh clone"], copy)
+    run_ok(["dvc", "pull", "-q", "data.dvc", "feed.dvc"], copy)
+    return copy
+
+
+@pytest.fixture
+def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run in-process commands from inside a project copy (stages read paths relative to the root)."""
+    monkeypatch.chdir(project)
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    yield project

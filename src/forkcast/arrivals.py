@@ -9,6 +9,7 @@ data push would.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -40,10 +41,9 @@ def arrive(feed: Path, data: Path, start_date: dt.date, through: str | None) -> 
             raise ArrivalError(f"the feed has no month after {last}: the data already holds all of it")
         month = later.min()
     else:
-        try:
-            month = pd.Period(through, freq="M")
-        except ValueError as exc:
-            raise ArrivalError(f"--through must look like YYYY-MM, got '{through}'") from exc
+        if not re.fullmatch(r"\d{4}-\d{2}", through):
+            raise ArrivalError(f"--through must look like YYYY-MM, got '{through}'")
+        month = pd.Period(through, freq="M")
         if month < feed_months.min() or month > feed_months.max():
             raise ArrivalError(f"the feed covers {feed_months.min()} .. {feed_months.max()}, not {month}")
 

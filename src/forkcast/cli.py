@@ -255,14 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (for tests and `python -m forkcast`)."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="forkcast", standalone_mode=False)
-    except typer.Exit as exc:
-        return exc.exit_code
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="forkcast")
+    except SystemExit as exit_:  # standalone mode always exits, usage errors included
+        return exit_.code if isinstance(exit_.code, int) else 1
     return 0

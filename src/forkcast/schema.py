@@ -25,7 +25,7 @@ class RawHourly(pa.DataFrameModel):
 
     season: Series[int] = pa.Field(isin=[1, 2, 3, 4])
     mnth: Series[str] = pa.Field(isin=list(MONTH_NAMES))
-    day: Series[int] = pa.Field(in_range={"min_value": 1, "max_value": 366})
+    day: Series[int] = pa.Field(ge=1)  # days counted from `data.start_date` (day 1); 1-365 in 2011
     hr: Series[int] = pa.Field(in_range={"min_value": 0, "max_value": 23})
     holiday: Series[int] = pa.Field(isin=[0, 1])
     weekday: Series[int] = pa.Field(in_range={"min_value": 0, "max_value": 6})

@@ -1,0 +1,5 @@
+import sys
+
+from forkcast.cli import main
+
+sys.exit(main())

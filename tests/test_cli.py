@@ -1,0 +1,133 @@
+"""The `forkcast` command as users call it: exit codes, messages, and what it leaves on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from forkcast.cli import main
+
+from .conftest import BIN, tool_env
+
+
+def test_help_lists_every_stage() -> None:
+    result = subprocess.run([str(BIN / "forkcast"), "--help"], capture_output=True, text=True, env=tool_env())
+    assert result.returncode == 0
+    for command in ("validate", "prepare", "train", "evaluate", "register", "promote", "summary", "new-data"):
+        assert command in result.stdout
+
+
+def test_an_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trian"]) == 2
+    assert "No such command 'trian'" in capsys.readouterr().err
+
+
+def test_a_typo_in_params_fails_fast_naming_the_key(in_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = in_project / "params.yaml"
+    params.write_text(params.read_text().replace("  seed: 42", "  sed: 42"))
+    assert main(["prepare"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown key 'train.sed'" in error
+    assert "seed" in error
+    assert not (in_project / "outputs").exists()
+
+
+def break_data(project: Path, edit: str) -> Path:
+    data = project / "data" / "bikeshare_hourly.csv"
+    table = pd.read_csv(data, dtype=str)
+    match edit:
+        case "missing column":
+            table = table.drop(columns=["hum"])
+        case "text in a numeric column":
+            table.loc[10, "windspeed"] = "breezy"
+        case "unknown weather":
+            table.loc[10, "weathersit"] = "sandstorm"
+        case "duplicated hours":
+            table = pd.concat([table, table.iloc[[10]]])
+        case "out of range":
+            table.loc[10, "temp"] = "3.5"
+    data.unlink()  # DVC links files from its cache: replace, never write through
+    table.to_csv(data, index=False)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("edit", "failed_check"),
+    [
+        ("missing column", "hum.present"),
+        ("text in a numeric column", "windspeed.dtype"),
+        ("unknown weather", "weathersit.isin"),
+        ("duplicated hours", "rows.one_per_hour"),
+        ("out of range", "temp.in_range"),
+    ],
+)
+def test_broken_data_fails_validation_with_a_report(
+    in_project: Path, capsys: pytest.CaptureFixture[str], edit: str, failed_check: str
+) -> None:
+    break_data(in_project, edit)
+    assert main(["validate"]) == 1
+    output = capsys.readouterr()
+    assert f"FAILED {failed_check}" in output.err
+    assert "data validation failed" in output.err
+    report = json.loads((in_project / "outputs/validation/report.json").read_text())
+    assert not report["passed"]
+    assert failed_check in {c["name"] for c in report["checks"] if not c["passed"]}
+    assert f"`{failed_check}`" in (in_project / "outputs/validation/report.md").read_text()
+
+
+@pytest.mark.parametrize(("content", "words"), [(b"", "is empty"), (b"\x00\x01\x02binary\xff\xfe", "not a readable CSV")])
+def test_unreadable_data_fails_validation(
+    in_project: Path, capsys: pytest.CaptureFixture[str], content: bytes, words: str
+) -> None:
+    data = in_project / "data" / "bikeshare_hourly.csv"
+    data.unlink()
+    data.write_bytes(content)
+    assert main(["validate"]) == 1
+    assert words in (in_project / "outputs/validation/report.md").read_text()
+
+
+def test_a_stage_without_its_inputs_says_what_to_run(in_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train"]) == 2
+    assert "run the earlier stages first (`dvc repro`)" in capsys.readouterr().err
+
+
+def test_new_data_rewrites_the_data_month_by_month(in_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = in_project / "data" / "bikeshare_hourly.csv"
+    assert main(["new-data", "--through", "2011-02"]) == 0
+    february = pd.read_csv(data)
+    assert february["mnth"].unique().tolist() == ["Jan", "Feb"]
+    assert main(["new-data", "--next-month"]) == 0
+    march = pd.read_csv(data)
+    assert march["mnth"].unique().tolist() == ["Jan", "Feb", "March"]
+    assert march.head(len(february)).equals(february)  # history is kept, the new month appended
+    feed = (in_project / "feed" / "bikeshare_2011_hourly.csv").read_text()
+    assert feed.startswith(data.read_text())  # byte for byte the feed's own rows
+    assert "dvc add data" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["new-data", "--through", "2012-05"], "the feed covers 2011-01 .. 2011-12"),
+        (["new-data", "--through", "May"], "must look like YYYY-MM"),
+        (["new-data"], "exactly one of"),
+    ],
+)
+def test_new_data_refuses_what_the_feed_cannot_give(
+    in_project: Path, capsys: pytest.CaptureFixture[str], args: list[str], words: str
+) -> None:
+    before = (in_project / "data" / "bikeshare_hourly.csv").read_bytes()
+    assert main(args) == 2
+    assert words in capsys.readouterr().err
+    assert (in_project / "data" / "bikeshare_hourly.csv").read_bytes() == before
+
+
+def test_new_data_when_the_data_already_holds_the_whole_feed(
+    in_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["new-data", "--next-month"]) == 2
+    assert "no month after 2011-12" in capsys.readouterr().err

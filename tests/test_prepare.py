@@ -1,0 +1,45 @@
+import pandas as pd
+import pytest
+
+from forkcast.config import SplitParams
+from forkcast.prepare import Splits, split_by_time
+from forkcast.schema import FEATURES, LEAKING_COLUMNS
+
+
+def test_the_splits_follow_each_other_in_time_without_overlap(splits: Splits) -> None:
+    assert splits.train["timestamp"].max() < splits.validation["timestamp"].min()
+    assert splits.validation["timestamp"].max() < splits.test["timestamp"].min()
+
+
+def test_the_splits_are_whole_days_in_the_configured_proportions(splits: Splits) -> None:
+    days = {name: frame["timestamp"].dt.normalize().nunique() for name, frame in splits.items()}
+    total = sum(days.values())
+    assert days["test"] == round(total * 0.15)
+    assert days["validation"] == round(total * 0.15)
+    # No day is cut in two.
+    boundaries = [frame["timestamp"].dt.normalize() for _, frame in splits.items()]
+    assert not set(boundaries[0]) & set(boundaries[1])
+    assert not set(boundaries[1]) & set(boundaries[2])
+
+
+def test_every_row_lands_in_exactly_one_split(splits: Splits, raw_text: pd.DataFrame) -> None:
+    assert sum(len(frame) for _, frame in splits.items()) == len(raw_text)
+
+
+def test_leaking_columns_never_reach_the_prepared_data(splits: Splits) -> None:
+    for _, frame in splits.items():
+        assert not set(LEAKING_COLUMNS) & set(frame.columns)
+        assert list(frame.columns) == ["timestamp", *FEATURES, "bikers"]
+
+
+def test_the_timestamp_comes_from_day_and_hour(splits: Splits) -> None:
+    first = splits.train.iloc[0]
+    assert first["timestamp"] == pd.Timestamp("2011-01-01 00:00")
+    assert splits.test["timestamp"].max() == pd.Timestamp("2011-12-31 23:00")
+    assert (splits.train["timestamp"].dt.month == splits.train["month"]).all()
+
+
+def test_too_little_data_to_split_is_a_clear_error(splits: Splits) -> None:
+    two_days = splits.train[splits.train["timestamp"] < pd.Timestamp("2011-01-03")]
+    with pytest.raises(ValueError, match="at least 3 days"):
+        split_by_time(two_days, SplitParams())

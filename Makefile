@@ -11,6 +11,8 @@ RUN := $(UV) run --locked
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := true
 export UV_PYTHON_DOWNLOADS := never
+# Compile bytecode at install time: with PYTHONDONTWRITEBYTECODE set, every run would recompile mlflow.
+export UV_COMPILE_BYTECODE := 1
 export UV_PYTHON ?= python3
 
 .PHONY: help install data run repro summary test test-fast lint format typecheck ui new-data bench clean

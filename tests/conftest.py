@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -101,9 +100,9 @@ def project(tmp_path: Path, dataset: Path) -> Path:
 
 
 @pytest.fixture
-def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in-process commands from inside a project copy (stages read paths relative to the root)."""
     monkeypatch.chdir(project)
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         monkeypatch.delenv(key)
-    yield project
+    return project

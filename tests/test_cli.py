@@ -15,7 +15,9 @@ from .conftest import BIN, tool_env
 
 
 def test_help_lists_every_stage() -> None:
-    result = subprocess.run([str(BIN / "forkcast"), "--help"], capture_output=True, text=True, env=tool_env())
+    result = subprocess.run(
+        [str(BIN / "forkcast"), "--help"], capture_output=True, text=True, env=tool_env(), check=False
+    )
     assert result.returncode == 0
     for command in ("validate", "prepare", "train", "evaluate", "register", "promote", "summary", "new-data"):
         assert command in result.stdout
@@ -79,7 +81,9 @@ def test_broken_data_fails_validation_with_a_report(
     assert f"`{failed_check}`" in (in_project / "outputs/validation/report.md").read_text()
 
 
-@pytest.mark.parametrize(("content", "words"), [(b"", "is empty"), (b"\x00\x01\x02binary\xff\xfe", "not a readable CSV")])
+@pytest.mark.parametrize(
+    ("content", "words"), [(b"", "is empty"), (b"\x00\x01\x02binary\xff\xfe", "not a readable CSV")]
+)
 def test_unreadable_data_fails_validation(
     in_project: Path, capsys: pytest.CaptureFixture[str], content: bytes, words: str
 ) -> None:

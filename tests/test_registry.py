@@ -27,7 +27,12 @@ def test_the_first_version_is_eligible() -> None:
 
 @pytest.mark.parametrize(
     ("candidate", "eligible", "words"),
-    [(50.0, True, "0.0% better"), (52.4, True, "4.8% worse"), (52.6, False, "5.2% worse"), (40.0, True, "20.0% better")],
+    [
+        (50.0, True, "0.0% better"),
+        (52.4, True, "4.8% worse"),
+        (52.6, False, "5.2% worse"),
+        (40.0, True, "20.0% better"),
+    ],
 )
 def test_the_gate_allows_at_most_the_tolerance(candidate: float, eligible: bool, words: str) -> None:
     verdict = judge(GateParams(metric="rmse", tolerance=0.05), "2", {"rmse": candidate}, "1", {"rmse": 50.0})
@@ -37,7 +42,9 @@ def test_the_gate_allows_at_most_the_tolerance(candidate: float, eligible: bool,
 
 
 def test_the_gate_uses_the_configured_metric() -> None:
-    verdict = judge(GateParams(metric="mae", tolerance=0.0), "2", {"rmse": 1.0, "mae": 31.0}, "1", {"rmse": 99.0, "mae": 30.0})
+    verdict = judge(
+        GateParams(metric="mae", tolerance=0.0), "2", {"rmse": 1.0, "mae": 31.0}, "1", {"rmse": 99.0, "mae": 30.0}
+    )
     assert not verdict.eligible
     assert verdict.metric == "mae"
 

@@ -42,7 +42,7 @@ def evaluate(pipeline: Pipeline, train: pd.DataFrame, test: pd.DataFrame, target
         "model": model_metrics,
         "baseline": baseline_metrics,
         # Positive means the model is better than the baseline by that share.
-        "rmse_improvement_over_baseline": 1.0 - model_metrics["rmse"] / baseline_metrics["rmse"],
+        "rmse_improvement_over_baseline": round(1.0 - model_metrics["rmse"] / baseline_metrics["rmse"], 4),
     }
     predictions = pd.DataFrame(
         {

@@ -12,11 +12,13 @@ PROFILE_KEYS = ["workingday", "hr"]
 def regression_metrics(actual: pd.Series, predicted: pd.Series | np.ndarray) -> dict[str, float]:
     if len(actual) == 0:
         raise ValueError("cannot compute metrics on an empty split")
-    return {
+    metrics = {
         "rmse": float(np.sqrt(mean_squared_error(actual, predicted))),
         "mae": float(mean_absolute_error(actual, predicted)),
         "r2": float(r2_score(actual, predicted)) if len(actual) > 1 else float("nan"),
     }
+    # Four decimals: enough for any gate, and `dvc metrics diff` stays readable.
+    return {name: round(value, 4) for name, value in metrics.items()}
 
 
 def seasonal_baseline(train: pd.DataFrame, target: str, frame: pd.DataFrame) -> pd.Series:

@@ -8,6 +8,7 @@ that need it, so the CLI stays fast.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,13 +173,17 @@ def track_and_register(
         **{f"dvc_stage.{stage}": digest for stage, digest in lineage.get("stage_hashes", {}).items()},
     }
     example = test[list(FEATURES)].head(5)
+    with warnings.catch_warnings():
+        # The inputs are integers on purpose: the service rejects missing values instead of encoding them.
+        warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values")
+        signature = infer_signature(example, predict(pipeline, example).to_numpy())
     with mlflow.start_run(run_name=f"{params.train.model}-{commit[:7]}", tags=tags) as run:
         mlflow.log_params(flat_params(params))
         mlflow.log_metrics(_flat_metrics(evaluation, metadata))
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
-            signature=infer_signature(example, predict(pipeline, example).to_numpy()),
+            signature=signature,
             input_example=example,
             serialization_format="skops",
             skops_trusted_types=_trusted_types(pipeline),

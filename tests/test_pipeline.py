@@ -1,0 +1,115 @@
+"""End to end: `dvc repro` on a fresh clone, bad data stopping the line, new data, diffs between commits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import run, run_ok
+from .test_cli import break_data
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+STAGES = ["validate", "prepare", "train", "evaluate", "register"]
+DOWNSTREAM = [
+    "outputs/prepared/train.parquet", "outputs/model/model.joblib", "outputs/model/model.onnx",
+    "outputs/model/metadata.json", "outputs/evaluation/metrics.json", "outputs/registry/gate.json",
+]  # fmt: skip
+
+
+def snapshot(project: Path) -> dict[str, bytes]:
+    return {name: (project / name).read_bytes() for name in DOWNSTREAM}
+
+
+def commit(project: Path, message: str) -> None:
+    run_ok(["git", "add", "-A"], project)
+    run_ok(["git", "commit", "-q", "-m", message], project)
+
+
+def test_fresh_clone_runs_everything_then_is_up_to_date_then_stops_on_bad_data(project: Path) -> None:
+    first = run_ok(["dvc", "repro"], project)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first.stdout
+    gate = json.loads((project / "outputs/registry/gate.json").read_text())
+    assert gate["eligible"]
+    assert gate["version"] == "1"
+    assert gate["tracking_uri"].startswith("sqlite:///")
+    assert (project / ".mlflow/mlflow.db").exists()
+    assert not (project / "mlruns").exists()
+
+    # Lineage: the data hash and the commit the model was trained from.
+    metadata = json.loads((project / "outputs/model/metadata.json").read_text())
+    data_dvc = yaml.safe_load((project / "data.dvc").read_text())
+    assert metadata["data_hash"] == data_dvc["outs"][0]["md5"]
+    head = run_ok(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert metadata["git_commit"] == head
+
+    summary = run_ok(["forkcast", "summary"], project).stdout
+    assert "data validation   passed" in summary
+    assert "ELIGIBLE for promotion" in summary
+    assert "forkcast-demand v1" in summary
+
+    second = run_ok(["dvc", "repro"], project)
+    assert "Data and pipelines are up to date." in second.stdout
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" not in second.stdout
+
+    before = snapshot(project)
+    break_data(project, "unknown weather")
+    broken = run(["dvc", "repro"], project)
+    assert broken.returncode != 0
+    assert "FAILED weathersit.isin" in broken.stderr
+    assert "Running stage 'prepare'" not in broken.stdout
+    assert "sandstorm" in (project / "outputs/validation/report.md").read_text()
+    assert snapshot(project) == before  # nothing downstream was touched
+
+
+def test_new_data_and_new_params_show_up_in_dvc_diffs(project: Path) -> None:
+    run_ok(["forkcast", "new-data", "--through", "2011-06"], project)
+    run_ok(["dvc", "add", "data"], project)
+    run_ok(["dvc", "repro"], project)
+    commit(project, "data through June")
+
+    # A month of new data arrives: data.dvc changes the way a real data push changes it.
+    old_hash = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+    run_ok(["forkcast", "new-data", "--next-month"], project)
+    run_ok(["dvc", "add", "data"], project)
+    new_hash = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+    assert new_hash != old_hash
+    status = run_ok(["dvc", "status"], project).stdout
+    assert "validate" in status  # the pipeline knows it must rerun
+
+    # A new idea in params.yaml.
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("max_iter: 100", "max_iter: 40"))
+    repro = run_ok(["dvc", "repro"], project)
+    assert "Running stage 'train'" in repro.stdout
+    gate = json.loads((project / "outputs/registry/gate.json").read_text())
+    assert gate["version"] == "2"  # no production alias yet: judged eligible as the first would be
+
+    params_diff = run_ok(["dvc", "params", "diff", "--json"], project).stdout
+    max_iter = json.loads(params_diff)["params.yaml"]["train.hist_gradient_boosting.max_iter"]
+    assert (max_iter["old"], max_iter["new"]) == (100, 40)
+    metrics_diff = json.loads(run_ok(["dvc", "metrics", "diff", "--json"], project).stdout)
+    rmse = metrics_diff["outputs/evaluation/metrics.json"]["model.rmse"]
+    assert rmse["old"] != rmse["new"]
+    rows = metrics_diff["outputs/validation/report.json"]["summary.rows"]
+    assert rows["new"] > rows["old"]  # July arrived
+
+
+def test_promoting_then_a_worse_model_is_refused_by_the_gate(project: Path) -> None:
+    run_ok(["dvc", "repro"], project)
+    run_ok(["forkcast", "promote", "1"], project)
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("max_iter: 100", "max_iter: 3"))
+    run_ok(["dvc", "repro"], project)  # the gate reports; it does not break the pipeline
+    gate = json.loads((project / "outputs/registry/gate.json").read_text())
+    assert not gate["eligible"]
+    assert gate["verdict"]["production_version"] == "1"
+    summary = run_ok(["forkcast", "summary"], project).stdout
+    assert "REJECTED" in summary
+    assert "worse" in summary
+    assert run(["forkcast", "promote", "99"], project).returncode == 2

@@ -47,6 +47,19 @@ def test_fresh_clone_runs_everything_then_is_up_to_date_then_stops_on_bad_data(p
     head = run_ok(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert metadata["git_commit"] == head
 
+    # The MLflow run carries the same lineage, and a hash of each stage recorded in dvc.lock.
+    from mlflow import MlflowClient
+
+    from forkcast.lineage import stage_hashes
+
+    client = MlflowClient(gate["tracking_uri"])
+    tags = client.get_run(gate["run_id"]).data.tags
+    assert tags["data_hash"] == metadata["data_hash"]
+    assert tags["git_commit"] == head
+    lock = stage_hashes(project / "dvc.lock")
+    assert {"validate", "prepare", "train", "evaluate"} <= set(lock)
+    assert all(tags[f"dvc_stage.{stage}"] == digest for stage, digest in lock.items() if stage != "register")
+
     summary = run_ok(["forkcast", "summary"], project).stdout
     assert "data validation   passed" in summary
     assert "ELIGIBLE for promotion" in summary

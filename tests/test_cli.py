@@ -135,3 +135,18 @@ def test_new_data_when_the_data_already_holds_the_whole_feed(
 ) -> None:
     assert main(["new-data", "--next-month"]) == 2
     assert "no month after 2011-12" in capsys.readouterr().err
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds_saying_what_to_do(
+    in_project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .conftest import free_port
+
+    for name in ("validate", "prepare", "train", "evaluate"):
+        assert main([name]) == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    assert main(["register"]) == 2
+    error = capsys.readouterr().err
+    assert "cannot reach the MLflow server" in error
+    assert "unset it to track in the local store" in error
+    assert not (in_project / "outputs/registry/gate.json").exists()

@@ -169,6 +169,21 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def _tracking_errors() -> Iterator[None]:
+    from mlflow.exceptions import MlflowException
+
+    from forkcast.registry import TrackingUnavailableError
+
+    try:
+        yield
+    except TrackingUnavailableError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    except MlflowException as exc:
+        code = EXIT_USAGE if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else EXIT_CHECK_FAILED
+        raise _fail(f"MLflow refused the request: {exc.message}", code) from exc
+
+
 @app.command()
 def register(params_file: ParamsOption = PARAMS_FILE) -> None:
     """Log the run to MLflow, register a model version as `candidate`, and judge it against `production`."""
@@ -179,7 +194,7 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
     params = _params(params_file)
     _require(paths.MODEL_PICKLE, paths.MODEL_METADATA, paths.METRICS_JSON, paths.VALIDATION_JSON)
     test = _read_splits()["test"]
-    with _step("register in MLflow"):
+    with _step("register in MLflow"), _tracking_errors():
         registration = track_and_register(
             params=params,
             pipeline=load_pipeline(paths.MODEL_PICKLE),
@@ -205,15 +220,11 @@ def promote(
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Give a registered model version the `production` alias (later candidates are judged against it)."""
-    from mlflow.exceptions import MlflowException
-
     from forkcast.registry import promote as set_alias
 
     params = _params(params_file)
-    try:
+    with _tracking_errors():
         set_alias(paths.LOCAL_MLFLOW_DIR, params, version)
-    except MlflowException as exc:
-        raise _fail(f"cannot promote version {version}: {exc.message}", EXIT_USAGE) from exc
     typer.echo(f"{params.tracking.registered_model} v{version} is now aliased 'production'")
 
 

@@ -8,6 +8,8 @@ that need it, so the CLI stays fast.
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,11 +39,32 @@ def is_local(uri: str) -> bool:
     return uri.startswith("sqlite:")
 
 
+class TrackingUnavailableError(Exception):
+    """The configured MLflow tracking server does not answer."""
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, with a message saying what to do, rather than after mlflow's long retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: a proxy or an auth layer may guard /health
+    except OSError as exc:
+        raise TrackingUnavailableError(
+            f"cannot reach the MLflow server at {uri} (MLFLOW_TRACKING_URI): {exc}. "
+            "Start it, correct the variable, or unset it to track in the local store .mlflow/"
+        ) from exc
+
+
 def use_tracking(local_dir: Path, experiment: str) -> str:
     """Point mlflow at the configured store and experiment; return the experiment id."""
     import mlflow
 
     uri = tracking_uri(local_dir)
+    check_reachable(uri)
     if is_local(uri):
         local_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)

@@ -5,14 +5,13 @@ SHELL := bash
 
 UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
-RUN := $(UV) run --locked
+# `install` keeps .venv in step with uv.lock, so runs skip uv's own sync check.
+RUN := $(UV) run --no-sync
 
 # No telemetry from the tools, and no Python downloads: use the interpreter that is here.
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := true
 export UV_PYTHON_DOWNLOADS := never
-# Compile bytecode at install time: with PYTHONDONTWRITEBYTECODE set, every run would recompile mlflow.
-export UV_COMPILE_BYTECODE := 1
 export UV_PYTHON ?= python3
 
 .PHONY: help install data run repro summary test test-fast lint format typecheck ui new-data bench clean
@@ -25,13 +24,16 @@ $(CURDIR)/.tools/bin/uv:
 	.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
 .venv/.installed: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --locked
+	@# Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set, every run would recompile mlflow.
+	$(UV) sync --locked --compile-bytecode
 	@touch $@
 
 install: .venv/.installed ## Create .venv with the locked dependencies (installs uv first if needed)
 
-data: install ## Fetch the data from the DVC remote (the default remote lives in the repository)
-	$(RUN) dvc pull data.dvc feed.dvc
+data: install ## Fetch the data from the DVC remote when it is missing (the default remote lives in the repository)
+	@# Only when missing: a pull would refuse to overwrite data you changed and have not `dvc add`-ed yet.
+	@if [ -e data ] && [ -e feed ]; then echo "data/ and feed/ present (after a git checkout: dvc checkout)"; \
+	else $(RUN) dvc pull data.dvc feed.dvc; fi
 
 run: data ## The main job: the whole pipeline (validate, prepare, train, evaluate, register) and a summary
 	$(RUN) dvc repro
@@ -63,9 +65,10 @@ typecheck: install ## Type-check the package
 ui: install ## Browse runs and registered models in the MLflow UI (http://127.0.0.1:5000)
 	$(RUN) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///.mlflow/mlflow.db}" --port 5000
 
-new-data: data ## Simulate new data: MONTH=2011-03 keeps the feed through that month, else the next month arrives
+new-data: data ## Simulate new data (then commit data.dvc and .dvc/storage): MONTH=2011-03 keeps the feed through that month, else the next month arrives
 	$(RUN) forkcast new-data $(if $(MONTH),--through $(MONTH),--next-month)
 	$(RUN) dvc add data
+	$(RUN) dvc push data.dvc
 
 bench: install ## Time and peak memory of each stage at 10k, 100k and 1M rows
 	$(RUN) python benchmarks/pipeline.py

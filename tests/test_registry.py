@@ -22,7 +22,7 @@ from .conftest import BIN, free_port, tool_env
 def test_the_first_version_is_eligible() -> None:
     verdict = judge(GateParams(), "1", {"rmse": 50.0, "mae": 30.0}, None, None)
     assert verdict.eligible
-    assert "first version" in verdict.reason
+    assert "nothing to compare against" in verdict.reason
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,16 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes files private; outputs are ordinary files
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_text(path: Path, text: str) -> None:

@@ -161,11 +161,13 @@ def evaluate(params_file: ParamsOption = PARAMS_FILE) -> None:
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
+    from forkcast.report import versus_baseline
+
     model, baseline = metrics["model"], metrics["baseline"]
     lines = [f"{'test set':<22}{'RMSE':>8}{'MAE':>8}{'R²':>8}"]
     for label, values in (("model", model), ("seasonal baseline", baseline)):
         lines.append(f"{label:<22}{values['rmse']:>8.1f}{values['mae']:>8.1f}{values['r2']:>8.3f}")
-    lines.append(f"RMSE {metrics['rmse_improvement_over_baseline']:.1%} better than the baseline")
+    lines.append(f"RMSE {versus_baseline(metrics['rmse_improvement_over_baseline'])}")
     return "\n".join(lines)
 
 
@@ -180,7 +182,8 @@ def _tracking_errors() -> Iterator[None]:
     except TrackingUnavailableError as exc:
         raise _fail(str(exc), EXIT_USAGE) from exc
     except MlflowException as exc:
-        code = EXIT_USAGE if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else EXIT_CHECK_FAILED
+        usage = exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+        code = EXIT_USAGE if usage else EXIT_CHECK_FAILED
         raise _fail(f"MLflow refused the request: {exc.message}", code) from exc
 
 
@@ -259,7 +262,10 @@ def new_data(
     except ArrivalError as exc:
         raise _fail(str(exc), EXIT_USAGE) from exc
     typer.echo(message)
-    typer.echo("next: `dvc add data` then `git add data.dvc && git commit` (and `dvc push`), then `make run`")
+    typer.echo(
+        "next: `dvc add data && dvc push data.dvc`, commit data.dvc (and .dvc/storage with the default remote), "
+        "then `make run`"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

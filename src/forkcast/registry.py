@@ -7,6 +7,7 @@ that need it, so the CLI stays fast.
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -104,7 +105,7 @@ def judge(
     if production_version is None or production is None:
         return GateVerdict(
             True, gate.metric, gate.tolerance, candidate_version, value, None, None, None,
-            f"no model has the alias '{PRODUCTION}' yet: the first version is eligible",
+            f"no model has the alias '{PRODUCTION}' yet: nothing to compare against, so the candidate is eligible",
         )  # fmt: skip
     reference = production[gate.metric]
     allowed = reference * (1.0 + gate.tolerance)
@@ -185,6 +186,8 @@ def track_and_register(
     from mlflow.models import infer_signature
 
     experiment_id = use_tracking(local_dir, params.tracking.experiment)
+    # It cannot find pip in a uv environment and says so on every run; the requirements are given explicitly.
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
     client = MlflowClient()
     name = params.tracking.registered_model
     target = params.data.target

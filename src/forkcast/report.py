@@ -7,6 +7,12 @@ from typing import Any
 from forkcast import atomic, paths
 
 
+def versus_baseline(improvement: float) -> str:
+    if improvement >= 0:
+        return f"{improvement:.1%} better than the baseline"
+    return f"{-improvement:.1%} WORSE than the baseline"
+
+
 def _read(path: Any) -> Any:
     return atomic.read_json(path) if path.exists() else None
 
@@ -23,13 +29,15 @@ def pipeline_summary() -> str:
             f"checks ({s['share_of_checks_passed']:.1%}), {s['share_of_rows_passed']:.2%} of {s['rows']:,} rows clean"
             f"  -> {paths.VALIDATION_MD}"
         )
+    if validation and not validation["passed"] and metrics:
+        lines.append("(validation failed: the figures below come from the last run that got past it)")
     if metrics:
         model, baseline = metrics["model"], metrics["baseline"]
         lines += [
             f"test set ({metrics['test_rows']:,} h)   RMSE    MAE     R²",
             f"  model           {model['rmse']:6.1f} {model['mae']:6.1f} {model['r2']:6.3f}",
             f"  baseline        {baseline['rmse']:6.1f} {baseline['mae']:6.1f} {baseline['r2']:6.3f}"
-            f"   (RMSE {metrics['rmse_improvement_over_baseline']:.1%} better)",
+            f"   (RMSE {versus_baseline(metrics['rmse_improvement_over_baseline'])})",
         ]
     if gate:
         verdict = gate["verdict"]

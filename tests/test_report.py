@@ -1,0 +1,56 @@
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from forkcast import atomic, paths
+from forkcast.report import pipeline_summary, versus_baseline
+
+
+def test_the_baseline_comparison_says_worse_when_it_is() -> None:
+    assert versus_baseline(0.153) == "15.3% better than the baseline"
+    assert versus_baseline(-0.532) == "53.2% WORSE than the baseline"
+
+
+def test_the_summary_flags_figures_older_than_a_failed_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    summary = {"rows": 10, "checks": 65, "checks_passed": 64, "share_of_checks_passed": 64 / 65,
+               "share_of_rows_passed": 0.9}  # fmt: skip
+    atomic.write_json(paths.VALIDATION_JSON, {"passed": False, "summary": summary})
+    metrics = {"rmse": 50.0, "mae": 30.0, "r2": 0.8}
+    atomic.write_json(
+        paths.METRICS_JSON,
+        {"test_rows": 5, "model": metrics, "baseline": metrics, "rmse_improvement_over_baseline": 0.0},
+    )
+    text = pipeline_summary()
+    assert "data validation   FAILED: 64/65 checks" in text
+    assert "come from the last run that got past it" in text
+    assert "quality gate      not run yet" in text
+
+
+def test_atomic_writes_make_ordinary_files_and_leave_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "file.json"
+    atomic.write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in target.parent.iterdir()] == ["file.json"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "file.txt"
+    target.write_text("old")
+
+    def explode(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic.write_atomic(target, explode)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -35,9 +37,6 @@ def data_hash(dvc_file: Path) -> str | None:
 
 def stage_hashes(lock_file: Path) -> dict[str, str]:
     """A hash per stage in dvc.lock: the md5 of its command, deps, params and outs."""
-    import hashlib
-    import json
-
     try:
         stages = yaml.safe_load(lock_file.read_text()).get("stages", {})
     except (OSError, AttributeError, yaml.YAMLError):

@@ -91,3 +91,12 @@ def test_an_unseen_weather_category_still_predicts(trained: TrainedModel, splits
     # The service rejects unknown categories; the pipeline itself must not crash on them.
     frame = splits.test.head(3).assign(weathersit="fog")
     assert len(predict(trained.pipeline, frame)) == 3
+
+
+def test_thread_count_and_early_stopping_are_explicit() -> None:
+    from forkcast.model import build_regressor
+
+    forest = build_regressor(Params.model_validate({"train": {"model": "random_forest", "threads": 2}}).train)
+    assert forest.n_jobs == 2
+    boosting = build_regressor(Params().train)
+    assert boosting.early_stopping is False  # scikit-learn's "auto" would hold out 10% above 10k rows

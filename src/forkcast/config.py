@@ -56,6 +56,8 @@ class HistGradientBoostingParams(_Section):
     max_leaf_nodes: Annotated[int, Field(ge=2)] = 31
     min_samples_leaf: Annotated[int, Field(ge=1)] = 20
     l2_regularization: Annotated[float, Field(ge=0.0)] = 0.0
+    # scikit-learn turns early stopping on by itself above 10,000 rows; say it explicitly instead.
+    early_stopping: bool = False
 
 
 class RandomForestParams(_Section):
@@ -68,6 +70,9 @@ class RandomForestParams(_Section):
 class TrainParams(_Section):
     model: Literal["hist_gradient_boosting", "random_forest"] = "hist_gradient_boosting"
     seed: int = 42
+    # Threads for fitting. On shared 2-core runners more threads than free cores (oversubscription)
+    # made training up to 10x slower; raise it on a machine of your own.
+    threads: Annotated[int, Field(ge=1)] = 1
     hist_gradient_boosting: HistGradientBoostingParams = HistGradientBoostingParams()
     random_forest: RandomForestParams = RandomForestParams()
     # ONNX export must reproduce scikit-learn's predictions within this (bikes per hour).

@@ -13,6 +13,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
+from threadpoolctl import threadpool_limits
 
 from forkcast.config import TrainParams
 from forkcast.schema import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
@@ -22,8 +23,7 @@ def build_regressor(params: TrainParams) -> HistGradientBoostingRegressor | Rand
     hyperparameters: dict[str, Any] = params.hyperparameters()
     if params.model == "hist_gradient_boosting":
         return HistGradientBoostingRegressor(random_state=params.seed, **hyperparameters)
-    # One thread: the two-core machines this runs on are shared with the test servers.
-    return RandomForestRegressor(random_state=params.seed, n_jobs=1, **hyperparameters)
+    return RandomForestRegressor(random_state=params.seed, n_jobs=params.threads, **hyperparameters)
 
 
 def build_pipeline(params: TrainParams) -> Pipeline:
@@ -38,7 +38,8 @@ def build_pipeline(params: TrainParams) -> Pipeline:
 
 def fit(params: TrainParams, train: pd.DataFrame, target: str) -> Pipeline:
     pipeline = build_pipeline(params)
-    pipeline.fit(train[list(FEATURES)], train[target])
+    with threadpool_limits(limits=params.threads):  # OpenMP threads of HistGradientBoosting
+        pipeline.fit(train[list(FEATURES)], train[target])
     return pipeline
 
 

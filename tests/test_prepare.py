@@ -1,3 +1,5 @@
+import io
+
 import pandas as pd
 import pytest
 
@@ -43,3 +45,26 @@ def test_too_little_data_to_split_is_a_clear_error(splits: Splits) -> None:
     two_days = splits.train[splits.train["timestamp"] < pd.Timestamp("2011-01-03")]
     with pytest.raises(ValueError, match="at least 3 days"):
         split_by_time(two_days, SplitParams())
+
+
+def test_rows_the_validation_tolerated_are_dropped_before_training(raw_text: pd.DataFrame) -> None:
+    from forkcast.prepare import UnusableDataError, drop_failing_rows
+
+    table = raw_text.copy()
+    table.loc[5, "hum"] = "1.7"
+    table.loc[6, "windspeed"] = None
+    table.loc[9, "holiday"] = "0.0"  # a whole number written as a float is still fine
+    typed = pd.read_csv(_csv(table))
+    kept, dropped = drop_failing_rows(typed)
+    assert dropped == 2
+    assert len(kept) == len(table) - 2
+    assert kept["holiday"].dtype == "int64"
+    with pytest.raises(UnusableDataError, match="hum"):
+        drop_failing_rows(typed.drop(columns=["hum"]))
+
+
+def _csv(table: pd.DataFrame) -> io.StringIO:
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    buffer.seek(0)
+    return buffer

@@ -162,3 +162,17 @@ def test_the_reports_list_every_check(tmp_path: Path, raw_text: pd.DataFrame) ->
     assert "`weathersit.isin`" in markdown
     assert "| 102 | tornado |" in markdown
     assert markdown == render_markdown(report)
+
+
+def test_a_day_that_is_not_a_date_is_reported_not_raised(raw_text: pd.DataFrame) -> None:
+    broken = raw_text.copy()
+    broken.loc[3, "day"] = "x"
+    broken.loc[4, "day"] = "1000000"  # past any calendar pandas can represent
+    failures = failed(validate(broken))
+    assert failures["day.dtype"]["rows_failed"] == 1
+    assert failures["rows.month_matches_day"]["rows_failed"] == 1
+
+
+def test_a_missing_column_means_no_row_is_vouched_for(raw_text: pd.DataFrame) -> None:
+    report = validate(raw_text.drop(columns=["hum"]))
+    assert report["summary"]["rows_passing_all_checks"] == 0

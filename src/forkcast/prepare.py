@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
 
 from forkcast import atomic
 from forkcast.config import DataParams, SplitParams
@@ -33,8 +34,30 @@ class Splits:
         return [("train", self.train), ("validation", self.validation), ("test", self.test)]
 
 
+class UnusableDataError(ValueError):
+    """The raw data has problems that no row filter can fix (a missing column, say)."""
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, skipinitialspace=True)  # as the validate stage reads it: " clear" is "clear"
+
+
 def load_raw(path: Path) -> pd.DataFrame:
-    return RawHourly.validate(pd.read_csv(path))
+    """The raw table, typed; rows that fail a check (tolerated by `validate.min_pass_rate`) are dropped."""
+    return drop_failing_rows(read_table(path))[0]
+
+
+def drop_failing_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    try:
+        return RawHourly.validate(table, lazy=True), 0
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        whole_table = cases[cases["index"].isna()]
+        if not whole_table.empty:
+            problems = sorted({f"{row.column}: {row.check} ({row.failure_case})" for row in whole_table.itertuples()})
+            raise UnusableDataError(f"problems no row filter can fix: {'; '.join(problems)}") from exc
+        failing = set(cases["index"].astype(int))
+        return RawHourly.validate(table.drop(index=list(failing))), len(failing)
 
 
 def add_timestamp(raw: pd.DataFrame, start_date: dt.date) -> pd.Series:

@@ -10,6 +10,7 @@ from pandera.typing import Series
 
 MONTH_NAMES = ("Jan", "Feb", "March", "April", "May", "June", "July", "Aug", "Sept", "Oct", "Nov", "Dec")
 WEATHER = ("clear", "cloudy/misty", "light rain/snow", "heavy rain/snow")
+MAX_DAYS = 36_500  # a century of daily data; pandas timestamps end in 2262
 LEAKING_COLUMNS = ("casual", "registered")  # they sum to the target: never a model input
 
 # The model's inputs: what a caller knows at prediction time.
@@ -41,6 +42,7 @@ class RawHourly(pa.DataFrameModel):
 
     class Config:
         strict = False  # extra columns are tolerated and ignored
+        coerce = True  # "1.0" in an integer column is still a whole number
         unique = ["day", "hr"]  # noqa: RUF012 (pandera reads it as is)  # one row per hour
 
     @pa.dataframe_check(name="workingday_consistent")
@@ -59,8 +61,10 @@ class RawHourly(pa.DataFrameModel):
 
 def month_matches_day(df: pd.DataFrame, start_date: dt.date) -> pd.Series:
     """The month name agrees with the calendar date of `day` (needs the data's start date)."""
-    dates = pd.Timestamp(start_date) + pd.to_timedelta(df["day"] - 1, unit="D")
-    expected = dates.dt.month.map(lambda m: MONTH_NAMES[m - 1])
+    days = pd.to_numeric(df["day"], errors="coerce")
+    days = days.where(days.between(1, MAX_DAYS))  # beyond that no calendar date exists: fails the check
+    dates = pd.Timestamp(start_date) + pd.to_timedelta(days - 1, unit="D")
+    expected = dates.dt.month.map(dict(enumerate(MONTH_NAMES, start=1)))
     return df["mnth"] == expected
 
 

@@ -109,6 +109,7 @@ class _Checker:
         return self.params.min_pass_rate.get(name, self.params.default_min_pass_rate)
 
     def add_error(self, name: str, description: str, error: str) -> None:
+        self.row_failed[:] = True  # a check that cannot run vouches for no row
         self.results.append(CheckResult(name, description, len(self.table), 0, self.tolerance(name), error=error))
 
     def add(self, name: str, description: str, passes: pd.Series, sample_columns: list[str] | None = None) -> None:
@@ -182,7 +183,12 @@ def validate_table(table: pd.DataFrame, params: ValidateParams, start_date: dt.d
         checker.add(f"{name}.dtype", f"values are {column.dtype}", ~wrong_type, [name])
         coerced[name] = values
         for check in column.checks:
-            outcome = check(values.dropna()).check_output.reindex(values.index, fill_value=True)
+            try:
+                output = check(values.dropna()).check_output
+            except Exception as exc:  # a custom check may raise on odd data: report it, never crash
+                checker.add_error(f"{name}.{check.name}", check.error or check.name, f"the check raised {exc!r}")
+                continue
+            outcome = _per_row(output, values.index)
             checker.add(f"{name}.{check.name}", check.error or check.name, outcome, [name])
 
     complete = coerced.notna().all(axis=1)  # rows with a missing or mistyped value fail those checks
@@ -226,8 +232,18 @@ def _table_checks(
         except (KeyError, pa.errors.SchemaError) as exc:  # pandera wraps a check's KeyError
             checker.add_error(name, description, f"needs a missing column: {exc}")
             continue
-        outcome = getattr(outcome, "check_output", outcome)
+        except Exception as exc:  # a custom check may raise on odd data: report it, never crash
+            checker.add_error(name, description, f"the check raised {exc!r}")
+            continue
+        outcome = _per_row(getattr(outcome, "check_output", outcome), coerced.index)
         checker.add(name, description, outcome | ~complete)
+
+
+def _per_row(output: Any, index: pd.Index) -> pd.Series:
+    """A check's outcome for every row: a scalar outcome (a check on the whole column) applies to all."""
+    if isinstance(output, pd.Series):
+        return output.reindex(index, fill_value=True).astype(bool)
+    return pd.Series(bool(output), index=index)
 
 
 def check_names(schema: pa.DataFrameSchema | None = None) -> list[str]:
@@ -295,7 +311,7 @@ def render_markdown(report: ValidationReport) -> str:
     for check in report.checks:
         status = "pass" if check.passed else ("**error**" if check.error else "**FAIL**")
         rule = check.description.replace("|", "\\|")
-        lines.append(f"| `{check.name}` | {rule} | {check.pass_rate:.2%} | {check.min_pass_rate:.0%} | {status} |")
+        lines.append(f"| `{check.name}` | {rule} | {check.pass_rate:.2%} | {check.min_pass_rate:.2%} | {status} |")
     return "\n".join(lines) + "\n"
 
 
@@ -304,8 +320,12 @@ def _sample_table(samples: list[dict[str, Any]]) -> list[str]:
         return []
     columns = list(samples[0])
     rows = [f"| {' | '.join(columns)} |", f"|{' --- |' * len(columns)}"]
-    rows += [f"| {' | '.join(str(sample[c]) for c in columns)} |" for sample in samples]
+    rows += [f"| {' | '.join(_cell(sample[c]) for c in columns)} |" for sample in samples]
     return rows
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|")  # a pipe would split the Markdown table cell
 
 
 def write_report(report: ValidationReport, json_path: Path, markdown_path: Path) -> None:

@@ -126,3 +126,7 @@ def test_promoting_then_a_worse_model_is_refused_by_the_gate(project: Path) -> N
     assert "REJECTED" in summary
     assert "worse" in summary
     assert run(["forkcast", "promote", "99"], project).returncode == 2
+    refused = run(["forkcast", "promote", "2"], project)
+    assert refused.returncode == 1
+    assert "not eligible for promotion (gate: rejected)" in refused.stderr
+    run_ok(["forkcast", "promote", "2", "--force"], project)

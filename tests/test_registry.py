@@ -28,7 +28,7 @@ def test_the_first_version_is_eligible() -> None:
 @pytest.mark.parametrize(
     ("candidate", "eligible", "words"),
     [
-        (50.0, True, "0.0% better"),
+        (50.0, True, "no change"),
         (52.4, True, "4.8% worse"),
         (52.6, False, "5.2% worse"),
         (40.0, True, "20.0% better"),
@@ -39,6 +39,19 @@ def test_the_gate_allows_at_most_the_tolerance(candidate: float, eligible: bool,
     assert verdict.eligible is eligible
     assert words in verdict.reason
     assert verdict.allowed_value == pytest.approx(52.5)
+
+
+def test_exactly_at_the_tolerance_passes_despite_float_rounding() -> None:
+    # 100 * 1.15 is 114.99999999999999 in floating point.
+    verdict = judge(GateParams(tolerance=0.15), "2", {"rmse": 115.0}, "1", {"rmse": 100.0})
+    assert verdict.eligible
+
+
+def test_a_perfect_production_model_is_only_matched_not_beaten() -> None:
+    assert judge(GateParams(tolerance=0.5), "2", {"rmse": 0.0}, "1", {"rmse": 0.0}).eligible
+    worse = judge(GateParams(tolerance=0.5), "2", {"rmse": 0.1}, "1", {"rmse": 0.0})
+    assert not worse.eligible
+    assert "worse than a perfect production model" in worse.reason
 
 
 def test_the_gate_uses_the_configured_metric() -> None:

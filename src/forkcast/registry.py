@@ -109,12 +109,15 @@ def judge(
         )  # fmt: skip
     reference = production[gate.metric]
     allowed = reference * (1.0 + gate.tolerance)
-    change = value / reference - 1.0 if reference else 0.0
-    eligible = value <= allowed
-    relation = "worse" if change > 0 else "better"
+    eligible = value <= allowed + 1e-9  # exactly at the tolerance passes, whatever the float rounding
+    if reference > 0:
+        change = value / reference - 1.0
+        relation = "no change" if abs(change) < 5e-4 else f"{abs(change):.1%} {'worse' if change > 0 else 'better'}"
+    else:
+        relation = "no change" if value == reference else "worse than a perfect production model"
     reason = (
         f"{gate.metric} {value:.3f} vs production v{production_version} {reference:.3f} "
-        f"({abs(change):.1%} {relation}; at most {gate.tolerance:.1%} worse allowed)"
+        f"({relation}; at most {gate.tolerance:.1%} worse allowed)"
     )
     return GateVerdict(
         eligible, gate.metric, gate.tolerance, candidate_version, value, production_version, reference, allowed, reason
@@ -154,8 +157,11 @@ def production_metrics(
 
     try:
         version = client.get_model_version_by_alias(name, PRODUCTION)
-    except MlflowException:
-        return None, None
+    except MlflowException as exc:
+        # Only a missing alias means "no production yet"; any other error must not open the gate.
+        if exc.error_code in {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"}:
+            return None, None
+        raise
     production = mlflow.sklearn.load_model(f"models:/{name}@{PRODUCTION}")
     return str(version.version), regression_metrics(test[target], predict(production, test))
 
@@ -196,7 +202,8 @@ def track_and_register(
         "git_commit": commit,
         "data_hash": lineage.get("data_hash") or "unknown",
         "model_type": params.train.model,
-        **{f"dvc_stage.{stage}": digest for stage, digest in lineage.get("stage_hashes", {}).items()},
+        # dvc.lock is read while `register` runs: its own entry, if any, is the previous run's.
+        **{f"dvc_stage.{s}": digest for s, digest in lineage.get("stage_hashes", {}).items() if s != "register"},
     }
     example = test[list(FEATURES)].head(5)
     with warnings.catch_warnings():
@@ -206,6 +213,8 @@ def track_and_register(
     with mlflow.start_run(run_name=f"{params.train.model}-{commit[:7]}", tags=tags) as run:
         mlflow.log_params(flat_params(params))
         mlflow.log_metrics(_flat_metrics(evaluation, metadata))
+        for path in artifacts:  # before the model version exists, so a missing file registers nothing
+            mlflow.log_artifact(str(path), artifact_path="reports")
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -216,17 +225,13 @@ def track_and_register(
             pip_requirements=[f"scikit-learn=={metadata['libraries']['scikit-learn']}"],
             registered_model_name=name,
         )
-        for path in artifacts:
-            mlflow.log_artifact(str(path), artifact_path="reports")
         version = str(info.registered_model_version)
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
-        client.set_registered_model_alias(name, CANDIDATE, version)
-
-        candidate_metrics = evaluation["model"]
         production_version, production = production_metrics(client, name, test, target)
-        verdict = judge(params.gate, version, candidate_metrics, production_version, production)
+        verdict = judge(params.gate, version, evaluation["model"], production_version, production)
         client.set_model_version_tag(name, version, "gate", "eligible" if verdict.eligible else "rejected")
+        client.set_registered_model_alias(name, CANDIDATE, version)  # only once it carries its verdict
         mlflow.log_dict(verdict.to_dict(), "reports/gate.json")
     return Registration(run.info.run_id, experiment_id, name, version, verdict, mlflow.get_tracking_uri())
 
@@ -239,13 +244,23 @@ def _flat_metrics(evaluation: dict[str, Any], metadata: dict[str, Any]) -> dict[
     return flat
 
 
-def promote(local_dir: Path, params: Params, version: str, alias: str = PRODUCTION) -> None:
-    """Point `alias` (production by default) at a registered version."""
+class GateRefusedError(Exception):
+    """The version was not judged eligible by the quality gate."""
+
+
+def promote(local_dir: Path, params: Params, version: str, force: bool = False, alias: str = PRODUCTION) -> None:
+    """Point `alias` (production by default) at a registered version the gate judged eligible."""
     from mlflow import MlflowClient
 
     use_tracking(local_dir, params.tracking.experiment)
     client = MlflowClient()
-    client.get_model_version(params.tracking.registered_model, version)  # fails clearly if missing
+    found = client.get_model_version(params.tracking.registered_model, version)  # fails clearly if missing
+    verdict = found.tags.get("gate", "never judged")
+    if verdict != "eligible" and not force:
+        raise GateRefusedError(
+            f"version {version} is not eligible for promotion (gate: {verdict}); "
+            "its run's reports/gate.json says why. Use --force to promote it anyway."
+        )
     client.set_registered_model_alias(params.tracking.registered_model, alias, version)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from forkcast.config import Params
+from forkcast.config import Params, load_params
 from forkcast.prepare import Splits, build_features, load_raw, split_by_time
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +21,9 @@ BIN = Path(sys.executable).parent  # the environment's console scripts: dvc, for
 
 # What a fresh clone holds: the tracked files a project copy needs (data comes from `dvc pull`).
 PROJECT_FILES = (
-    "src", "pyproject.toml", "params.yaml", "dvc.yaml", "data.dvc", "feed.dvc", ".gitignore", ".dvcignore",
-    ".dvc/config", ".dvc/.gitignore", ".dvc/storage",
+    "src", "pyproject.toml", "params.yaml", "dvc.yaml", "dvc.lock", "data.dvc", "feed.dvc", ".gitignore",
+    ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/storage", "Makefile", "README.md",
+    "outputs/evaluation/metrics.json", "outputs/validation/report.json",
 )  # fmt: skip
 
 
@@ -73,7 +74,8 @@ def raw_text(dataset: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def params() -> Params:
-    return Params()
+    """The committed settings, as the pipeline runs them."""
+    return load_params(ROOT / "params.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,30 @@ from typing import Any
 
 import yaml
 
+# Files the pipeline itself rewrites: their changes say nothing about the code that trained the model
+# (the data has its own hash).
+PIPELINE_WRITES = ("dvc.lock", "outputs", "data.dvc", "feed.dvc")
+
 LIBRARIES = ("scikit-learn", "pandas", "numpy", "pandera", "dvc", "mlflow", "skl2onnx", "onnxruntime")
 
 
 def git_commit() -> str | None:
-    """HEAD's commit, with `-dirty` when tracked files have uncommitted changes."""
+    """HEAD's commit, with `-dirty` when tracked files other than the pipeline's own outputs changed."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                *(f":(exclude){path}" for path in PIPELINE_WRITES),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -38,7 +53,7 @@ def data_hash(dvc_file: Path) -> str | None:
 def stage_hashes(lock_file: Path) -> dict[str, str]:
     """A hash per stage in dvc.lock: the md5 of its command, deps, params and outs."""
     try:
-        stages = yaml.safe_load(lock_file.read_text()).get("stages", {})
+        stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages") or {}
     except (OSError, AttributeError, yaml.YAMLError):
         return {}
     return {

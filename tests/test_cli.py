@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +36,7 @@ def test_a_typo_in_params_fails_fast_naming_the_key(in_project: Path, capsys: py
     error = capsys.readouterr().err
     assert "unknown key 'train.sed'" in error
     assert "seed" in error
-    assert not (in_project / "outputs").exists()
+    assert not (in_project / "outputs/prepared").exists()
 
 
 def break_data(project: Path, edit: str) -> Path:
@@ -108,8 +109,8 @@ def test_new_data_rewrites_the_data_month_by_month(in_project: Path, capsys: pyt
     march = pd.read_csv(data)
     assert march["mnth"].unique().tolist() == ["Jan", "Feb", "March"]
     assert march.head(len(february)).equals(february)  # history is kept, the new month appended
-    feed = (in_project / "feed" / "bikeshare_2011_hourly.csv").read_text()
-    assert feed.startswith(data.read_text())  # byte for byte the feed's own rows
+    feed = (in_project / "feed" / "bikeshare_2011_hourly.csv").read_bytes()
+    assert feed.startswith(data.read_bytes())  # byte for byte the feed's own rows
     assert "dvc add data" in capsys.readouterr().out
 
 
@@ -150,3 +151,30 @@ def test_an_unreachable_tracking_server_fails_in_seconds_saying_what_to_do(
     assert "cannot reach the MLflow server" in error
     assert "unset it to track in the local store" in error
     assert not (in_project / "outputs/registry/gate.json").exists()
+
+
+def test_help_imports_none_of_the_heavy_libraries() -> None:
+    probe = (
+        "import sys; from forkcast.cli import main; code = main(['--help']); "
+        "heavy = [m for m in ('mlflow', 'sklearn', 'pandas', 'pandera', 'onnxruntime') if m in sys.modules]; "
+        "print(heavy); sys.exit(code)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=tool_env(), check=False)
+    assert result.returncode == 0
+    assert result.stdout.strip().endswith("[]")
+
+
+def test_tolerated_bad_rows_pass_validation_and_are_dropped_by_prepare(
+    in_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    break_data(in_project, "out of range")
+    params = in_project / "params.yaml"
+    params.write_text(params.read_text().replace("min_pass_rate: {}", "min_pass_rate: {temp.in_range: 0.99}"))
+    assert main(["validate"]) == 0
+    assert main(["prepare"]) == 0
+    assert "dropped 1 rows that fail a check the validation tolerated" in capsys.readouterr().out
+
+
+def test_new_data_refuses_a_month_that_does_not_exist(in_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["new-data", "--through", "2011-13"]) == 2
+    assert "not a month" in capsys.readouterr().err

@@ -22,15 +22,27 @@ class ArrivalError(Exception):
 
 
 def _months(path: Path, start_date: dt.date) -> pd.Series:
-    days = pd.read_csv(path, usecols=["day"])["day"]
-    dates = pd.Timestamp(start_date) + pd.to_timedelta(days - 1, unit="D")
+    try:
+        days = pd.read_csv(path, usecols=["day"])["day"]
+        dates = pd.Timestamp(start_date) + pd.to_timedelta(days - 1, unit="D")
+    except (ValueError, TypeError, pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise ArrivalError(f"cannot read the days of {path}: {exc}") from exc
     return dates.dt.to_period("M")
+
+
+def _parse_month(text: str) -> pd.Period:
+    if not re.fullmatch(r"\d{4}-\d{2}", text):
+        raise ArrivalError(f"--through must look like YYYY-MM, got '{text}'")
+    try:
+        return pd.Period(text, freq="M")
+    except ValueError as exc:
+        raise ArrivalError(f"--through {text} is not a month") from exc
 
 
 def arrive(feed: Path, data: Path, start_date: dt.date, through: str | None) -> str:
     """Write the feed's rows up to the end of month `through` (or the month after `data`'s last) to `data`."""
     if not feed.exists():
-        raise ArrivalError(f"feed {feed} not found: run `dvc pull` first")
+        raise ArrivalError(f"feed {feed} not found: run `dvc pull feed.dvc` first")
     feed_months = _months(feed, start_date)
     if through is None:
         if not data.exists():
@@ -41,16 +53,19 @@ def arrive(feed: Path, data: Path, start_date: dt.date, through: str | None) -> 
             raise ArrivalError(f"the feed has no month after {last}: the data already holds all of it")
         month = later.min()
     else:
-        if not re.fullmatch(r"\d{4}-\d{2}", through):
-            raise ArrivalError(f"--through must look like YYYY-MM, got '{through}'")
-        month = pd.Period(through, freq="M")
+        month = _parse_month(through)
         if month < feed_months.min() or month > feed_months.max():
             raise ArrivalError(f"the feed covers {feed_months.min()} .. {feed_months.max()}, not {month}")
 
     keep = int((feed_months <= month).sum())
     if not (feed_months.iloc[:keep] <= month).all():
         raise ArrivalError(f"the feed {feed} is not in time order")
-    lines = feed.read_text().splitlines(keepends=True)
-    atomic.write_text(data, "".join(lines[: keep + 1]))  # +1: the header
+    # Bytes, not text: the new data must be the feed's own bytes (line endings included).
+    lines = feed.read_bytes().splitlines(keepends=True)
+    if len(lines) != len(feed_months) + 1:
+        raise ArrivalError(
+            f"the feed {feed} has blank or broken lines: {len(lines) - 1} lines, {len(feed_months)} rows"
+        )
+    atomic.write_atomic(data, lambda tmp: tmp.write_bytes(b"".join(lines[: keep + 1])))  # +1: the header
     latest = int((feed_months == month).sum())
     return f"{data}: {keep:,} rows, {feed_months.min()} .. {month} (the latest month, {month}, has {latest:,})"

@@ -20,8 +20,8 @@ from forkcast import paths
 if TYPE_CHECKING:
     from forkcast.config import Params
 
-# Not imported from config: building its pydantic models costs half a second that `--help` need not pay.
-PARAMS_FILE = Path("params.yaml")
+# config is imported only inside commands: building its pydantic models costs half a second `--help` need not pay.
+PARAMS_FILE = paths.PARAMS_FILE
 
 app = typer.Typer(
     help="Forkcast: validate, prepare, train, evaluate and register a demand model. "
@@ -99,16 +99,21 @@ def validate(
 @app.command()
 def prepare(params_file: ParamsOption = PARAMS_FILE) -> None:
     """Build model features and split them by time into train, validation and test."""
-    from forkcast.prepare import build_features, load_raw, split_by_time, write_splits
+    import pandera.pandas as pa
+
+    from forkcast.prepare import build_features, drop_failing_rows, read_table, split_by_time, write_splits
 
     params = _params(params_file)
     _require(params.data.raw)
     with _step("prepare"):
         try:
-            splits = split_by_time(build_features(load_raw(params.data.raw), params.data), params.split)
-        except ValueError as exc:
+            raw, dropped = drop_failing_rows(read_table(params.data.raw))
+            splits = split_by_time(build_features(raw, params.data), params.split)
+        except (ValueError, KeyError, pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
             raise _fail(f"cannot prepare {params.data.raw}: {exc}", EXIT_CHECK_FAILED) from exc
         write_splits(splits, {name: paths.prepared_split(name) for name in paths.SPLITS})
+    if dropped:
+        typer.echo(f"dropped {dropped:,} rows that fail a check the validation tolerated (see its report)")
     for name, frame in splits.items():
         start, end = frame["timestamp"].min(), frame["timestamp"].max()
         typer.echo(f"{name:>10}: {len(frame):>6,} rows  {start:%Y-%m-%d} .. {end:%Y-%m-%d}")
@@ -195,7 +200,10 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
     from forkcast.train import load_pipeline
 
     params = _params(params_file)
-    _require(paths.MODEL_PICKLE, paths.MODEL_METADATA, paths.METRICS_JSON, paths.VALIDATION_JSON)
+    reports = [paths.VALIDATION_JSON, paths.VALIDATION_MD, paths.MODEL_METADATA, paths.METRICS_JSON, paths.MODEL_ONNX]
+    _require(paths.MODEL_PICKLE, *reports)
+    if not atomic.read_json(paths.VALIDATION_JSON)["passed"]:
+        raise _fail(f"the data failed validation ({paths.VALIDATION_MD}): nothing is registered", EXIT_CHECK_FAILED)
     test = _read_splits()["test"]
     with _step("register in MLflow"), _tracking_errors():
         registration = track_and_register(
@@ -205,8 +213,7 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
             evaluation=atomic.read_json(paths.METRICS_JSON),
             metadata=atomic.read_json(paths.MODEL_METADATA),
             lineage=lineage.lineage(paths.DATA_DVC, paths.DVC_LOCK),
-            artifacts=[paths.VALIDATION_JSON, paths.VALIDATION_MD, paths.MODEL_METADATA, paths.METRICS_JSON,
-                       paths.MODEL_ONNX],
+            artifacts=reports,
             local_dir=paths.LOCAL_MLFLOW_DIR,
         )  # fmt: skip
         save_gate(registration, paths.GATE_JSON, paths.GATE_MD)
@@ -220,14 +227,19 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
 @app.command()
 def promote(
     version: Annotated[str, typer.Argument(help="The registered model version to promote.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote even a version the gate rejected.")] = False,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Give a registered model version the `production` alias (later candidates are judged against it)."""
+    from forkcast.registry import GateRefusedError
     from forkcast.registry import promote as set_alias
 
     params = _params(params_file)
     with _tracking_errors():
-        set_alias(paths.LOCAL_MLFLOW_DIR, params, version)
+        try:
+            set_alias(paths.LOCAL_MLFLOW_DIR, params, version, force=force)
+        except GateRefusedError as exc:
+            raise _fail(str(exc), EXIT_CHECK_FAILED) from exc
     typer.echo(f"{params.tracking.registered_model} v{version} is now aliased 'production'")
 
 
@@ -274,5 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command.main(args=argv if argv is not None else sys.argv[1:], prog_name="forkcast")
     except SystemExit as exit_:  # standalone mode always exits, usage errors included
+        if exit_.code is None:
+            return 0
         return exit_.code if isinstance(exit_.code, int) else 1
     return 0

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PARAMS_FILE = Path("params.yaml")  # keep in step with forkcast.cli.PARAMS_FILE
+from forkcast.paths import PARAMS_FILE
 
 
 class ConfigError(Exception):

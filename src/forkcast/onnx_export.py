@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from forkcast.schema import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from forkcast.schema import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 
 
 @contextlib.contextmanager
@@ -59,7 +59,5 @@ def predict_onnx(model: bytes, frame: pd.DataFrame) -> np.ndarray:
 
 def max_abs_difference(pipeline: Pipeline, model: bytes, frame: pd.DataFrame) -> float:
     """Largest gap between scikit-learn and ONNX Runtime predictions (before clipping)."""
-    from forkcast.schema import FEATURES
-
     expected = pipeline.predict(frame[list(FEATURES)])
     return float(np.max(np.abs(predict_onnx(model, frame) - expected))) if len(frame) else 0.0

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+PARAMS_FILE = Path("params.yaml")
 OUTPUTS = Path("outputs")
 
 VALIDATION_DIR = OUTPUTS / "validation"

@@ -54,3 +54,21 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic.write_atomic(target, explode)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_the_summary_flags_a_gate_older_than_the_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    verdict = {"reason": "no model has the alias 'production' yet"}
+    atomic.write_json(
+        paths.GATE_JSON,
+        {"eligible": True, "verdict": verdict, "model_name": "m", "version": "1", "run_id": "r", "tracking_uri": "u"},
+    )
+    metrics = {"rmse": 50.0, "mae": 30.0, "r2": 0.8}
+    atomic.write_json(
+        paths.METRICS_JSON,
+        {"test_rows": 5, "model": metrics, "baseline": metrics, "rmse_improvement_over_baseline": 0.0},
+    )
+    os.utime(paths.GATE_JSON, (1, 1))  # the gate predates the metrics
+    assert "the gate below judged an earlier model" in pipeline_summary()
+    os.utime(paths.GATE_JSON)
+    assert "earlier model" not in pipeline_summary()

@@ -39,6 +39,8 @@ def pipeline_summary() -> str:
             f"  baseline        {baseline['rmse']:6.1f} {baseline['mae']:6.1f} {baseline['r2']:6.3f}"
             f"   (RMSE {versus_baseline(metrics['rmse_improvement_over_baseline'])})",
         ]
+    if gate and metrics and paths.GATE_JSON.stat().st_mtime < paths.METRICS_JSON.stat().st_mtime:
+        lines.append("(register has not finished since the last evaluation: the gate below judged an earlier model)")
     if gate:
         verdict = gate["verdict"]
         lines += [

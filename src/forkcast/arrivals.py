@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from forkcast import atomic
+from forkcast.schema import date_of_day
 
 
 class ArrivalError(Exception):
@@ -24,10 +25,11 @@ class ArrivalError(Exception):
 def _months(path: Path, start_date: dt.date) -> pd.Series:
     try:
         days = pd.read_csv(path, usecols=["day"])["day"]
-        dates = pd.Timestamp(start_date) + pd.to_timedelta(days - 1, unit="D")
+        dates = date_of_day(days, start_date)
     except (ValueError, TypeError, pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise ArrivalError(f"cannot read the days of {path}: {exc}") from exc
-    return dates.dt.to_period("M")
+    months: pd.Series = dates.dt.to_period("M")
+    return months
 
 
 def _parse_month(text: str) -> pd.Period:

@@ -18,7 +18,7 @@ import pandera.pandas as pa
 
 from forkcast import atomic
 from forkcast.config import DataParams, SplitParams
-from forkcast.schema import FEATURES, Features, RawHourly
+from forkcast.schema import FEATURES, Features, RawHourly, date_of_day
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,7 @@ def drop_failing_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def add_timestamp(raw: pd.DataFrame, start_date: dt.date) -> pd.Series:
-    days = pd.to_timedelta(raw["day"] - 1, unit="D")
-    hours = pd.to_timedelta(raw["hr"], unit="h")
-    return pd.Timestamp(start_date) + days + hours
+    return date_of_day(raw["day"], start_date) + pd.to_timedelta(raw["hr"], unit="h")
 
 
 def build_features(raw: pd.DataFrame, data: DataParams) -> pd.DataFrame:

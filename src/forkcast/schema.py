@@ -10,7 +10,7 @@ from pandera.typing import Series
 
 MONTH_NAMES = ("Jan", "Feb", "March", "April", "May", "June", "July", "Aug", "Sept", "Oct", "Nov", "Dec")
 WEATHER = ("clear", "cloudy/misty", "light rain/snow", "heavy rain/snow")
-MAX_DAYS = 36_500  # a century of daily data; pandas timestamps end in 2262
+MAX_DAYS = 36_500  # a century of daily data
 LEAKING_COLUMNS = ("casual", "registered")  # they sum to the target: never a model input
 
 # The model's inputs: what a caller knows at prediction time.
@@ -59,13 +59,20 @@ class RawHourly(pa.DataFrameModel):
         return df["bikers"] == df["casual"] + df["registered"]
 
 
+def date_of_day(day: pd.Series, start_date: dt.date) -> pd.Series:
+    """The calendar date of each `day` number (day 1 is `start_date`); NaT where there is none."""
+    days = pd.to_numeric(day, errors="coerce")
+    days = days.where(days.between(1, MAX_DAYS))  # pandas timestamps end in 2262
+    dates: pd.Series = pd.Timestamp(start_date) + pd.to_timedelta(days - 1, unit="D")
+    return dates
+
+
 def month_matches_day(df: pd.DataFrame, start_date: dt.date) -> pd.Series:
     """The month name agrees with the calendar date of `day` (needs the data's start date)."""
-    days = pd.to_numeric(df["day"], errors="coerce")
-    days = days.where(days.between(1, MAX_DAYS))  # beyond that no calendar date exists: fails the check
-    dates = pd.Timestamp(start_date) + pd.to_timedelta(days - 1, unit="D")
+    dates = date_of_day(df["day"], start_date)
     expected = dates.dt.month.map(dict(enumerate(MONTH_NAMES, start=1)))
-    return df["mnth"] == expected
+    matches: pd.Series = df["mnth"] == expected
+    return matches
 
 
 class Features(pa.DataFrameModel):

@@ -81,7 +81,7 @@ def replicate(source: pd.DataFrame, rows: int, start_date: dt.date) -> pd.DataFr
     """
     import pandas as pd
 
-    from forkcast.schema import MONTH_NAMES
+    from forkcast.features import MONTH_NAMES
 
     copies = math.ceil(rows / len(source))
     offsets = [(dt.date(start_date.year + k, 1, 1) - dt.date(start_date.year, 1, 1)).days for k in range(copies)]

@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 from forkcast.config import SplitParams
+from forkcast.features import FEATURES
 from forkcast.prepare import Splits, split_by_time
-from forkcast.schema import FEATURES, LEAKING_COLUMNS
+from forkcast.schema import LEAKING_COLUMNS
 
 
 def test_the_splits_follow_each_other_in_time_without_overlap(splits: Splits) -> None:

@@ -16,7 +16,7 @@ from sklearn.preprocessing import OneHotEncoder
 from threadpoolctl import threadpool_limits
 
 from forkcast.config import TrainParams
-from forkcast.schema import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from forkcast.features import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 
 
 def build_regressor(params: TrainParams) -> HistGradientBoostingRegressor | RandomForestRegressor:

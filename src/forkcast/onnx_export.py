@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from forkcast.schema import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from forkcast.features import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ import pandera.pandas as pa
 
 from forkcast import atomic
 from forkcast.config import DataParams, SplitParams
-from forkcast.schema import FEATURES, Features, RawHourly, date_of_day
+from forkcast.features import FEATURES
+from forkcast.schema import Features, RawHourly, date_of_day
 
 
 @dataclass(frozen=True)

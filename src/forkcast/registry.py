@@ -21,9 +21,9 @@ from sklearn.pipeline import Pipeline
 
 from forkcast import atomic
 from forkcast.config import GateParams, Params
+from forkcast.features import FEATURES
 from forkcast.metrics import regression_metrics
 from forkcast.model import predict
-from forkcast.schema import FEATURES
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -8,17 +8,10 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-MONTH_NAMES = ("Jan", "Feb", "March", "April", "May", "June", "July", "Aug", "Sept", "Oct", "Nov", "Dec")
-WEATHER = ("clear", "cloudy/misty", "light rain/snow", "heavy rain/snow")
+from forkcast.features import MONTH_NAMES, WEATHER
+
 MAX_DAYS = 36_500  # a century of daily data
 LEAKING_COLUMNS = ("casual", "registered")  # they sum to the target: never a model input
-
-# The model's inputs: what a caller knows at prediction time.
-NUMERIC_FEATURES = (
-    "season", "month", "hr", "holiday", "weekday", "workingday", "temp", "atemp", "hum", "windspeed",
-)  # fmt: skip
-CATEGORICAL_FEATURES = ("weathersit",)
-FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 
 
 class RawHourly(pa.DataFrameModel):

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import joblib
 import pandas as pd
 import pytest
 
+from forkcast import build
 from forkcast.config import Params, load_params
 from forkcast.prepare import Splits, build_features, load_raw, split_by_time
+from forkcast.train import TrainedModel, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "data" / "bikeshare_hourly.csv"
@@ -22,14 +29,25 @@ BIN = Path(sys.executable).parent  # the environment's console scripts: dvc, for
 # What a fresh clone holds: the tracked files a project copy needs (data comes from `dvc pull`).
 PROJECT_FILES = (
     "src", "pyproject.toml", "params.yaml", "dvc.yaml", "dvc.lock", "data.dvc", "feed.dvc", ".gitignore",
-    ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/storage", "Makefile", "README.md",
+    "bentofile.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/storage", "Makefile", "README.md",
     "outputs/evaluation/metrics.json", "outputs/validation/report.json",
 )  # fmt: skip
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """bentoml reads BENTOML_HOME once, at import: give the whole session its own store, never ~/bentoml."""
+    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="forkcast-tests-bentoml-")
+    os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.get("BENTOML_HOME", ""), ignore_errors=True)
+
+
 def tool_env(**extra: str) -> dict[str, str]:
     """Environment for the project's tools in a subprocess: no telemetry, the venv first on PATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    # No BENTOML_HOME either: a project keeps its bentos in its own .bentoml/, as in a fresh clone.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "BENTOML_HOME"))}
     env |= {
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "DVC_NO_ANALYTICS": "1",
@@ -81,6 +99,49 @@ def params() -> Params:
 @pytest.fixture(scope="session")
 def splits(dataset: Path, params: Params) -> Splits:
     return split_by_time(build_features(load_raw(dataset), params.data), params.split)
+
+
+@pytest.fixture(scope="session")
+def trained(splits: Splits, params: Params) -> TrainedModel:
+    """The default model, trained once per session on the real data."""
+    return train(params, splits.as_dict(), data_hash="abc.dir")
+
+
+@dataclass(frozen=True)
+class Built:
+    """A bento built from the session's model, and the build's record and golden cases."""
+
+    tag: str
+    output_dir: Path
+    lineage: dict[str, Any]
+
+    @property
+    def golden(self) -> Path:
+        return self.output_dir / build.GOLDEN_JSON.name
+
+
+@pytest.fixture(scope="session")
+def built(trained: TrainedModel, splits: Splits, params: Params, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The session's model built into a bento, in the session's BentoML store."""
+    pipeline_bytes = io.BytesIO()
+    joblib.dump(trained.pipeline, pipeline_bytes)
+    lineage = {
+        "model_name": params.tracking.registered_model,
+        "model_version": "7",
+        "run_id": "run-under-test",
+        "data_hash": trained.metadata["data_hash"],
+        "git_commit": trained.metadata["git_commit"],
+        "trained_at": trained.metadata["trained_at"],
+        "metrics": {"test_rmse": 54.8},
+        "gate": "eligible",
+    }
+    source = build.ModelSource(trained.pipeline, pipeline_bytes.getvalue(), trained.onnx, lineage)
+    golden = build.golden_cases(trained.pipeline, splits.test, params.smoke.golden_cases)
+    output_dir = tmp_path_factory.mktemp("build")
+    result = build.build(
+        source, golden, params, bentofile=ROOT / "bentofile.yaml", source_dir=ROOT / "src", output_dir=output_dir
+    )
+    return Built(result.bento_tag, output_dir, lineage)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from sklearn.pipeline import Pipeline
 
 from forkcast import onnx_export
@@ -15,11 +14,6 @@ from forkcast.config import Params
 from forkcast.model import predict
 from forkcast.prepare import Splits
 from forkcast.train import TrainedModel, load_pipeline, save, train
-
-
-@pytest.fixture(scope="module")
-def trained(splits: Splits, params: Params) -> TrainedModel:
-    return train(params, splits.as_dict(), data_hash="abc.dir")
 
 
 def test_metadata_records_model_data_and_lineage(trained: TrainedModel, splits: Splits) -> None:

@@ -1,0 +1,122 @@
+"""The prediction service (BentoML 1.4 class service), built into a bento by `forkcast build`.
+
+Endpoints (all JSON):
+- `POST /predict` with `{"records": [...]}`: 1 to 1,000 hours; bad input gets a 400 naming the field
+- `POST /metadata`: the model version, lineage and test metrics being served
+- `GET /readyz`, `/livez` (health), `/metrics` (Prometheus), `/docs.json` (OpenAPI)
+
+Runtime settings come from the environment, which `forkcast deploy` sets:
+`FORKCAST_INFERENCE_LOG` (a directory or s3:// URI), `FORKCAST_ENVIRONMENT` (a label in the log),
+`FORKCAST_BACKEND=scikit-learn` to bypass ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import bentoml
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from threadpoolctl import threadpool_limits
+
+from forkcast import predictor
+from forkcast.contract import ModelInfo, Predictions, Records
+from forkcast.features import FEATURES
+from forkcast.inference_log import DEFAULT_SINK, SINK_ENV, InferenceLog
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "forkcast-demand"
+MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"  # set by `forkcast build`; a built bento holds exactly one model
+REQUEST_ID_HEADER = "x-request-id"
+JSON = b"application/json"
+
+
+class JsonBodiesOnly:
+    """Answer 415 to a POST whose body is declared as anything but JSON.
+
+    BentoML would otherwise try its multipart decoder on such a body and fail with a 500.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            declared = dict(scope["headers"]).get(b"content-type", JSON)
+            if declared.split(b";")[0].strip().lower() != JSON:
+                detail = {"type": "unsupported_media_type", "loc": ["header", "content-type"], "msg": "must be JSON"}
+                body = {"error": f"send JSON (Content-Type: application/json), not {declared.decode()!r}"}
+                await JSONResponse({**body, "detail": [detail]}, status_code=415)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@bentoml.service(
+    name="forkcast",
+    workers=2,  # one per core; each worker scores with one thread (see __init__)
+    traffic={"timeout": 30, "max_concurrency": 256},
+    http={"cors": {"enabled": False}},
+)
+class Forecaster:
+    bento_model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{MODEL_NAME}:latest"))
+
+    def __init__(self) -> None:
+        # Workers are the parallelism: more threads per worker oversubscribe the cores.
+        threadpool_limits(limits=1)
+        stored = self.bento_model
+        lineage: dict[str, Any] = dict(stored.info.metadata)
+        self.predictor = predictor.load(
+            Path(stored.path),
+            onnx_tolerance=float(lineage.get("onnx_tolerance", 0.01)),
+            prefer_onnx=os.environ.get("FORKCAST_BACKEND", "onnx") != "scikit-learn",
+        )
+        self.info = ModelInfo(
+            model_name=str(lineage.get("model_name", MODEL_NAME)),
+            model_version=str(lineage.get("model_version", "unregistered")),
+            bento_model=str(stored.tag),
+            run_id=lineage.get("run_id"),
+            data_hash=lineage.get("data_hash"),
+            git_commit=lineage.get("git_commit"),
+            trained_at=lineage.get("trained_at"),
+            metrics={str(key): float(value) for key, value in dict(lineage.get("metrics", {})).items()},
+            backend=self.predictor.backend,
+            onnx_max_abs_difference=self.predictor.onnx_max_abs_difference,
+            features=list(FEATURES),
+        )
+        self.inference_log = InferenceLog(
+            os.environ.get(SINK_ENV, DEFAULT_SINK), environment=os.environ.get("FORKCAST_ENVIRONMENT", "local")
+        )
+        log.info("serving %s version %s with %s", self.info.model_name, self.info.model_version, self.info.backend)
+
+    @bentoml.api(route="/predict")
+    async def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:
+        """Predicted bike rentals for each hour in `records` (same order)."""
+        request_id = ctx.request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        columns = predictor.columns_of(records)
+        if self.predictor.onnx is not None:
+            predictions = self.predictor.predict(columns)  # microseconds: cheaper than a thread hop
+        else:
+            predictions = await anyio.to_thread.run_sync(self.predictor.predict, columns)
+        self.inference_log.append(request_id, self.info.model_version, columns, predictions)
+        ctx.response.headers[REQUEST_ID_HEADER] = request_id
+        return Predictions(
+            request_id=request_id, model_version=self.info.model_version, predictions=predictions.tolist()
+        )
+
+    @bentoml.api(route="/metadata")
+    async def metadata(self) -> ModelInfo:
+        """The model being served: version, lineage, test metrics and prediction backend."""
+        return self.info
+
+    @bentoml.on_shutdown
+    def close_inference_log(self) -> None:
+        self.inference_log.close()
+
+
+Forecaster.add_asgi_middleware(JsonBodiesOnly)  # type: ignore[attr-defined]  # a bentoml Service at runtime

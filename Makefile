@@ -11,10 +11,11 @@ RUN := $(UV) run --no-sync
 # No telemetry from the tools, and no Python downloads: use the interpreter that is here.
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := true
+export BENTOML_DO_NOT_TRACK := True
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON ?= python3
 
-.PHONY: help install data run repro summary test test-fast lint format typecheck ui new-data bench clean
+.PHONY: help install data run repro build staging production status stop summary test test-fast lint format typecheck ui new-data bench bench-serving clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-11s %s\n", $$1, $$2}'
@@ -35,12 +36,35 @@ data: install ## Fetch the data from the DVC remote when it is missing (the defa
 	@if [ -e data ] && [ -e feed ]; then echo "data/ and feed/ present (after a git checkout: dvc checkout)"; \
 	else $(RUN) dvc pull data.dvc feed.dvc; fi
 
-run: data ## The main job: the whole pipeline (validate, prepare, train, evaluate, register) and a summary
+run: data ## The main job: pipeline, bento, staging + smoke tests, approved production + smoke tests, summary
 	$(RUN) dvc repro
+	$(RUN) forkcast build
+	$(RUN) forkcast deploy --env staging
+	$(RUN) forkcast smoke --env staging
+	$(RUN) forkcast deploy --env production --approve
+	$(RUN) forkcast smoke --env production
 	$(RUN) forkcast summary
+	@echo "Staging and production keep serving in the background: make status, make stop."
 
 repro: install ## dvc repro only (reruns just the stages whose inputs changed)
 	$(RUN) dvc repro
+
+build: install ## Build the bento from the pipeline's model (ALIAS=production builds that MLflow alias instead)
+	$(RUN) forkcast build $(if $(ALIAS),--alias $(ALIAS))
+
+staging: install ## Deploy the last build to local staging and smoke-test it
+	$(RUN) forkcast deploy --env staging
+	$(RUN) forkcast smoke --env staging
+
+production: install ## Promote staging's bento to local production (you approve by running this) and smoke-test it
+	$(RUN) forkcast deploy --env production --approve
+	$(RUN) forkcast smoke --env production
+
+status: install ## What runs where (bento, URL, pid, health, smoke result)
+	$(RUN) forkcast status
+
+stop: install ## Stop the local staging and production services
+	$(RUN) forkcast undeploy --env all
 
 summary: install ## Print the summary of the last run
 	$(RUN) forkcast summary
@@ -73,5 +97,8 @@ new-data: data ## Simulate new data (then commit data.dvc and .dvc/storage): MON
 bench: install ## Time and peak memory of each stage at 10k, 100k and 1M rows
 	$(RUN) python benchmarks/pipeline.py
 
-clean: ## Remove pipeline outputs and the local MLflow store (keeps data and .venv)
-	rm -rf outputs/prepared outputs/model outputs/registry .mlflow
+bench-serving: install ## Latency and throughput: in-process, this service, mlflow models serve, Flask (needs wrk)
+	$(RUN) python benchmarks/serving.py
+
+clean: stop ## Stop the services; remove pipeline outputs, bentos and the local MLflow store (keeps data and .venv)
+	rm -rf outputs/prepared outputs/model outputs/registry outputs/build outputs/deploy outputs/smoke .mlflow .bentoml

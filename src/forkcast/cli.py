@@ -280,6 +280,196 @@ def new_data(
     )
 
 
+EnvironmentOption = Annotated[str, typer.Option("--env", help="staging or production.")]
+
+
+def _environment(name: str) -> Any:
+    from forkcast.deploy import ENVIRONMENTS
+
+    if name not in ENVIRONMENTS:
+        raise _fail(f"--env must be one of {', '.join(ENVIRONMENTS)}, not '{name}'", EXIT_USAGE)
+    return name
+
+
+@app.command()
+def build(
+    alias: Annotated[
+        str | None, typer.Option(help="Build the MLflow version with this alias instead of the pipeline's model.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Build a model the quality gate rejected.")] = False,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Import the model into the project's BentoML store (.bentoml/) and build the bento, offline."""
+    from forkcast import build as bento
+
+    params = _params(params_file)
+    bento.use_project_store()
+    _require(paths.prepared_split("test"))
+    import pandas as pd
+
+    try:
+        with _step("load the model"), _tracking_errors():
+            source = bento.from_mlflow_alias(params, alias) if alias else bento.from_pipeline_outputs(force=force)
+        golden = bento.golden_cases(
+            source.pipeline, pd.read_parquet(paths.prepared_split("test")), params.smoke.golden_cases
+        )
+        with _step("build the bento"):
+            result = bento.build(source, golden, params)
+    except bento.BuildError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    state = "already built, reused" if result.reused else "built"
+    labels = result.labels
+    typer.echo(f"{result.bento_tag} {state} (model version {labels['model_version']}, data {labels['data_hash']})")
+    typer.echo(f"next: forkcast deploy --env staging   (build record: {bento.BUILD_JSON})")
+
+
+def _inference_log(root: str, environment: str) -> str:
+    import os
+
+    root = os.environ.get("FORKCAST_INFERENCE_LOG", root)
+    return f"{root.rstrip('/')}/{environment}" if "://" in root else str((Path(root) / environment).resolve())
+
+
+@app.command()
+def deploy(
+    env: EnvironmentOption,
+    bento_tag: Annotated[
+        str | None, typer.Option("--bento", help="Bento to deploy (default: the last build; production: staging's).")
+    ] = None,
+    approve: Annotated[
+        bool, typer.Option("--approve", help="Approve a production deployment (required there).")
+    ] = False,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Serve a built bento in the background for staging or production, and record what runs where."""
+    import getpass
+
+    from forkcast import atomic
+    from forkcast import build as bento
+    from forkcast import deploy as deployments
+
+    environment = _environment(env)
+    params = _params(params_file)
+    bento.use_project_store()
+    staging = deployments.load("staging")
+    if bento_tag is None:
+        if environment == "production":
+            if staging is None:
+                raise _fail("nothing is deployed to staging: production takes staging's bento", EXIT_USAGE)
+            bento_tag = staging.bento
+        elif bento.BUILD_JSON.exists():
+            bento_tag = str(atomic.read_json(bento.BUILD_JSON)["bento"])
+        else:
+            raise _fail(f"no bento built yet ({bento.BUILD_JSON}): run `forkcast build` first", EXIT_USAGE)
+    approved_by = getpass.getuser() if approve else None
+    try:
+        labels = bento.bento_labels(bento_tag)
+        if environment == "production":
+            deployments.check_promotion(bento_tag, staging, approved_by)
+        port = params.serve.production_port if environment == "production" else params.serve.staging_port
+        with _step(f"deploy {bento_tag} to {environment}"):
+            deployment = deployments.start(
+                environment,
+                bento_tag,
+                port,
+                _inference_log(params.serve.inference_log, environment),
+                approved_by=approved_by,
+            )
+    except bento.BuildError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    except deployments.DeployError as exc:
+        raise _fail(str(exc), EXIT_CHECK_FAILED) from exc
+    typer.echo(f"{environment}: {deployment.bento} at {deployment.url} (pid {deployment.pid})")
+    typer.echo(f"  inference log: {deployment.inference_log}; server log: {deployment.server_log}")
+    if environment == "production":
+        _alias_production(labels["model_version"], params)
+    else:
+        typer.echo("next: forkcast smoke --env staging")
+
+
+def _alias_production(version: str, params: Params) -> None:
+    """The registry's `production` alias follows what production serves, so the gate compares against it."""
+    from forkcast.registry import GateRefusedError
+    from forkcast.registry import promote as set_alias
+
+    with _tracking_errors():
+        try:
+            set_alias(paths.LOCAL_MLFLOW_DIR, params, version)
+        except GateRefusedError as exc:
+            raise _fail(f"deployed, but the registry alias was not moved: {exc}", EXIT_CHECK_FAILED) from exc
+    typer.echo(f"  registry: {params.tracking.registered_model} v{version} is now aliased 'production'")
+
+
+@app.command()
+def undeploy(env: Annotated[str, typer.Option("--env", help="staging, production or all.")] = "all") -> None:
+    """Stop a local deployment (its inference log is flushed first)."""
+    from forkcast import deploy as deployments
+
+    names = deployments.ENVIRONMENTS if env == "all" else (_environment(env),)
+    for name in names:
+        stopped = deployments.stop(name)
+        typer.echo(f"{name}: stopped {stopped.bento} (pid {stopped.pid})" if stopped else f"{name}: nothing deployed")
+
+
+@app.command()
+def status() -> None:
+    """What runs where: bento, URL, pid, health and smoke result per environment."""
+    from forkcast import deploy as deployments
+
+    for name in deployments.ENVIRONMENTS:
+        current = deployments.load(name)
+        if current is None:
+            typer.echo(f"{name:<10} not deployed")
+            continue
+        health = "ready" if deployments.is_running(current.pid) and deployments.is_ready(current.url) else "DOWN"
+        smoke = "passed" if current.smoke_passed else ("FAILED" if current.smoke else "not run")
+        typer.echo(f"{name:<10} {current.bento}  {current.url}  pid {current.pid}  {health}  smoke {smoke}")
+
+
+@app.command()
+def smoke(
+    url: Annotated[str | None, typer.Option(help="Service URL to test (or use --env).")] = None,
+    env: Annotated[str | None, typer.Option("--env", help="Test the local staging or production deployment.")] = None,
+    golden_file: Annotated[
+        Path | None, typer.Option("--golden", help="Known answers (default: the last build's).")
+    ] = None,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Smoke-test a running service; write a Markdown + JSON report; exit 1 on any failure."""
+    from forkcast import build as bento
+    from forkcast import deploy as deployments
+    from forkcast import smoke as checks
+
+    params = _params(params_file)
+    if (url is None) == (env is None):
+        raise _fail("give exactly one of --url and --env", EXIT_USAGE)
+    environment = _environment(env) if env else None
+    if environment:
+        current = deployments.load(environment)
+        if current is None:
+            raise _fail(f"nothing is deployed to {environment}: run `forkcast deploy --env {environment}`", EXIT_USAGE)
+        url = current.url
+    golden_path = golden_file or bento.GOLDEN_JSON
+    _require(golden_path)
+    suite = checks.SmokeSuite(
+        checks.Golden.read(golden_path), params.smoke.latency_requests, params.smoke.p95_budget_ms
+    )
+    assert url is not None
+    with _step(f"smoke-test {url}"):
+        report = checks.run(url, suite)
+    directory = paths.OUTPUTS / "smoke" / (environment or "adhoc")
+    json_path = checks.save(report, directory)
+    for result in report.checks:
+        typer.echo(f"  {'pass' if result.passed else 'FAIL'}  {result.name}: {result.detail}")
+    if environment:
+        deployments.record_smoke(environment, report.passed, json_path)
+    typer.echo(f"report: {directory / 'report.md'}")
+    if not report.passed:
+        raise _fail(f"smoke tests failed against {url}", EXIT_CHECK_FAILED)
+    if environment == "staging":
+        typer.echo("next: forkcast deploy --env production --approve")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (for tests and `python -m forkcast`)."""
     command = typer.main.get_command(app)

@@ -95,6 +95,25 @@ class TrackingParams(_Section):
     registered_model: str = "forkcast-demand"
 
 
+Port = Annotated[int, Field(ge=1024, le=65535)]
+
+
+class ServeParams(_Section):
+    # Local deployments (`forkcast deploy`): one port per environment.
+    staging_port: Port = 3101
+    production_port: Port = 3102
+    # Where each environment appends its inference log: a directory (a subdirectory per
+    # environment) or s3://bucket/prefix. FORKCAST_INFERENCE_LOG overrides it.
+    inference_log: str = "outputs/inference"
+
+
+class SmokeParams(_Section):
+    golden_cases: Annotated[int, Field(ge=1, le=1_000)] = 50  # test rows with known answers
+    tolerance: Annotated[float, Field(gt=0.0)] = 0.01  # bikes per hour, served vs in-process
+    latency_requests: Annotated[int, Field(ge=10)] = 200  # single-record requests, one after another
+    p95_budget_ms: Annotated[float, Field(gt=0.0)] = 50.0
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -102,6 +121,8 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     gate: GateParams = GateParams()
     tracking: TrackingParams = TrackingParams()
+    serve: ServeParams = ServeParams()
+    smoke: SmokeParams = SmokeParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -1,0 +1,204 @@
+"""Local deployments: a built bento served in the background, one port per environment.
+
+What runs where is recorded in `outputs/deploy/<environment>.json` (bento, port, pid, URL,
+inference log, smoke result); the server's output goes to `outputs/deploy/<environment>.log`.
+Production takes only a bento that passed the smoke tests in staging, and an explicit approval.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from forkcast import atomic, paths
+
+Environment = Literal["staging", "production"]
+ENVIRONMENTS: tuple[Environment, ...] = ("staging", "production")
+DEPLOY_DIR = paths.OUTPUTS / "deploy"
+HOST = "127.0.0.1"
+
+
+class DeployError(Exception):
+    """A deployment was refused or did not come up."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    environment: Environment
+    bento: str
+    port: int
+    pid: int
+    url: str
+    inference_log: str
+    server_log: str
+    started_at: str
+    approved_by: str | None = None
+    smoke: dict[str, Any] | None = field(default=None)  # {"passed", "bento", "report", "at"}
+
+    @property
+    def smoke_passed(self) -> bool:
+        return bool(self.smoke and self.smoke.get("passed") and self.smoke.get("bento") == self.bento)
+
+
+def record_path(environment: Environment) -> Path:
+    return DEPLOY_DIR / f"{environment}.json"
+
+
+def load(environment: Environment) -> Deployment | None:
+    path = record_path(environment)
+    return Deployment(**atomic.read_json(path)) if path.exists() else None
+
+
+def save(deployment: Deployment) -> None:
+    atomic.write_json(record_path(deployment.environment), asdict(deployment))
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_ready(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_promotion(bento: str, staging: Deployment | None, approved_by: str | None) -> None:
+    """Production takes the bento that passed staging's smoke tests, once someone approved it."""
+    if staging is None or staging.bento != bento:
+        where = f"staging runs {staging.bento}" if staging else "nothing is deployed to staging"
+        raise DeployError(f"{bento} has not been deployed to staging ({where}); deploy and smoke-test it there first")
+    if not staging.smoke_passed:
+        raise DeployError(
+            f"{bento} has not passed the smoke tests in staging; run `forkcast smoke --env staging` and fix what fails"
+        )
+    if not approved_by:
+        raise DeployError(
+            "production needs an approval: pass --approve (in GitHub, the `production` environment's reviewers approve)"
+        )
+
+
+def start(
+    environment: Environment,
+    bento: str,
+    port: int,
+    inference_log: str,
+    *,
+    approved_by: str | None = None,
+    ready_timeout: float = 90.0,
+) -> Deployment:
+    """Serve `bento` in the background on `port`, replacing what the environment ran before."""
+    current = load(environment)
+    url = f"http://{HOST}:{port}"
+    if current and current.bento == bento and current.port == port and is_running(current.pid) and is_ready(url):
+        return replace(current, approved_by=approved_by or current.approved_by)  # already serving this bento
+    if current:
+        stop(environment)
+    if not port_is_free(port):
+        raise DeployError(f"port {port} for {environment} is taken by another program; free it or change serve.*_port")
+    DEPLOY_DIR.mkdir(parents=True, exist_ok=True)
+    server_log = DEPLOY_DIR / f"{environment}.log"
+    environment_variables = {
+        **os.environ,
+        "FORKCAST_ENVIRONMENT": environment,
+        "FORKCAST_INFERENCE_LOG": inference_log,
+        "BENTOML_DO_NOT_TRACK": "True",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", HOST, "--port", str(port)]
+    with server_log.open("ab") as output:
+        process = subprocess.Popen(  # its own session: it outlives this command, and stops as a group
+            command, stdout=output, stderr=subprocess.STDOUT, env=environment_variables, start_new_session=True
+        )
+    deadline = time.monotonic() + ready_timeout
+    while not is_ready(url):
+        if process.poll() is not None:
+            raise DeployError(f"{bento} exited with code {process.returncode} while starting; see {server_log}")
+        if time.monotonic() > deadline:
+            _stop_group(process.pid)
+            raise DeployError(f"{bento} was not ready within {ready_timeout:.0f} s; see {server_log}")
+        time.sleep(0.25)
+    deployment = Deployment(
+        environment=environment,
+        bento=bento,
+        port=port,
+        pid=process.pid,
+        url=url,
+        inference_log=inference_log,
+        server_log=str(server_log),
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        approved_by=approved_by,
+    )
+    save(deployment)
+    return deployment
+
+
+def stop(environment: Environment, timeout: float = 30.0) -> Deployment | None:
+    """Stop the environment's server (it flushes its inference log first) and forget it."""
+    current = load(environment)
+    if current is None:
+        return None
+    if is_running(current.pid):
+        _stop_group(current.pid, timeout)
+    record_path(environment).unlink(missing_ok=True)
+    return current
+
+
+def _stop_group(pid: int, timeout: float = 30.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)  # graceful: workers run their shutdown hooks
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+        except ChildProcessError:
+            finished = 0 if is_running(pid) else pid
+        if finished:
+            return
+        time.sleep(0.1)
+    os.killpg(pid, signal.SIGKILL)
+
+
+def record_smoke(environment: Environment, passed: bool, report: Path) -> Deployment:
+    current = load(environment)
+    if current is None:
+        raise DeployError(f"nothing is deployed to {environment}")
+    smoke = {
+        "passed": passed,
+        "bento": current.bento,
+        "report": str(report),
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    updated = replace(current, smoke=smoke)
+    save(updated)
+    return updated

@@ -1,0 +1,140 @@
+"""Local deployments: what production accepts, running a bento in the background, and the whole release."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from forkcast import deploy, inference_log
+from forkcast.deploy import DeployError, Deployment
+
+from .conftest import Built, free_port, run, run_ok
+
+
+def staging(bento: str = "forkcast:v3-abc", smoke: dict[str, object] | None = None) -> Deployment:
+    return Deployment(
+        environment="staging", bento=bento, port=1, pid=1, url="http://127.0.0.1:1", inference_log="log",
+        server_log="log", started_at="now", smoke=smoke,
+    )  # fmt: skip
+
+
+PASSED = {"passed": True, "bento": "forkcast:v3-abc"}
+
+
+@pytest.mark.parametrize(
+    ("current", "approved_by", "words"),
+    [
+        (None, "me", "nothing is deployed to staging"),
+        (staging("forkcast:v2-old", {**PASSED, "bento": "forkcast:v2-old"}), "me", "staging runs forkcast:v2-old"),
+        (staging(), "me", "has not passed the smoke tests"),
+        (staging(smoke={**PASSED, "passed": False}), "me", "has not passed the smoke tests"),
+        (staging(smoke={**PASSED, "bento": "forkcast:v2-old"}), "me", "has not passed the smoke tests"),
+        (staging(smoke=PASSED), None, "needs an approval"),
+    ],
+)
+def test_production_refuses_what_staging_did_not_pass_or_nobody_approved(
+    current: Deployment | None, approved_by: str | None, words: str
+) -> None:
+    with pytest.raises(DeployError, match=words):
+        deploy.check_promotion("forkcast:v3-abc", current, approved_by)
+
+
+def test_production_takes_the_bento_staging_passed_once_approved() -> None:
+    deploy.check_promotion("forkcast:v3-abc", staging(smoke=PASSED), "me")  # no error
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_deployment_runs_in_the_background_until_stopped(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    log = str(tmp_path / "inference")
+    first = deploy.start("staging", built.tag, port, log)
+    try:
+        assert deploy.is_ready(first.url)
+        assert deploy.load("staging") == first
+        again = deploy.start("staging", built.tag, port, log)
+        assert again.pid == first.pid  # the same bento keeps running: no restart
+        with pytest.raises(DeployError, match=f"port {port} for production is taken"):
+            deploy.start("production", built.tag, port, log)
+        body = json.dumps({"records": json.loads(built.golden.read_text())["records"][:2]}).encode()
+        import urllib.request
+
+        request = urllib.request.Request(f"{first.url}/predict", body, {"content-type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).close()
+    finally:
+        stopped = deploy.stop("staging")
+    assert stopped is not None
+    assert not deploy.is_running(first.pid)
+    assert deploy.load("staging") is None
+    assert inference_log.read(log).num_rows == 2  # flushed on the way out
+
+
+def with_ports(project: Path) -> tuple[int, int]:
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    ports = free_port(), free_port()
+    params["serve"] |= {"staging_port": ports[0], "production_port": ports[1]}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    return ports
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_release_line_on_a_fresh_clone(project: Path) -> None:
+    staging_port, production_port = with_ports(project)
+    run_ok(["dvc", "repro", "-q"], project)
+    try:
+        built = run_ok(["forkcast", "build"], project)
+        tag = json.loads((project / "outputs/build/build.json").read_text())["bento"]
+        assert f"{tag} built (model version 1" in built.stdout
+        assert "reused" in run_ok(["forkcast", "build"], project).stdout  # same model, same bento
+
+        refused = run(["forkcast", "deploy", "--env", "production", "--approve"], project)
+        assert refused.returncode == 2
+        assert "nothing is deployed to staging" in refused.stderr
+
+        run_ok(["forkcast", "deploy", "--env", "staging"], project)
+        unsmoked = run(["forkcast", "deploy", "--env", "production", "--approve"], project)
+        assert unsmoked.returncode == 1
+        assert "has not passed the smoke tests in staging" in unsmoked.stderr
+
+        smoke = run_ok(["forkcast", "smoke", "--env", "staging"], project)
+        assert "FAIL" not in smoke.stdout
+        report = json.loads((project / "outputs/smoke/staging/report.json").read_text())
+        assert report["passed"]
+        assert report["model_version"] == "1"
+
+        unapproved = run(["forkcast", "deploy", "--env", "production"], project)
+        assert unapproved.returncode == 1
+        assert "needs an approval" in unapproved.stderr
+        promoted = run_ok(["forkcast", "deploy", "--env", "production", "--approve"], project)
+        assert f"production: {tag} at http://127.0.0.1:{production_port}" in promoted.stdout
+        assert "v1 is now aliased 'production'" in promoted.stdout
+        run_ok(["forkcast", "smoke", "--env", "production"], project)
+
+        status = run_ok(["forkcast", "status"], project).stdout
+        assert f"staging    {tag}  http://127.0.0.1:{staging_port}" in status
+        assert f"production {tag}  http://127.0.0.1:{production_port}" in status
+        assert status.count("ready  smoke passed") == 2
+    finally:
+        run(["forkcast", "undeploy"], project)
+    assert run_ok(["forkcast", "status"], project).stdout.count("not deployed") == 2
+    for environment in ("staging", "production"):  # smoke traffic was logged and flushed on stop
+        assert inference_log.read(str(project / "outputs/inference" / environment)).num_rows > 0
+
+
+def test_a_busy_port_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(DeployError, match=f"port {port} for staging is taken"):
+            deploy.start("staging", "forkcast:v1-abc", port, str(tmp_path))

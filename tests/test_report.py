@@ -72,3 +72,25 @@ def test_the_summary_flags_a_gate_older_than_the_metrics(tmp_path: Path, monkeyp
     assert "the gate below judged an earlier model" in pipeline_summary()
     os.utime(paths.GATE_JSON)
     assert "earlier model" not in pipeline_summary()
+
+
+def test_the_summary_says_what_runs_where_and_whether_its_smoke_tests_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forkcast import deploy
+
+    monkeypatch.chdir(tmp_path)
+    staging = deploy.Deployment(
+        environment="staging", bento="forkcast:v4-abc", port=3101, pid=1, url="http://127.0.0.1:3101",
+        inference_log="log", server_log="log", started_at="now",
+        smoke={"passed": True, "bento": "forkcast:v3-old", "report": "outputs/smoke/staging/report.json"},
+    )  # fmt: skip
+    deploy.save(staging)
+    text = pipeline_summary()
+    # The smoke pass belongs to the previous bento: it does not count for the one running now.
+    assert "staging           forkcast:v4-abc at http://127.0.0.1:3101, smoke tests not run\n" in text
+    assert "production        not deployed" in text
+    deploy.record_smoke("staging", False, Path("outputs/smoke/staging/report.json"))
+    assert "smoke tests FAILED  -> outputs/smoke/staging/report.md" in pipeline_summary()
+    deploy.record_smoke("staging", True, Path("outputs/smoke/staging/report.json"))
+    assert "smoke tests passed  -> outputs/smoke/staging/report.md" in pipeline_summary()

@@ -138,7 +138,7 @@ def test_the_smoke_tests_fail_when_nothing_answers(built: Built, params: Params)
     assert "ConnectError" in report.checks[0].detail
 
 
-def test_fuzzing_the_openapi_document_finds_no_server_error(server: Server) -> None:
+def test_fuzzing_the_openapi_document_finds_no_server_error(server: Server, tmp_path: Path) -> None:
     result = subprocess.run(
         [
             str(BIN / "schemathesis"), "run", f"{server.url}/docs.json",
@@ -146,6 +146,7 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(server: Server) -> N
             "--max-examples", str(FUZZ_CASES),
         ],
         capture_output=True, text=True, check=False, timeout=900, env={**os.environ, "NO_COLOR": "1"},
+        cwd=tmp_path,  # it keeps a .schemathesis/ state directory there
     )  # fmt: skip
     summary = result.stdout[-3000:]
     assert result.returncode == 0, summary

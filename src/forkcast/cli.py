@@ -422,8 +422,9 @@ def status() -> None:
             typer.echo(f"{name:<10} not deployed")
             continue
         health = "ready" if deployments.is_running(current.pid) and deployments.is_ready(current.url) else "DOWN"
-        smoke = "passed" if current.smoke_passed else ("FAILED" if current.smoke else "not run")
-        typer.echo(f"{name:<10} {current.bento}  {current.url}  pid {current.pid}  {health}  smoke {smoke}")
+        typer.echo(
+            f"{name:<10} {current.bento}  {current.url}  pid {current.pid}  {health}  smoke {current.smoke_state}"
+        )
 
 
 @app.command()

@@ -47,7 +47,14 @@ class Deployment:
 
     @property
     def smoke_passed(self) -> bool:
-        return bool(self.smoke and self.smoke.get("passed") and self.smoke.get("bento") == self.bento)
+        return self.smoke_state == "passed"
+
+    @property
+    def smoke_state(self) -> str:
+        """passed, FAILED, or not run (a result for another bento does not count)."""
+        if not self.smoke or self.smoke.get("bento") != self.bento:
+            return "not run"
+        return "passed" if self.smoke.get("passed") else "FAILED"
 
 
 def record_path(environment: Environment) -> Path:

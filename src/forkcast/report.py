@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from forkcast import atomic, paths
+from forkcast import atomic, deploy, paths
 
 
 def versus_baseline(improvement: float) -> str:
@@ -50,4 +50,18 @@ def pipeline_summary() -> str:
         ]
     else:
         lines.append("quality gate      not run yet (the pipeline stopped earlier)")
+    lines += serving_lines()
     return "\n".join(lines)
+
+
+def serving_lines() -> list[str]:
+    """One line per local deployment: what it serves, where, and whether its smoke tests passed."""
+    lines = []
+    for environment in deploy.ENVIRONMENTS:
+        current = deploy.load(environment)
+        if current is None:
+            lines.append(f"{environment:<17} not deployed")
+            continue
+        report = f"  -> {current.smoke['report'].replace('.json', '.md')}" if current.smoke_state != "not run" else ""
+        lines.append(f"{environment:<17} {current.bento} at {current.url}, smoke tests {current.smoke_state}{report}")
+    return lines

@@ -118,6 +118,12 @@ def test_the_release_line_on_a_fresh_clone(project: Path) -> None:
         assert f"production: {tag} at http://127.0.0.1:{production_port}" in promoted.stdout
         assert "v1 is now aliased 'production'" in promoted.stdout
         run_ok(["forkcast", "smoke", "--env", "production"], project)
+        # The registry's production alias now names the same model: building it gives the very same bento.
+        from_registry = run_ok(["forkcast", "build", "--alias", "production"], project)
+        assert f"{tag} already built, reused (model version 1" in from_registry.stdout
+        unknown = run(["forkcast", "build", "--alias", "nope"], project)
+        assert unknown.returncode == 2
+        assert "no version of forkcast-demand has the alias 'nope'" in unknown.stderr
 
         status = run_ok(["forkcast", "status"], project).stdout
         assert f"staging    {tag}  http://127.0.0.1:{staging_port}" in status

@@ -70,6 +70,10 @@ def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
     missing = [str(path) for path in required if not path.exists()]
     if missing:
         raise BuildError(f"missing pipeline outputs: {', '.join(missing)}. Run `make repro` (or `dvc repro`) first")
+    if paths.GATE_JSON.stat().st_mtime < paths.MODEL_PICKLE.stat().st_mtime:
+        raise BuildError(
+            f"{paths.GATE_JSON} predates the model: the register stage has not run since training. Run `dvc repro`"
+        )
     gate = atomic.read_json(paths.GATE_JSON)
     if not gate["eligible"] and not force:
         raise BuildError(
@@ -147,9 +151,19 @@ def golden_cases(pipeline: Pipeline, test: pd.DataFrame, count: int) -> pd.DataF
     return golden
 
 
-def bento_version(source: ModelSource) -> str:
-    digest = hashlib.sha256(source.pipeline_bytes + (source.onnx or b"")).hexdigest()[:12]
-    return f"v{source.lineage['model_version']}-{digest}"
+def bento_version(source: ModelSource, golden: pd.DataFrame, resolved_bentofile: Path, source_dir: Path) -> str:
+    """`v<model version>-<digest>`: the digest covers everything in the bento, so a change anywhere
+    (model, golden cases, serving code, pinned packages) gives a new tag, and nothing else does."""
+    digest = hashlib.sha256()
+    digest.update(f"{source.lineage['model_version']}/{source.lineage.get('run_id')}".encode())
+    # The ONNX bytes, where there are any, are the same whether the model came from the pipeline or MLflow.
+    digest.update(source.onnx if source.onnx is not None else source.pipeline_bytes)
+    digest.update(golden.to_csv(index=False).encode())
+    digest.update(resolved_bentofile.read_bytes())
+    for pattern in yaml.safe_load(resolved_bentofile.read_text()).get("include", []):
+        for path in sorted(source_dir.glob(pattern)):
+            digest.update(path.relative_to(source_dir).as_posix().encode() + path.read_bytes())
+    return f"v{source.lineage['model_version']}-{digest.hexdigest()[:12]}"
 
 
 def pinned(packages: list[str]) -> list[str]:
@@ -191,8 +205,9 @@ def build(
 
     if not bentofile.exists():
         raise BuildError(f"{bentofile} not found: run from the project's root directory")
-    version = bento_version(source)
     labels = {key: str(source.lineage.get(key) or "unknown") for key in LABEL_KEYS}
+    resolved = resolve_bentofile(bentofile, labels, output_dir)
+    version = bento_version(source, golden, resolved, source_dir)
     model_tag = f"{MODEL_NAME}:{version}"
     bento_tag = f"{BENTO_NAME}:{version}"
     try:
@@ -201,7 +216,6 @@ def build(
     except NotFound:
         reused = False
         _import_model(model_tag, source, golden, params, labels)
-        resolved = resolve_bentofile(bentofile, labels, output_dir)
         os.environ["FORKCAST_MODEL_TAG"] = model_tag  # the service's model reference, resolved at build
         bentoml.bentos.build_bentofile(str(resolved), version=version, build_ctx=str(source_dir))
     result = BuildResult(bento_tag, model_tag, reused, labels)

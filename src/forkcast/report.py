@@ -62,6 +62,7 @@ def serving_lines() -> list[str]:
         if current is None:
             lines.append(f"{environment:<17} not deployed")
             continue
-        report = f"  -> {current.smoke['report'].replace('.json', '.md')}" if current.smoke_state != "not run" else ""
+        ran = current.smoke if current.smoke_state != "not run" else None
+        report = f"  -> {str(ran['report']).replace('.json', '.md')}" if ran else ""
         lines.append(f"{environment:<17} {current.bento} at {current.url}, smoke tests {current.smoke_state}{report}")
     return lines

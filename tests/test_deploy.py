@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -63,12 +64,20 @@ def test_a_deployment_runs_in_the_background_until_stopped(
         assert again.pid == first.pid  # the same bento keeps running: no restart
         with pytest.raises(DeployError, match=f"port {port} for production is taken"):
             deploy.start("production", built.tag, port, log)
+        deploy.start("production", built.tag, free_port(), str(tmp_path / "production-log"))
         body = json.dumps({"records": json.loads(built.golden.read_text())["records"][:2]}).encode()
         import urllib.request
 
         request = urllib.request.Request(f"{first.url}/predict", body, {"content-type": "application/json"})
         urllib.request.urlopen(request, timeout=10).close()
+        with urllib.request.urlopen(f"{first.url}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        # Its own Prometheus counters: one request, though production started (and served nothing) since.
+        served = re.search(r'request_total\{endpoint="/predict",http_response_code="200"[^}]*\} (\S+)', metrics)
+        assert served, metrics[:2000]
+        assert float(served.group(1)) == 1.0
     finally:
+        deploy.stop("production")
         stopped = deploy.stop("staging")
     assert stopped is not None
     assert not deploy.is_running(first.pid)

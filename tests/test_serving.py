@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from forkcast import inference_log, smoke
+from forkcast import deploy, inference_log, smoke
 from forkcast.config import Params
 from forkcast.features import FEATURES
 from forkcast.model import predict
@@ -54,8 +54,10 @@ class Server:
 def serve(bento: str, directory: Path) -> Server:
     port = free_port()
     output = directory / "server.log"
+    home = deploy.serving_home(Path(os.environ["BENTOML_HOME"]), directory / "bentoml")
     environment = {
         **os.environ,
+        "BENTOML_HOME": str(home),
         "FORKCAST_INFERENCE_LOG": str(directory / "inference"),
         "FORKCAST_ENVIRONMENT": "test",
         "OMP_NUM_THREADS": "1",

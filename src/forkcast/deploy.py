@@ -98,6 +98,22 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def serving_home(store: Path, directory: Path) -> Path:
+    """A BENTOML_HOME of its own for one server, sharing the store's bentos and models.
+
+    bentoml keeps its Prometheus files under BENTOML_HOME and wipes them when a server starts:
+    two servers on one home would mix their /metrics, and the second would erase the first's.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("bentos", "models"):
+        (store / name).mkdir(parents=True, exist_ok=True)
+        link = directory / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to((store / name).resolve(), target_is_directory=True)
+    return directory
+
+
 def check_promotion(bento: str, staging: Deployment | None, approved_by: str | None) -> None:
     """Production takes the bento that passed staging's smoke tests, once someone approved it."""
     if staging is None or staging.bento != bento:
@@ -133,8 +149,10 @@ def start(
         raise DeployError(f"port {port} for {environment} is taken by another program; free it or change serve.*_port")
     DEPLOY_DIR.mkdir(parents=True, exist_ok=True)
     server_log = DEPLOY_DIR / f"{environment}.log"
+    store = Path(os.environ.get("BENTOML_HOME", ".bentoml"))
     environment_variables = {
         **os.environ,
+        "BENTOML_HOME": str(serving_home(store, DEPLOY_DIR / f"{environment}.bentoml").resolve()),
         "FORKCAST_ENVIRONMENT": environment,
         "FORKCAST_INFERENCE_LOG": inference_log,
         "BENTOML_DO_NOT_TRACK": "True",

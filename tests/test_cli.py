@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from forkcast.cli import main
 
-from .conftest import BIN, tool_env
+from .conftest import BIN, ROOT, tool_env
 
 
 def test_help_lists_every_stage() -> None:
@@ -20,7 +21,8 @@ def test_help_lists_every_stage() -> None:
         [str(BIN / "forkcast"), "--help"], capture_output=True, text=True, env=tool_env(), check=False
     )
     assert result.returncode == 0
-    for command in ("validate", "prepare", "train", "evaluate", "register", "promote", "summary", "new-data"):
+    commands = ("validate", "prepare", "train", "evaluate", "register", "promote", "summary", "new-data")
+    for command in (*commands, "build", "deploy", "smoke", "status", "undeploy"):
         assert command in result.stdout
 
 
@@ -178,3 +180,24 @@ def test_tolerated_bad_rows_pass_validation_and_are_dropped_by_prepare(
 def test_new_data_refuses_a_month_that_does_not_exist(in_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["new-data", "--through", "2011-13"]) == 2
     assert "not a month" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["smoke"], "exactly one of --url and --env"),
+        (["smoke", "--url", "http://127.0.0.1:9", "--env", "staging"], "exactly one of --url and --env"),
+        (["smoke", "--env", "staging"], "nothing is deployed to staging: run `forkcast deploy --env staging`"),
+        (["smoke", "--env", "prod"], "--env must be one of staging, production, not 'prod'"),
+        (["deploy", "--env", "staging"], "no bento built yet"),
+        (["deploy", "--env", "production", "--approve"], "nothing is deployed to staging"),
+        (["build"], "missing input outputs/prepared/test.parquet"),
+    ],
+)
+def test_serving_commands_say_what_is_missing(
+    args: list[str], words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert words in capsys.readouterr().err

@@ -445,19 +445,19 @@ def smoke(
     if (url is None) == (env is None):
         raise _fail("give exactly one of --url and --env", EXIT_USAGE)
     environment = _environment(env) if env else None
+    target = url or ""
     if environment:
         current = deployments.load(environment)
         if current is None:
             raise _fail(f"nothing is deployed to {environment}: run `forkcast deploy --env {environment}`", EXIT_USAGE)
-        url = current.url
+        target = current.url
     golden_path = golden_file or bento.GOLDEN_JSON
     _require(golden_path)
     suite = checks.SmokeSuite(
         checks.Golden.read(golden_path), params.smoke.latency_requests, params.smoke.p95_budget_ms
     )
-    assert url is not None
-    with _step(f"smoke-test {url}"):
-        report = checks.run(url, suite)
+    with _step(f"smoke-test {target}"):
+        report = checks.run(target, suite)
     directory = paths.OUTPUTS / "smoke" / (environment or "adhoc")
     json_path = checks.save(report, directory)
     for result in report.checks:
@@ -466,7 +466,7 @@ def smoke(
         deployments.record_smoke(environment, report.passed, json_path)
     typer.echo(f"report: {directory / 'report.md'}")
     if not report.passed:
-        raise _fail(f"smoke tests failed against {url}", EXIT_CHECK_FAILED)
+        raise _fail(f"smoke tests failed against {target}", EXIT_CHECK_FAILED)
     if environment == "staging":
         typer.echo("next: forkcast deploy --env production --approve")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -60,6 +61,9 @@ def test_a_deployment_runs_in_the_background_until_stopped(
     try:
         assert deploy.is_ready(first.url)
         assert deploy.load("staging") == first
+        # It runs the code frozen into the bento, not the working tree's (the project is installed editable).
+        frozen = deploy.bento_source(Path(os.environ["BENTOML_HOME"]), built.tag) / "forkcast"
+        assert f"code from {frozen}" in Path(first.server_log).read_text()
         again = deploy.start("staging", built.tag, port, log)
         assert again.pid == first.pid  # the same bento keeps running: no restart
         with pytest.raises(DeployError, match=f"port {port} for production is taken"):

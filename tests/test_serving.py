@@ -54,10 +54,11 @@ class Server:
 def serve(bento: str, directory: Path) -> Server:
     port = free_port()
     output = directory / "server.log"
-    home = deploy.serving_home(Path(os.environ["BENTOML_HOME"]), directory / "bentoml")
+    store = Path(os.environ["BENTOML_HOME"])
     environment = {
         **os.environ,
-        "BENTOML_HOME": str(home),
+        "BENTOML_HOME": str(deploy.serving_home(store, directory / "bentoml")),
+        "PYTHONPATH": str(deploy.bento_source(store, bento)),
         "FORKCAST_INFERENCE_LOG": str(directory / "inference"),
         "FORKCAST_ENVIRONMENT": "test",
         "OMP_NUM_THREADS": "1",

@@ -114,6 +114,13 @@ def serving_home(store: Path, directory: Path) -> Path:
     return directory
 
 
+def bento_source(store: Path, bento: str) -> Path:
+    """The code frozen into a bento. It must come first on the path: an editable install of the
+    project would otherwise serve the working tree's code instead of the bento's."""
+    name, _, version = bento.partition(":")
+    return (store / "bentos" / name / version / "src").resolve()
+
+
 def check_promotion(bento: str, staging: Deployment | None, approved_by: str | None) -> None:
     """Production takes the bento that passed staging's smoke tests, once someone approved it."""
     if staging is None or staging.bento != bento:
@@ -153,6 +160,7 @@ def start(
     environment_variables = {
         **os.environ,
         "BENTOML_HOME": str(serving_home(store, DEPLOY_DIR / f"{environment}.bentoml").resolve()),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(bento_source(store, bento)), os.environ.get("PYTHONPATH")])),
         "FORKCAST_ENVIRONMENT": environment,
         "FORKCAST_INFERENCE_LOG": inference_log,
         "BENTOML_DO_NOT_TRACK": "True",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,13 @@ def test_every_prediction_is_in_the_inference_log_after_shutdown(
     last = logged[logged["request_id"] == answers[-1]["request_id"]].sort_values("position")
     assert last["hr"].tolist() == list(range(10))
     np.testing.assert_allclose(last["prediction"], answers[-1]["predictions"], rtol=1e-6)
+
+
+def test_a_long_lived_connection_is_asked_to_reconnect_now_and_then(client: TestClient) -> None:
+    # The test client is one connection (earlier tests used it too): every 100th answer says `connection: close`.
+    closing = [
+        index for index in range(1, 251) if client.post("/metadata", json={}).headers.get("connection") == "close"
+    ]
+    assert len(closing) >= 2
+    assert closing[0] <= 100
+    assert all(later - earlier == 100 for earlier, later in itertools.pairwise(closing))

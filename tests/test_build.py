@@ -92,11 +92,13 @@ def test_missing_outputs_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_the_built_bento_carries_the_lineage_as_labels(built: Built) -> None:
-    labels = build.bento_labels(built.tag)
+    description = build.describe(built.tag)
     for key in ("model_version", "run_id", "data_hash", "git_commit", "gate"):
-        assert labels[key] == str(built.lineage[key])
+        assert description.labels[key] == str(built.lineage[key])
+    assert description.model == f"forkcast-demand:{built.tag.split(':')[1]}"
+    assert "FORKCAST_MODEL_TAG" not in os.environ  # the build set it for itself only
     with pytest.raises(BuildError, match="no bento forkcast:v0-missing"):
-        build.bento_labels("forkcast:v0-missing")
+        build.describe("forkcast:v0-missing")
 
 
 def test_golden_cases_span_the_test_period_with_the_pipelines_answers(trained: TrainedModel, built: Built) -> None:

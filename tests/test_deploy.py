@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import socket
+import urllib.request
 from pathlib import Path
+from typing import Any
 
+import joblib
 import pytest
 import yaml
 
-from forkcast import deploy, inference_log
+from forkcast import build, deploy, inference_log
+from forkcast.config import Params
 from forkcast.deploy import DeployError, Deployment
+from forkcast.prepare import Splits
+from forkcast.train import TrainedModel
 
-from .conftest import Built, free_port, run, run_ok
+from .conftest import ROOT, Built, free_port, run, run_ok
 
 
 def staging(bento: str = "forkcast:v3-abc", smoke: dict[str, object] | None = None) -> Deployment:
@@ -49,29 +56,56 @@ def test_production_takes_the_bento_staging_passed_once_approved() -> None:
     deploy.check_promotion("forkcast:v3-abc", staging(smoke=PASSED), "me")  # no error
 
 
+@pytest.fixture(scope="module")
+def newer(
+    built: Built, trained: TrainedModel, splits: Splits, params: Params, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A second bento, with a newer model, in the same store as `built`."""
+    pipeline = io.BytesIO()
+    joblib.dump(trained.pipeline, pipeline)
+    source = build.ModelSource(
+        trained.pipeline, pipeline.getvalue(), trained.onnx, {**built.lineage, "model_version": "8"}
+    )
+    golden = build.golden_cases(trained.pipeline, splits.test, 5)
+    output_dir = tmp_path_factory.mktemp("newer")
+    result = build.build(
+        source, golden, params, bentofile=ROOT / "bentofile.yaml", source_dir=ROOT / "src", output_dir=output_dir
+    )
+    return result.bento_tag
+
+
+def metadata(url: str) -> dict[str, Any]:
+    request = urllib.request.Request(f"{url}/metadata", b"{}", {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_deployment_runs_in_the_background_until_stopped(
-    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    built: Built, newer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     port = free_port()
     log = str(tmp_path / "inference")
-    first = deploy.start("staging", built.tag, port, log)
+    model = build.describe(built.tag).model
+    first = deploy.start("staging", built.tag, model, port, log)
     try:
         assert deploy.is_ready(first.url)
         assert deploy.load("staging") == first
+        # The bento's own model, though a newer one was imported since.
+        assert metadata(first.url)["bento_model"] == model
+        assert build.describe(newer).model != model
         # It runs the code frozen into the bento, not the working tree's (the project is installed editable).
         frozen = deploy.bento_source(Path(os.environ["BENTOML_HOME"]), built.tag) / "forkcast"
         assert f"code from {frozen}" in Path(first.server_log).read_text()
-        again = deploy.start("staging", built.tag, port, log)
+        again = deploy.start("staging", built.tag, model, port, log)
         assert again.pid == first.pid  # the same bento keeps running: no restart
         with pytest.raises(DeployError, match=f"port {port} for production is taken"):
-            deploy.start("production", built.tag, port, log)
-        deploy.start("production", built.tag, free_port(), str(tmp_path / "production-log"))
+            deploy.start("production", built.tag, model, port, log)
+        deploy.start("production", newer, build.describe(newer).model, free_port(), str(tmp_path / "production-log"))
         body = json.dumps({"records": json.loads(built.golden.read_text())["records"][:2]}).encode()
-        import urllib.request
-
         request = urllib.request.Request(f"{first.url}/predict", body, {"content-type": "application/json"})
         urllib.request.urlopen(request, timeout=10).close()
         with urllib.request.urlopen(f"{first.url}/metrics", timeout=10) as response:
@@ -89,11 +123,25 @@ def test_a_deployment_runs_in_the_background_until_stopped(
     assert inference_log.read(log).num_rows == 2  # flushed on the way out
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_service_that_cannot_start_fails_the_deploy_at_once_leaving_nothing_running(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    with pytest.raises(DeployError, match=r"failed to start(.|\n)*forkcast-demand:v0-missing could not be found"):
+        deploy.start("staging", built.tag, "forkcast-demand:v0-missing", port, str(tmp_path))
+    assert deploy.load("staging") is None
+    assert deploy.port_is_free(port)
+
+
 def with_ports(project: Path) -> tuple[int, int]:
     params_file = project / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     ports = free_port(), free_port()
     params["serve"] |= {"staging_port": ports[0], "production_port": ports[1]}
+    params["smoke"]["p95_budget_ms"] = 10_000  # the budget's check has its own test; no timing assertions here
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     return ports
 
@@ -156,4 +204,4 @@ def test_a_busy_port_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         holder.listen()
         port = holder.getsockname()[1]
         with pytest.raises(DeployError, match=f"port {port} for staging is taken"):
-            deploy.start("staging", "forkcast:v1-abc", port, str(tmp_path))
+            deploy.start("staging", "forkcast:v1-abc", "forkcast-demand:v1-abc", port, str(tmp_path))

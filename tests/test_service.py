@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import itertools
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from forkcast import inference_log
+from forkcast import build, inference_log
 from forkcast.contract import EXAMPLE_RECORD, MAX_RECORDS
 from forkcast.features import FEATURES
 from forkcast.model import predict
@@ -21,26 +24,32 @@ from forkcast.train import TrainedModel
 
 from .conftest import Built
 
+MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"
+
 
 @functools.cache
-def asgi_app() -> Any:
-    """One app per session: bentoml registers its Prometheus metrics once per process."""
-    from forkcast.service import Forecaster
+def asgi_app(model: str) -> Any:
+    """One app per session (bentoml registers its Prometheus metrics once per process), serving `model`."""
+    sys.modules.pop("forkcast.service", None)  # it reads the model's tag when imported
+    os.environ[MODEL_TAG_ENV] = model
+    try:
+        service = importlib.import_module("forkcast.service")
+    finally:
+        del os.environ[MODEL_TAG_ENV]
+    return service.Forecaster.to_asgi()
 
-    return Forecaster.to_asgi()
 
-
-def start(log_dir: Path, monkeypatch: pytest.MonkeyPatch, backend: str = "onnx") -> TestClient:
+def start(built: Built, log_dir: Path, monkeypatch: pytest.MonkeyPatch, backend: str = "onnx") -> TestClient:
     """A client whose `with` block starts a fresh service instance (it reads its settings then) and stops it."""
     monkeypatch.setenv("FORKCAST_INFERENCE_LOG", str(log_dir))
     monkeypatch.setenv("FORKCAST_ENVIRONMENT", "test")
     monkeypatch.setenv("FORKCAST_BACKEND", backend)
-    return TestClient(asgi_app(), raise_server_exceptions=False)
+    return TestClient(asgi_app(build.describe(built.tag).model), raise_server_exceptions=False)
 
 
 @pytest.fixture
 def client(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    with start(tmp_path / "log", monkeypatch) as client:
+    with start(built, tmp_path / "log", monkeypatch) as client:
         yield client
 
 
@@ -70,7 +79,7 @@ def test_served_predictions_match_the_pipeline_on_the_whole_test_set(
 def test_the_scikit_learn_fallback_gives_identical_predictions(
     built: Built, trained: TrainedModel, splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with start(tmp_path / "log", monkeypatch, backend="scikit-learn") as client:
+    with start(built, tmp_path / "log", monkeypatch, backend="scikit-learn") as client:
         assert client.post("/metadata", json={}).json()["backend"] == "scikit-learn"
         served = serve_all(client, records_of(splits))
     np.testing.assert_array_equal(served, predict(trained.pipeline, splits.test).to_numpy())
@@ -133,7 +142,7 @@ def test_every_prediction_is_in_the_inference_log_after_shutdown(
     built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes = [1, 3, 1, 10]
-    with start(tmp_path / "log", monkeypatch) as client:
+    with start(built, tmp_path / "log", monkeypatch) as client:
         answers = [
             client.post("/predict", json={"records": [{**EXAMPLE_RECORD, "hr": h} for h in range(n)]}).json()
             for n in sizes

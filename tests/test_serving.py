@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from forkcast import deploy, inference_log, smoke
+from forkcast import build, deploy, inference_log, smoke
 from forkcast.config import Params
 from forkcast.features import FEATURES
 from forkcast.model import predict
@@ -59,6 +59,7 @@ def serve(bento: str, directory: Path) -> Server:
         **os.environ,
         "BENTOML_HOME": str(deploy.serving_home(store, directory / "bentoml")),
         "PYTHONPATH": str(deploy.bento_source(store, bento)),
+        "FORKCAST_MODEL_TAG": build.describe(bento).model,
         "FORKCAST_INFERENCE_LOG": str(directory / "inference"),
         "FORKCAST_ENVIRONMENT": "test",
         "OMP_NUM_THREADS": "1",
@@ -104,7 +105,8 @@ def test_the_bentoml_client_gets_the_pipeline_predictions(
 def suite(built: Built, params: Params, **changes: Any) -> smoke.SmokeSuite:
     golden = smoke.Golden.read(built.golden)
     golden = smoke.Golden(**{**golden.__dict__, **changes})
-    return smoke.SmokeSuite(golden, latency_requests=50, p95_budget_ms=params.smoke.p95_budget_ms)
+    # A generous budget: tests assert no timings; the budget's check is tested with an impossible one.
+    return smoke.SmokeSuite(golden, latency_requests=50, p95_budget_ms=10_000)
 
 
 def test_the_smoke_tests_pass_against_the_real_service(server: Server, built: Built, params: Params) -> None:

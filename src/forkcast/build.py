@@ -9,10 +9,13 @@ model, for the service's ONNX check, and are written to `outputs/build/` for the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -181,6 +184,19 @@ def resolve_bentofile(bentofile: Path, labels: dict[str, str], output_dir: Path)
     return resolved
 
 
+@contextlib.contextmanager
+def _environment_variable(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
+
+
 @dataclass(frozen=True)
 class BuildResult:
     bento_tag: str
@@ -216,23 +232,36 @@ def build(
     except NotFound:
         reused = False
         _import_model(model_tag, source, golden, params, labels)
-        os.environ["FORKCAST_MODEL_TAG"] = model_tag  # the service's model reference, resolved at build
-        bentoml.bentos.build_bentofile(str(resolved), version=version, build_ctx=str(source_dir))
+        with _environment_variable("FORKCAST_MODEL_TAG", model_tag):  # the service's model, resolved at build
+            # The service reads the tag when its module is imported: a second build in this process must
+            # import it again, or it would package the first build's model.
+            sys.modules.pop("forkcast.service", None)
+            bentoml.bentos.build_bentofile(str(resolved), version=version, build_ctx=str(source_dir))
     result = BuildResult(bento_tag, model_tag, reused, labels)
     _write_outputs(result, source, golden, params, output_dir)
     return result
 
 
-def bento_labels(bento_tag: str) -> dict[str, str]:
-    """The labels of a bento in the project's store (model version and lineage)."""
+@dataclass(frozen=True)
+class BentoDescription:
+    labels: dict[str, str]  # model version and lineage
+    model: str  # the tag of the one model inside
+
+
+def describe(bento_tag: str) -> BentoDescription:
+    """A bento in the project's store: its labels and its model."""
     use_project_store()
     import bentoml
     from bentoml.exceptions import BentoMLException
 
     try:
-        return dict(bentoml.bentos.get(bento_tag).info.labels)
+        info = bentoml.bentos.get(bento_tag).info
     except BentoMLException as exc:
         raise BuildError(f"no bento {bento_tag} in {os.environ['BENTOML_HOME']}: run `forkcast build` first") from exc
+    models = [str(model.tag) for model in info.all_models]
+    if len(models) != 1:
+        raise BuildError(f"{bento_tag} holds {len(models)} models ({', '.join(models)}); a Forkcast bento holds one")
+    return BentoDescription(dict(info.labels), models[0])
 
 
 def _import_model(

@@ -363,7 +363,7 @@ def deploy(
             raise _fail(f"no bento built yet ({bento.BUILD_JSON}): run `forkcast build` first", EXIT_USAGE)
     approved_by = getpass.getuser() if approve else None
     try:
-        labels = bento.bento_labels(bento_tag)
+        description = bento.describe(bento_tag)
         if environment == "production":
             deployments.check_promotion(bento_tag, staging, approved_by)
         port = params.serve.production_port if environment == "production" else params.serve.staging_port
@@ -371,6 +371,7 @@ def deploy(
             deployment = deployments.start(
                 environment,
                 bento_tag,
+                description.model,
                 port,
                 _inference_log(params.serve.inference_log, environment),
                 approved_by=approved_by,
@@ -382,7 +383,7 @@ def deploy(
     typer.echo(f"{environment}: {deployment.bento} at {deployment.url} (pid {deployment.pid})")
     typer.echo(f"  inference log: {deployment.inference_log}; server log: {deployment.server_log}")
     if environment == "production":
-        _alias_production(labels["model_version"], params)
+        _alias_production(description.labels["model_version"], params)
     else:
         typer.echo("next: forkcast smoke --env staging")
 
@@ -421,7 +422,7 @@ def status() -> None:
         if current is None:
             typer.echo(f"{name:<10} not deployed")
             continue
-        health = "ready" if deployments.is_running(current.pid) and deployments.is_ready(current.url) else "DOWN"
+        health = "ready" if deployments.is_alive(current) and deployments.is_ready(current.url) else "DOWN"
         typer.echo(
             f"{name:<10} {current.bento}  {current.url}  pid {current.pid}  {health}  smoke {current.smoke_state}"
         )

@@ -43,7 +43,10 @@ class Deployment:
     server_log: str
     started_at: str
     approved_by: str | None = None
-    smoke: dict[str, Any] | None = field(default=None)  # {"passed", "bento", "report", "at"}
+    smoke: dict[str, Any] | None = field(default=None)
+    pid_started: str | None = (
+        None  # the process's start time: a reused pid is not our server  # {"passed", "bento", "report", "at"}
+    )
 
     @property
     def smoke_passed(self) -> bool:
@@ -78,6 +81,22 @@ def is_running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_started(pid: int) -> str | None:
+    """When the process started, in clock ticks since boot (Linux); None where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def is_alive(deployment: Deployment) -> bool:
+    """The recorded server still runs: its pid exists and was not reused by another program."""
+    if not is_running(deployment.pid):
+        return False
+    return deployment.pid_started is None or process_started(deployment.pid) == deployment.pid_started
 
 
 def is_ready(url: str, timeout: float = 2.0) -> bool:
@@ -139,17 +158,20 @@ def check_promotion(bento: str, staging: Deployment | None, approved_by: str | N
 def start(
     environment: Environment,
     bento: str,
+    model: str,
     port: int,
     inference_log: str,
     *,
     approved_by: str | None = None,
     ready_timeout: float = 90.0,
 ) -> Deployment:
-    """Serve `bento` in the background on `port`, replacing what the environment ran before."""
+    """Serve `bento` (holding `model`) in the background on `port`, replacing what the environment ran before."""
     current = load(environment)
     url = f"http://{HOST}:{port}"
-    if current and current.bento == bento and current.port == port and is_running(current.pid) and is_ready(url):
-        return replace(current, approved_by=approved_by or current.approved_by)  # already serving this bento
+    if current and current.bento == bento and current.port == port and is_alive(current) and is_ready(url):
+        kept = replace(current, approved_by=approved_by or current.approved_by)  # already serving this bento
+        save(kept)
+        return kept
     if current:
         stop(environment)
     if not port_is_free(port):
@@ -161,29 +183,29 @@ def start(
         **os.environ,
         "BENTOML_HOME": str(serving_home(store, DEPLOY_DIR / f"{environment}.bentoml").resolve()),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(bento_source(store, bento)), os.environ.get("PYTHONPATH")])),
+        "FORKCAST_MODEL_TAG": model,  # the bento's own model, whatever else the store holds
         "FORKCAST_ENVIRONMENT": environment,
         "FORKCAST_INFERENCE_LOG": inference_log,
         "BENTOML_DO_NOT_TRACK": "True",
         "OMP_NUM_THREADS": "1",
     }
     command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", HOST, "--port", str(port)]
+    log_start = server_log.stat().st_size if server_log.exists() else 0
     with server_log.open("ab") as output:
         process = subprocess.Popen(  # its own session: it outlives this command, and stops as a group
             command, stdout=output, stderr=subprocess.STDOUT, env=environment_variables, start_new_session=True
         )
-    deadline = time.monotonic() + ready_timeout
-    while not is_ready(url):
-        if process.poll() is not None:
-            raise DeployError(f"{bento} exited with code {process.returncode} while starting; see {server_log}")
-        if time.monotonic() > deadline:
-            _stop_group(process.pid)
-            raise DeployError(f"{bento} was not ready within {ready_timeout:.0f} s; see {server_log}")
-        time.sleep(0.25)
+    try:
+        _wait_until_ready(process, url, server_log, log_start, ready_timeout)
+    except BaseException:  # a failed start, or Ctrl-C: leave no server behind
+        _stop_group(process.pid)
+        raise
     deployment = Deployment(
         environment=environment,
         bento=bento,
         port=port,
         pid=process.pid,
+        pid_started=process_started(process.pid),
         url=url,
         inference_log=inference_log,
         server_log=str(server_log),
@@ -194,20 +216,45 @@ def start(
     return deployment
 
 
-def stop(environment: Environment, timeout: float = 30.0) -> Deployment | None:
-    """Stop the environment's server (it flushes its inference log first) and forget it."""
+def _wait_until_ready(
+    process: subprocess.Popen[bytes], url: str, server_log: Path, log_start: int, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_ready(url):
+        output = _read_from(server_log, log_start)
+        if process.poll() is not None:
+            raise DeployError(f"the server exited with code {process.returncode} while starting:\n{_tail(output)}")
+        if "Application startup failed" in output:
+            raise DeployError(f"the service failed to start (full log: {server_log}):\n{_tail(output)}")
+        if time.monotonic() > deadline:
+            raise DeployError(f"the server was not ready within {timeout:.0f} s (full log: {server_log})")
+        time.sleep(0.25)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    return "\n".join("  " + line for line in text.strip().splitlines()[-lines:])
+
+
+def stop(environment: Environment, timeout: float = 60.0) -> Deployment | None:
+    """Stop the environment's server (its workers flush their inference logs first) and forget it."""
     current = load(environment)
     if current is None:
         return None
-    if is_running(current.pid):
+    if is_alive(current):
         _stop_group(current.pid, timeout)
     record_path(environment).unlink(missing_ok=True)
     return current
 
 
-def _stop_group(pid: int, timeout: float = 30.0) -> None:
+def _stop_group(pid: int, timeout: float = 60.0) -> None:
     try:
-        os.killpg(pid, signal.SIGTERM)  # graceful: workers run their shutdown hooks
+        os.killpg(pid, signal.SIGTERM)  # graceful: bentoml stops its workers, which run their shutdown hooks
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout

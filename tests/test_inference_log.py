@@ -52,7 +52,7 @@ def test_concurrent_appends_are_all_written_exactly_once(tmp_path: Path) -> None
     assert (one["hr"], one["prediction"]) == (23, 23.0)
 
 
-def test_files_are_partitioned_by_date_and_never_half_visible(tmp_path: Path) -> None:
+def test_files_are_partitioned_by_date_leaving_no_temporary_files(tmp_path: Path) -> None:
     log = InferenceLog(str(tmp_path), flush_seconds=3600)
     day_one = dt.datetime(2026, 3, 1, 23, 59, tzinfo=dt.UTC)
     log.append("a", "1", columns(2), np.array([1.0, 2.0]), timestamp=day_one)
@@ -94,6 +94,23 @@ def test_at_shutdown_rows_the_sink_refuses_are_spilled_locally(tmp_path: Path) -
     assert inference_log.read(str(spill)).num_rows == 2
     with pytest.raises(RuntimeError, match="closed"):
         log.append("r2", "1", columns(1), np.zeros(1))
+
+
+def test_a_day_that_fails_is_retried_without_writing_the_other_day_twice(tmp_path: Path) -> None:
+    log = InferenceLog(str(tmp_path), flush_seconds=3600)
+    before_midnight = dt.datetime(2026, 3, 1, 23, 59, tzinfo=dt.UTC)
+    log.append("a", "1", columns(2), np.zeros(2), timestamp=before_midnight)
+    log.append("b", "1", columns(1), np.zeros(1), timestamp=before_midnight + dt.timedelta(minutes=2))
+    blocker = tmp_path / "date=2026-03-02"
+    blocker.write_text("a file where the second day's directory should be")
+    with pytest.raises(FileExistsError, match="non-directory entry exists"):
+        log.flush()
+    assert log.rows_written == 2  # the first day made it
+    blocker.unlink()
+    assert log.flush() == 1
+    log.close()
+    table = inference_log.read(str(tmp_path)).to_pandas()
+    assert sorted(table["request_id"]) == ["a", "a", "b"]
 
 
 @pytest.fixture

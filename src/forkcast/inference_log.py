@@ -5,7 +5,7 @@ Layout: `SINK/date=YYYY-MM-DD/part-<time>-<pid>-<n>.parquet`, one row per predic
 prediction). Hive-style date partitions let the drift job read only the window it needs.
 
 Requests only append to an in-memory buffer; a background thread writes it out every
-`flush_seconds` (or sooner when it grows large), so logging costs a request microseconds.
+`flush_seconds` (5 s by default, or sooner when it grows large), so logging costs a request microseconds.
 `close()` writes what is left, and a write that fails keeps its rows for the next attempt;
 at shutdown, rows that still cannot be written go to a local spill directory instead.
 """
@@ -78,7 +78,7 @@ class InferenceLog:
         sink: str,
         *,
         environment: str = "local",
-        flush_seconds: float = 1.0,
+        flush_seconds: float = 5.0,
         flush_rows: int = 20_000,
         spill_dir: Path | None = None,
     ) -> None:
@@ -109,37 +109,49 @@ class InferenceLog:
         timestamp: dt.datetime | None = None,
     ) -> None:
         """Queue one request's records and predictions; never blocks on I/O."""
-        if self._closed.is_set():
-            raise RuntimeError("the inference log is closed")
         request = _Request(timestamp or dt.datetime.now(dt.UTC), request_id, model_version, columns, predictions)
-        with self._lock:
+        with self._lock:  # closed is checked under the lock `close` takes: no row slips in after the last flush
+            if self._closed.is_set():
+                raise RuntimeError("the inference log is closed")
             self._pending.append(request)
             self._pending_rows += len(predictions)
             if self._pending_rows >= self._flush_rows:
                 self._wake.set()
 
     def flush(self) -> int:
-        """Write everything buffered so far; returns the number of rows written."""
+        """Write everything buffered so far, one file per day; returns the number of rows written.
+
+        If a write fails, the requests of that day and of the days after it go back to the buffer
+        (the days already written do not), and the error is raised.
+        """
         with self._write_lock:
             with self._lock:
                 batch, self._pending, self._pending_rows = self._pending, [], 0
-            if not batch:
-                return 0
+            days: dict[dt.date, list[_Request]] = {}
+            for request in batch:
+                days.setdefault(request.timestamp.date(), []).append(request)
+            written = 0
+            remaining = sorted(days)
             try:
-                written = self._write(batch, self._filesystem, self._root)
+                while remaining:
+                    written += self._write(days[remaining[0]], remaining[0], self._filesystem, self._root)
+                    remaining.pop(0)
             except Exception:
-                with self._lock:  # keep the rows for the next attempt, in order
-                    self._pending[:0] = batch
-                    self._pending_rows += sum(len(request.predictions) for request in batch)
+                unwritten = [request for day in remaining for request in days[day]]
+                with self._lock:  # back to the front of the buffer, in order
+                    self._pending[:0] = unwritten
+                    self._pending_rows += sum(len(request.predictions) for request in unwritten)
                 raise
-            self.rows_written += written
+            finally:
+                self.rows_written += written
             return written
 
     def close(self) -> None:
         """Stop the writer and write what is left; spill locally if the sink is unreachable."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
         self._wake.set()
         self._writer.join(timeout=30)
         try:
@@ -149,7 +161,10 @@ class InferenceLog:
             with self._lock:
                 batch, self._pending = self._pending, []
             spill = self._spill_dir.resolve()
-            rows = self._write(batch, pafs.LocalFileSystem(), str(spill))
+            rows = 0
+            for day in sorted({request.timestamp.date() for request in batch}):
+                requests = [request for request in batch if request.timestamp.date() == day]
+                rows += self._write(requests, day, pafs.LocalFileSystem(), str(spill))
             log.error("inference log: %d rows written to %s instead; copy them to %s", rows, spill, self.sink)
 
     def _write_periodically(self) -> None:
@@ -161,23 +176,19 @@ class InferenceLog:
             except Exception:
                 log.exception("inference log: writing to %s failed; will retry", self.sink)
 
-    def _write(self, batch: list[_Request], filesystem: pafs.FileSystem, root: str) -> int:
-        table = self._table(batch)
-        dates = np.asarray(
-            [request.timestamp.date().isoformat() for request in batch for _ in range(len(request.predictions))]
-        )
-        for day in sorted(set(dates.tolist())):
-            part = table if len(dates) and (dates == day).all() else table.filter(pa.array(dates == day))
-            directory = f"{root}/date={day}"
-            name = f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._run}-{next(self._counter)}"
-            filesystem.create_dir(directory, recursive=True)
-            if isinstance(filesystem, pafs.LocalFileSystem):
-                # Readers skip dot-files: a half-written file is never read.
-                temporary = f"{directory}/.{name}.parquet.tmp"
-                pq.write_table(part, temporary, filesystem=filesystem)
-                filesystem.move(temporary, f"{directory}/{name}.parquet")
-            else:  # an object store makes the object visible only once it is complete
-                pq.write_table(part, f"{directory}/{name}.parquet", filesystem=filesystem)
+    def _write(self, requests: list[_Request], day: dt.date, filesystem: pafs.FileSystem, root: str) -> int:
+        """One Parquet file with the rows of `requests`, all from `day`."""
+        table = self._table(requests)
+        directory = f"{root}/date={day.isoformat()}"
+        name = f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._run}-{next(self._counter)}"
+        filesystem.create_dir(directory, recursive=True)
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            # Readers skip dot-files: a half-written file is never read.
+            temporary = f"{directory}/.{name}.parquet.tmp"
+            pq.write_table(table, temporary, filesystem=filesystem)
+            filesystem.move(temporary, f"{directory}/{name}.parquet")
+        else:  # an object store makes the object visible only once it is complete
+            pq.write_table(table, f"{directory}/{name}.parquet", filesystem=filesystem)
         return int(table.num_rows)
 
     def _table(self, batch: list[_Request]) -> pa.Table:

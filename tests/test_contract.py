@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing
 from typing import Any
 
@@ -38,6 +39,10 @@ def test_every_test_row_of_the_real_data_is_accepted(splits: Splits) -> None:
         ({"month": 0}, "month"),
         ({"hr": 24}, "hr"),
         ({"hr": 3.5}, "hr"),
+        ({"hr": "8"}, "hr"),  # strings are not numbers ...
+        ({"temp": "0.3"}, "temp"),
+        ({"hr": True}, "hr"),  # ... and booleans are not integers
+        ({"holiday": False}, "holiday"),
         ({"holiday": 2}, "holiday"),
         ({"weekday": -1}, "weekday"),
         ({"weathersit": "sunny"}, "weathersit"),
@@ -51,6 +56,11 @@ def test_every_test_row_of_the_real_data_is_accepted(splits: Splits) -> None:
 )
 def test_a_bad_value_is_rejected_naming_its_field(change: dict[str, Any], field: str) -> None:
     assert error_locations([{**EXAMPLE_RECORD, **change}]) == [(0, field)]
+
+
+def test_json_integers_are_accepted_where_floats_are_expected() -> None:
+    record = RECORDS.validate_json(json.dumps([{**EXAMPLE_RECORD, "temp": 0, "hum": 1}]))[0]
+    assert (record.temp, record.hum) == (0.0, 1.0)
 
 
 def test_a_missing_field_is_named() -> None:

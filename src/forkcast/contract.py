@@ -34,14 +34,15 @@ EXAMPLE_RECORD = {
 class HourFeatures(BaseModel):
     """One hour to predict. Weather values are normalised to 0-1, as in the training data."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "8" is not an hour and true is not a 1 (a JSON integer still counts as a float).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     season: Annotated[int, Field(ge=1, le=4, description="1 winter, 2 spring, 3 summer, 4 fall")]
     month: Annotated[int, Field(ge=1, le=12)]
     hr: Annotated[int, Field(ge=0, le=23, description="hour of the day")]
-    holiday: Literal[0, 1]
+    holiday: Annotated[int, Field(ge=0, le=1)]
     weekday: Annotated[int, Field(ge=0, le=6, description="0 is Sunday")]
-    workingday: Literal[0, 1]
+    workingday: Annotated[int, Field(ge=0, le=1, description="1 on a weekday (1-5) that is not a holiday")]
     weathersit: Weather
     temp: UnitInterval
     atemp: UnitInterval

@@ -52,7 +52,7 @@ class JsonBodiesOnly:
             declared = dict(scope["headers"]).get(b"content-type", JSON)
             if declared.split(b";")[0].strip().lower() != JSON:
                 detail = {"type": "unsupported_media_type", "loc": ["header", "content-type"], "msg": "must be JSON"}
-                body = {"error": f"send JSON (Content-Type: application/json), not {declared.decode()!r}"}
+                body = {"error": f"send JSON (Content-Type: application/json), not {declared.decode('latin-1')!r}"}
                 await JSONResponse({**body, "detail": [detail]}, status_code=415)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -78,13 +78,13 @@ class RecycleConnections:
             await self.app(scope, receive, send)
             return
         served = self._served.get(client, 0) + 1
+        if len(self._served) > 10_000:  # mostly connections closed long ago: forget them all
+            self._served.clear()
         if served < self.every:
             self._served[client] = served
             await self.app(scope, receive, send)
             return
         self._served.pop(client, None)
-        if len(self._served) > 10_000:  # connections that closed early; forget them
-            self._served.clear()
 
         async def closing(message: Message) -> None:
             if message["type"] == "http.response.start":

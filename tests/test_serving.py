@@ -136,6 +136,15 @@ def test_the_smoke_tests_catch_the_wrong_model_and_a_blown_latency_budget(
     assert failed == ["metadata", "latency budget"]
 
 
+def test_the_smoke_tests_catch_a_model_other_than_the_deployed_bentos(
+    server: Server, built: Built, params: Params
+) -> None:
+    report = smoke.run(server.url, suite(built, params, bento_model="forkcast-demand:v7-another"))
+    failed = {check.name: check.detail for check in report.checks if not check.passed}
+    assert list(failed) == ["metadata"]
+    assert "not the deployed bento's forkcast-demand:v7-another" in failed["metadata"]
+
+
 def test_the_smoke_tests_fail_when_nothing_answers(built: Built, params: Params) -> None:
     report = smoke.run(f"http://127.0.0.1:{free_port()}", suite(built, params), timeout=2)
     assert not report.passed

@@ -264,6 +264,21 @@ def describe(bento_tag: str) -> BentoDescription:
     return BentoDescription(dict(info.labels), models[0])
 
 
+def golden_of(bento_tag: str, tolerance: float) -> dict[str, Any]:
+    """The known answers packed into a bento's model, in the form of `golden.json`."""
+    import bentoml
+
+    model = bentoml.models.get(describe(bento_tag).model)
+    golden = pd.read_parquet(Path(model.path) / GOLDEN_FILE)
+    return {
+        "model_version": str(model.info.metadata.get("model_version")),
+        "bento_model": str(model.tag),
+        "tolerance": tolerance,
+        "records": golden[list(FEATURES)].to_dict(orient="records"),
+        "expected": golden[EXPECTED].round(6).tolist(),
+    }
+
+
 def _import_model(
     model_tag: str, source: ModelSource, golden: pd.DataFrame, params: Params, labels: dict[str, str]
 ) -> None:

@@ -446,17 +446,21 @@ def smoke(
     if (url is None) == (env is None):
         raise _fail("give exactly one of --url and --env", EXIT_USAGE)
     environment = _environment(env) if env else None
-    target = url or ""
+    target, deployed = url or "", None
     if environment:
-        current = deployments.load(environment)
-        if current is None:
+        deployed = deployments.load(environment)
+        if deployed is None:
             raise _fail(f"nothing is deployed to {environment}: run `forkcast deploy --env {environment}`", EXIT_USAGE)
-        target = current.url
-    golden_path = golden_file or bento.GOLDEN_JSON
-    _require(golden_path)
-    suite = checks.SmokeSuite(
-        checks.Golden.read(golden_path), params.smoke.latency_requests, params.smoke.p95_budget_ms
-    )
+        target = deployed.url
+    try:
+        if golden_file is None and deployed:  # the known answers inside the deployed bento
+            bento.use_project_store()
+            golden = checks.Golden.from_dict(bento.golden_of(deployed.bento, params.smoke.tolerance))
+        else:
+            golden = checks.Golden.read(golden_file or bento.GOLDEN_JSON)
+    except (checks.GoldenError, bento.BuildError) as exc:
+        raise _fail(f"{exc}; build first (`forkcast build`) or pass --golden", EXIT_USAGE) from exc
+    suite = checks.SmokeSuite(golden, params.smoke.latency_requests, params.smoke.p95_budget_ms)
     with _step(f"smoke-test {target}"):
         report = checks.run(target, suite)
     directory = paths.OUTPUTS / "smoke" / (environment or "adhoc")

@@ -26,8 +26,8 @@ from .conftest import ROOT, Built, free_port, run, run_ok
 
 def staging(bento: str = "forkcast:v3-abc", smoke: dict[str, object] | None = None) -> Deployment:
     return Deployment(
-        environment="staging", bento=bento, port=1, pid=1, url="http://127.0.0.1:1", inference_log="log",
-        server_log="log", started_at="now", smoke=smoke,
+        environment="staging", bento=bento, model="forkcast-demand:v3-abc", port=1, pid=1,
+        url="http://127.0.0.1:1", inference_log="log", server_log="log", started_at="now", smoke=smoke,
     )  # fmt: skip
 
 
@@ -125,15 +125,28 @@ def test_a_deployment_runs_in_the_background_until_stopped(
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_a_service_that_cannot_start_fails_the_deploy_at_once_leaving_nothing_running(
+def test_a_service_that_cannot_start_fails_the_deploy_and_the_previous_one_comes_back(
     built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     port = free_port()
     with pytest.raises(DeployError, match=r"failed to start(.|\n)*forkcast-demand:v0-missing could not be found"):
         deploy.start("staging", built.tag, "forkcast-demand:v0-missing", port, str(tmp_path))
-    assert deploy.load("staging") is None
+    assert deploy.load("staging") is None  # nothing was running before: nothing is left running
     assert deploy.port_is_free(port)
+
+    model = build.describe(built.tag).model
+    deploy.start("staging", built.tag, model, port, str(tmp_path))
+    try:
+        deploy.record_smoke("staging", True, tmp_path / "report.json")
+        with pytest.raises(DeployError, match=f"staging serves {built.tag} again, as before"):
+            deploy.start("staging", "forkcast:v0-missing", "forkcast-demand:v0-missing", port, str(tmp_path))
+        restored = deploy.load("staging")
+        assert restored is not None
+        assert (restored.bento, restored.model, restored.smoke_passed) == (built.tag, model, True)
+        assert deploy.is_ready(restored.url)
+    finally:
+        deploy.stop("staging")
 
 
 def with_ports(project: Path) -> tuple[int, int]:

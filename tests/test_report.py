@@ -81,8 +81,8 @@ def test_the_summary_says_what_runs_where_and_whether_its_smoke_tests_passed(
 
     monkeypatch.chdir(tmp_path)
     staging = deploy.Deployment(
-        environment="staging", bento="forkcast:v4-abc", port=3101, pid=1, url="http://127.0.0.1:3101",
-        inference_log="log", server_log="log", started_at="now",
+        environment="staging", bento="forkcast:v4-abc", model="forkcast-demand:v4-abc", port=3101, pid=1,
+        url="http://127.0.0.1:3101", inference_log="log", server_log="log", started_at="now",
         smoke={"passed": True, "bento": "forkcast:v3-old", "report": "outputs/smoke/staging/report.json"},
     )  # fmt: skip
     deploy.save(staging)

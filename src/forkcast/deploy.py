@@ -36,6 +36,7 @@ class DeployError(Exception):
 class Deployment:
     environment: Environment
     bento: str
+    model: str
     port: int
     pid: int
     url: str
@@ -165,7 +166,10 @@ def start(
     approved_by: str | None = None,
     ready_timeout: float = 90.0,
 ) -> Deployment:
-    """Serve `bento` (holding `model`) in the background on `port`, replacing what the environment ran before."""
+    """Serve `bento` (holding `model`) in the background on `port`, replacing what the environment ran before.
+
+    If the new server does not come up, the one it replaced is started again before the error is raised.
+    """
     current = load(environment)
     url = f"http://{HOST}:{port}"
     if current and current.bento == bento and current.port == port and is_alive(current) and is_ready(url):
@@ -174,6 +178,36 @@ def start(
         return kept
     if current:
         stop(environment)
+    try:
+        deployment = _launch(
+            environment, bento, model, port, inference_log, approved_by=approved_by, ready_timeout=ready_timeout
+        )
+    except DeployError as failure:
+        if current is None or not current.model:
+            raise
+        try:
+            previous = _launch(
+                environment, current.bento, current.model, current.port, current.inference_log,
+                approved_by=current.approved_by, ready_timeout=ready_timeout,
+            )  # fmt: skip
+        except DeployError as second:
+            raise DeployError(f"{failure}\nand {current.bento} could not be started again: {second}") from failure
+        save(replace(previous, smoke=current.smoke))
+        raise DeployError(f"{failure}\n{environment} serves {current.bento} again, as before") from failure
+    save(deployment)
+    return deployment
+
+
+def _launch(
+    environment: Environment,
+    bento: str,
+    model: str,
+    port: int,
+    inference_log: str,
+    *,
+    approved_by: str | None,
+    ready_timeout: float,
+) -> Deployment:
     if not port_is_free(port):
         raise DeployError(f"port {port} for {environment} is taken by another program; free it or change serve.*_port")
     DEPLOY_DIR.mkdir(parents=True, exist_ok=True)
@@ -196,24 +230,23 @@ def start(
             command, stdout=output, stderr=subprocess.STDOUT, env=environment_variables, start_new_session=True
         )
     try:
-        _wait_until_ready(process, url, server_log, log_start, ready_timeout)
+        _wait_until_ready(process, f"http://{HOST}:{port}", server_log, log_start, ready_timeout)
     except BaseException:  # a failed start, or Ctrl-C: leave no server behind
         _stop_group(process.pid)
         raise
-    deployment = Deployment(
+    return Deployment(
         environment=environment,
         bento=bento,
+        model=model,
         port=port,
         pid=process.pid,
         pid_started=process_started(process.pid),
-        url=url,
+        url=f"http://{HOST}:{port}",
         inference_log=inference_log,
         server_log=str(server_log),
         started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         approved_by=approved_by,
     )
-    save(deployment)
-    return deployment
 
 
 def _wait_until_ready(

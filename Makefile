@@ -18,7 +18,7 @@ export UV_PYTHON ?= python3
 .PHONY: help install data run repro build staging production status stop summary test test-fast lint format typecheck ui new-data bench bench-serving clean
 
 help: ## Show the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-11s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-14s %s\n", $$1, $$2}'
 
 $(CURDIR)/.tools/bin/uv:
 	python3 -m venv .tools

@@ -47,7 +47,10 @@ def write_outputs(trained: TrainedModel, eligible: bool = True) -> None:
     save(trained, paths.MODEL_PICKLE, paths.MODEL_ONNX, paths.MODEL_METADATA)
     metrics = {"rmse": 50.0, "mae": 30.0, "r2": 0.8}
     atomic.write_json(paths.METRICS_JSON, {"model": metrics})
-    gate = {"eligible": eligible, "model_name": "forkcast-demand", "version": "5", "run_id": "abc"}
+    gate = {
+        "eligible": eligible, "model_name": "forkcast-demand", "version": "5", "run_id": "abc",
+        "model_trained_at": trained.metadata["trained_at"],
+    }  # fmt: skip
     atomic.write_json(paths.GATE_JSON, gate)
 
 
@@ -74,14 +77,14 @@ def test_a_model_the_gate_rejected_needs_force(
     assert build.from_pipeline_outputs(force=True).lineage["gate"] == "rejected"
 
 
-def test_a_verdict_older_than_the_model_is_refused(
+def test_a_verdict_on_another_model_is_refused(
     trained: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     write_outputs(trained)
-    model_time = paths.MODEL_PICKLE.stat().st_mtime
-    os.utime(paths.GATE_JSON, (model_time - 60, model_time - 60))
-    with pytest.raises(BuildError, match="the register stage has not run since training"):
+    retrained = {**trained.metadata, "trained_at": "2031-01-01T00:00:00+00:00"}  # train ran again, register not
+    atomic.write_json(paths.MODEL_METADATA, retrained)
+    with pytest.raises(BuildError, match=r"judged another model.*the register stage has not run since training"):
         build.from_pipeline_outputs()
 
 

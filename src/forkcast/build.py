@@ -73,16 +73,18 @@ def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
     missing = [str(path) for path in required if not path.exists()]
     if missing:
         raise BuildError(f"missing pipeline outputs: {', '.join(missing)}. Run `make repro` (or `dvc repro`) first")
-    if paths.GATE_JSON.stat().st_mtime < paths.MODEL_PICKLE.stat().st_mtime:
-        raise BuildError(
-            f"{paths.GATE_JSON} predates the model: the register stage has not run since training. Run `dvc repro`"
-        )
     gate = atomic.read_json(paths.GATE_JSON)
+    metadata = atomic.read_json(paths.MODEL_METADATA)
+    if gate.get("model_trained_at") != metadata.get("trained_at"):
+        raise BuildError(
+            f"{paths.GATE_JSON} judged another model than {paths.MODEL_PICKLE} (trained at "
+            f"{gate.get('model_trained_at')}, not {metadata.get('trained_at')}): the register stage has not run "
+            "since training. Run `dvc repro`"
+        )
     if not gate["eligible"] and not force:
         raise BuildError(
             f"the quality gate rejected model version {gate['version']} ({paths.GATE_MD}); build it anyway with --force"
         )
-    metadata = atomic.read_json(paths.MODEL_METADATA)
     evaluation = atomic.read_json(paths.METRICS_JSON)
     pipeline_bytes = paths.MODEL_PICKLE.read_bytes()
     return ModelSource(

@@ -216,7 +216,8 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
             artifacts=reports,
             local_dir=paths.LOCAL_MLFLOW_DIR,
         )  # fmt: skip
-        save_gate(registration, paths.GATE_JSON, paths.GATE_MD)
+        trained_at = atomic.read_json(paths.MODEL_METADATA).get("trained_at")
+        save_gate(registration, paths.GATE_JSON, paths.GATE_MD, model_trained_at=trained_at)
     verdict = registration.verdict
     typer.echo(
         f"registered {registration.model_name} v{registration.version} (alias candidate); gate: "

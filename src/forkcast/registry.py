@@ -285,7 +285,10 @@ def render_gate_markdown(registration: Registration) -> str:
     return "\n".join(rows) + "\n"
 
 
-def save_gate(registration: Registration, json_path: Path, markdown_path: Path) -> None:
+def save_gate(
+    registration: Registration, json_path: Path, markdown_path: Path, model_trained_at: str | None = None
+) -> None:
+    """Write the verdict; `model_trained_at` ties it to the model it judged (see `metadata.json`)."""
     record = {
         "eligible": registration.verdict.eligible,
         "model_name": registration.model_name,
@@ -294,6 +297,7 @@ def save_gate(registration: Registration, json_path: Path, markdown_path: Path) 
         "experiment_id": registration.experiment_id,
         "tracking_uri": registration.tracking_uri,
         "verdict": registration.verdict.to_dict(),
+        "model_trained_at": model_trained_at,
     }
     atomic.write_json(json_path, record)
     atomic.write_text(markdown_path, render_gate_markdown(registration))

@@ -206,8 +206,10 @@ def test_the_release_line_on_a_fresh_clone(project: Path) -> None:
     finally:
         run(["forkcast", "undeploy"], project)
     assert run_ok(["forkcast", "status"], project).stdout.count("not deployed") == 2
-    for environment in ("staging", "production"):  # smoke traffic was logged and flushed on stop
-        assert inference_log.read(str(project / "outputs/inference" / environment)).num_rows > 0
+    for environment in ("staging", "production"):  # smoke traffic was logged, flushed on stop, and marked
+        logged = inference_log.read(str(project / "outputs/inference" / environment)).to_pandas()
+        assert len(logged) > 0
+        assert logged["request_id"].str.startswith("smoke-").all()
 
 
 def test_a_busy_port_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,8 +84,11 @@ class Golden:
         return cls.from_dict(data)
 
 
+SMOKE_REQUEST_PREFIX = "smoke-"  # the inference log tells smoke traffic from real traffic by it
+
+
 def _post(client: httpx.Client, route: str, body: Any) -> httpx.Response:
-    return client.post(route, json=body)
+    return client.post(route, json=body, headers={"x-request-id": f"{SMOKE_REQUEST_PREFIX}{uuid.uuid4().hex}"})
 
 
 def _predictions(response: httpx.Response, count: int) -> list[float]:

@@ -62,7 +62,7 @@ import pandas as pd
 from pipeline import git_commit, machine  # benchmarks/pipeline.py, next to this script
 from threadpoolctl import threadpool_limits
 
-from forkcast import deploy
+from forkcast import build, deploy
 from forkcast.features import FEATURES
 from forkcast.predictor import OnnxModel, columns_of_frame
 
@@ -272,12 +272,15 @@ def forkcast_server(inference_log: Path) -> Server:
     bento = str(json.loads(BUILD_JSON.read_text())["bento"])
     port = free_port()
     command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", HOST, "--port", str(port)]
-    store = ROOT / ".bentoml"
-    env = server_env(  # as `forkcast deploy` runs it: its own BENTOML_HOME, the bento's frozen code first
-        BENTOML_HOME=str(deploy.serving_home(store, inference_log.parent / "bentoml")),
-        PYTHONPATH=str(deploy.bento_source(store, bento)),
-        FORKCAST_INFERENCE_LOG=str(inference_log),
-        FORKCAST_ENVIRONMENT="benchmark",
+    env = server_env(  # as `forkcast deploy` runs it
+        **deploy.server_environment(
+            ROOT / ".bentoml",
+            home=inference_log.parent / "bentoml",
+            bento=bento,
+            model=build.describe(bento).model,
+            environment="benchmark",
+            inference_log=str(inference_log),
+        )
     )
     return Server("forkcast", command, env, port, "/readyz", "/predict", "records")
 

@@ -123,8 +123,6 @@ class Built:
 @pytest.fixture(scope="session")
 def built(trained: TrainedModel, splits: Splits, params: Params, tmp_path_factory: pytest.TempPathFactory) -> Built:
     """The session's model built into a bento, in the session's BentoML store."""
-    pipeline_bytes = io.BytesIO()
-    joblib.dump(trained.pipeline, pipeline_bytes)
     lineage = {
         "model_name": params.tracking.registered_model,
         "model_version": "7",
@@ -135,13 +133,31 @@ def built(trained: TrainedModel, splits: Splits, params: Params, tmp_path_factor
         "metrics": {"test_rmse": 54.8},
         "gate": "eligible",
     }
-    source = build.ModelSource(trained.pipeline, pipeline_bytes.getvalue(), trained.onnx, lineage)
-    golden = build.golden_cases(trained.pipeline, splits.test, params.smoke.golden_cases)
     output_dir = tmp_path_factory.mktemp("build")
+    tag = build_bento(
+        trained, splits, params, lineage=lineage, golden_cases=params.smoke.golden_cases, output_dir=output_dir
+    )
+    return Built(tag, output_dir, lineage)
+
+
+def build_bento(
+    trained: TrainedModel,
+    splits: Splits,
+    params: Params,
+    *,
+    lineage: dict[str, Any],
+    golden_cases: int,
+    output_dir: Path,
+) -> str:
+    """Build `trained` into a bento of the session's store from this checkout's bentofile and code; its tag."""
+    pipeline_bytes = io.BytesIO()
+    joblib.dump(trained.pipeline, pipeline_bytes)
+    source = build.ModelSource(trained.pipeline, pipeline_bytes.getvalue(), trained.onnx, lineage)
+    golden = build.golden_cases(trained.pipeline, splits.test, golden_cases)
     result = build.build(
         source, golden, params, bentofile=ROOT / "bentofile.yaml", source_dir=ROOT / "src", output_dir=output_dir
     )
-    return Built(result.bento_tag, output_dir, lineage)
+    return result.bento_tag
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -11,7 +10,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import joblib
 import pytest
 import yaml
 
@@ -21,7 +19,7 @@ from forkcast.deploy import DeployError, Deployment
 from forkcast.prepare import Splits
 from forkcast.train import TrainedModel
 
-from .conftest import ROOT, Built, free_port, run, run_ok
+from .conftest import Built, build_bento, free_port, run, run_ok
 
 
 def staging(bento: str = "forkcast:v3-abc", smoke: dict[str, object] | None = None) -> Deployment:
@@ -61,17 +59,10 @@ def newer(
     built: Built, trained: TrainedModel, splits: Splits, params: Params, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
     """A second bento, with a newer model, in the same store as `built`."""
-    pipeline = io.BytesIO()
-    joblib.dump(trained.pipeline, pipeline)
-    source = build.ModelSource(
-        trained.pipeline, pipeline.getvalue(), trained.onnx, {**built.lineage, "model_version": "8"}
+    lineage = {**built.lineage, "model_version": "8"}
+    return build_bento(
+        trained, splits, params, lineage=lineage, golden_cases=5, output_dir=tmp_path_factory.mktemp("newer")
     )
-    golden = build.golden_cases(trained.pipeline, splits.test, 5)
-    output_dir = tmp_path_factory.mktemp("newer")
-    result = build.build(
-        source, golden, params, bentofile=ROOT / "bentofile.yaml", source_dir=ROOT / "src", output_dir=output_dir
-    )
-    return result.bento_tag
 
 
 def metadata(url: str) -> dict[str, Any]:

@@ -54,16 +54,14 @@ class Server:
 def serve(bento: str, directory: Path) -> Server:
     port = free_port()
     output = directory / "server.log"
-    store = Path(os.environ["BENTOML_HOME"])
-    environment = {
-        **os.environ,
-        "BENTOML_HOME": str(deploy.serving_home(store, directory / "bentoml")),
-        "PYTHONPATH": str(deploy.bento_source(store, bento)),
-        "FORKCAST_MODEL_TAG": build.describe(bento).model,
-        "FORKCAST_INFERENCE_LOG": str(directory / "inference"),
-        "FORKCAST_ENVIRONMENT": "test",
-        "OMP_NUM_THREADS": "1",
-    }
+    environment = deploy.server_environment(
+        Path(os.environ["BENTOML_HOME"]),
+        home=directory / "bentoml",
+        bento=bento,
+        model=build.describe(bento).model,
+        environment="test",
+        inference_log=str(directory / "inference"),
+    )
     command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
     with output.open("wb") as sink:
         process = subprocess.Popen(

@@ -9,17 +9,16 @@ model, for the service's ONNX check, and are written to `outputs/build/` for the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import joblib
 import numpy as np
@@ -27,6 +26,7 @@ import pandas as pd
 import yaml
 
 from forkcast import atomic, paths
+from forkcast.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV
 from forkcast.features import FEATURES
 from forkcast.predictor import EXPECTED, GOLDEN_FILE, ONNX_FILE, PIPELINE_FILE
 
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 BENTOFILE = Path("bentofile.yaml")
 BENTO_NAME = "forkcast"
-MODEL_NAME = "forkcast-demand"
 BUILD_DIR = paths.OUTPUTS / "build"
 BUILD_JSON = BUILD_DIR / "build.json"
 GOLDEN_JSON = BUILD_DIR / "golden.json"
@@ -186,19 +185,6 @@ def resolve_bentofile(bentofile: Path, labels: dict[str, str], output_dir: Path)
     return resolved
 
 
-@contextlib.contextmanager
-def _environment_variable(name: str, value: str) -> Iterator[None]:
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = previous
-
-
 @dataclass(frozen=True)
 class BuildResult:
     bento_tag: str
@@ -226,7 +212,7 @@ def build(
     labels = {key: str(source.lineage.get(key) or "unknown") for key in LABEL_KEYS}
     resolved = resolve_bentofile(bentofile, labels, output_dir)
     version = bento_version(source, golden, resolved, source_dir)
-    model_tag = f"{MODEL_NAME}:{version}"
+    model_tag = f"{BENTO_MODEL_NAME}:{version}"
     bento_tag = f"{BENTO_NAME}:{version}"
     try:
         bentoml.bentos.get(bento_tag)
@@ -234,7 +220,7 @@ def build(
     except NotFound:
         reused = False
         _import_model(model_tag, source, golden, params, labels)
-        with _environment_variable("FORKCAST_MODEL_TAG", model_tag):  # the service's model, resolved at build
+        with mock.patch.dict(os.environ, {MODEL_TAG_ENV: model_tag}):  # the service's model, resolved at build
             # The service reads the tag when its module is imported: a second build in this process must
             # import it again, or it would package the first build's model.
             sys.modules.pop("forkcast.service", None)
@@ -273,8 +259,15 @@ def golden_of(bento_tag: str, tolerance: float) -> dict[str, Any]:
     model = bentoml.models.get(describe(bento_tag).model)
     golden = pd.read_parquet(Path(model.path) / GOLDEN_FILE)
     return {
-        "model_version": str(model.info.metadata.get("model_version")),
+        **golden_record(golden, str(model.info.metadata.get("model_version")), tolerance),
         "bento_model": str(model.tag),
+    }
+
+
+def golden_record(golden: pd.DataFrame, model_version: str, tolerance: float) -> dict[str, Any]:
+    """Golden cases as the smoke tests read them (`smoke.Golden`)."""
+    return {
+        "model_version": model_version,
         "tolerance": tolerance,
         "records": golden[list(FEATURES)].to_dict(orient="records"),
         "expected": golden[EXPECTED].round(6).tolist(),
@@ -305,15 +298,7 @@ def _write_outputs(
     result: BuildResult, source: ModelSource, golden: pd.DataFrame, params: Params, output_dir: Path
 ) -> None:
     golden_json = output_dir / GOLDEN_JSON.name
-    atomic.write_json(
-        golden_json,
-        {
-            "model_version": source.lineage["model_version"],
-            "tolerance": params.smoke.tolerance,
-            "records": golden[list(FEATURES)].to_dict(orient="records"),
-            "expected": golden[EXPECTED].round(6).tolist(),
-        },
-    )
+    atomic.write_json(golden_json, golden_record(golden, source.lineage["model_version"], params.smoke.tolerance))
     atomic.write_json(
         output_dir / BUILD_JSON.name,
         {

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_RECORDS = 1_000  # per request; more is a batch job, not a request
+BENTO_MODEL_NAME = "forkcast-demand"  # the model inside every bento
+MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"  # which model the service loads: set at build and by `forkcast deploy`
 
 Weather = Literal["clear", "cloudy/misty", "light rain/snow", "heavy rain/snow"]
 UnitInterval = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]

@@ -14,13 +14,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from forkcast import atomic, paths
+from forkcast.contract import MODEL_TAG_ENV
 
 Environment = Literal["staging", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("staging", "production")
@@ -44,10 +44,8 @@ class Deployment:
     server_log: str
     started_at: str
     approved_by: str | None = None
-    smoke: dict[str, Any] | None = field(default=None)
-    pid_started: str | None = (
-        None  # the process's start time: a reused pid is not our server  # {"passed", "bento", "report", "at"}
-    )
+    smoke: dict[str, Any] | None = None  # {"passed", "bento", "report", "at"}
+    pid_started: str | None = None  # the process's start time: a reused pid is not our server
 
     @property
     def smoke_passed(self) -> bool:
@@ -104,7 +102,7 @@ def is_ready(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=timeout) as response:
             return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
+    except OSError:  # refused, timed out, or an HTTP error status
         return False
 
 
@@ -139,6 +137,23 @@ def bento_source(store: Path, bento: str) -> Path:
     project would otherwise serve the working tree's code instead of the bento's."""
     name, _, version = bento.partition(":")
     return (store / "bentos" / name / version / "src").resolve()
+
+
+def server_environment(
+    store: Path, *, home: Path, bento: str, model: str, environment: str, inference_log: str
+) -> dict[str, str]:
+    """What `bentoml serve` needs to run `bento` as it was built: its own BENTOML_HOME over the store,
+    the bento's frozen code first on the path, its own model, one scoring thread per worker."""
+    return {
+        **os.environ,
+        "BENTOML_HOME": str(serving_home(store, home).resolve()),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(bento_source(store, bento)), os.environ.get("PYTHONPATH")])),
+        MODEL_TAG_ENV: model,  # the bento's own model, whatever else the store holds
+        "FORKCAST_ENVIRONMENT": environment,
+        "FORKCAST_INFERENCE_LOG": inference_log,
+        "BENTOML_DO_NOT_TRACK": "True",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def check_promotion(bento: str, staging: Deployment | None, approved_by: str | None) -> None:
@@ -212,17 +227,14 @@ def _launch(
         raise DeployError(f"port {port} for {environment} is taken by another program; free it or change serve.*_port")
     DEPLOY_DIR.mkdir(parents=True, exist_ok=True)
     server_log = DEPLOY_DIR / f"{environment}.log"
-    store = Path(os.environ.get("BENTOML_HOME", ".bentoml"))
-    environment_variables = {
-        **os.environ,
-        "BENTOML_HOME": str(serving_home(store, DEPLOY_DIR / f"{environment}.bentoml").resolve()),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(bento_source(store, bento)), os.environ.get("PYTHONPATH")])),
-        "FORKCAST_MODEL_TAG": model,  # the bento's own model, whatever else the store holds
-        "FORKCAST_ENVIRONMENT": environment,
-        "FORKCAST_INFERENCE_LOG": inference_log,
-        "BENTOML_DO_NOT_TRACK": "True",
-        "OMP_NUM_THREADS": "1",
-    }
+    environment_variables = server_environment(
+        Path(os.environ.get("BENTOML_HOME", ".bentoml")),
+        home=DEPLOY_DIR / f"{environment}.bentoml",
+        bento=bento,
+        model=model,
+        environment=environment,
+        inference_log=inference_log,
+    )
     command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", HOST, "--port", str(port)]
     log_start = server_log.stat().st_size if server_log.exists() else 0
     with server_log.open("ab") as output:

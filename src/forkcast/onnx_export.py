@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from forkcast.features import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from forkcast.predictor import OnnxModel, columns_of_frame
 
 
 @contextlib.contextmanager
@@ -42,19 +43,9 @@ def to_onnx_bytes(pipeline: Pipeline) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def onnx_inputs(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    feeds = {name: frame[[name]].to_numpy(np.float32) for name in NUMERIC_FEATURES}
-    feeds |= {name: frame[[name]].astype(str).to_numpy(object) for name in CATEGORICAL_FEATURES}
-    return feeds
-
-
 def predict_onnx(model: bytes, frame: pd.DataFrame) -> np.ndarray:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    return np.asarray(session.run(None, onnx_inputs(frame))[0]).ravel()
+    """ONNX Runtime's predictions (before clipping), fed exactly as the service feeds it."""
+    return OnnxModel(model).predict(columns_of_frame(frame))
 
 
 def max_abs_difference(pipeline: Pipeline, model: bytes, frame: pd.DataFrame) -> float:

@@ -87,8 +87,8 @@ def load(model_dir: Path, *, onnx_tolerance: float, prefer_onnx: bool = True) ->
         return Predictor(pipeline, None, None)
     golden = pd.read_parquet(model_dir / GOLDEN_FILE)
     onnx = OnnxModel(onnx_path.read_bytes())
-    expected = golden[EXPECTED].to_numpy(np.float64)
-    difference = float(np.max(np.abs(np.clip(onnx.predict(columns_of_frame(golden)), 0.0, None) - expected)))
+    served = Predictor(pipeline, onnx, None).predict(columns_of_frame(golden))
+    difference = float(np.max(np.abs(served - golden[EXPECTED].to_numpy(np.float64))))
     if difference > onnx_tolerance:
         log.warning(
             "ONNX predictions differ from the pipeline by up to %.4g (tolerance %.4g): serving with scikit-learn",

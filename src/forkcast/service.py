@@ -26,14 +26,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from forkcast import predictor
-from forkcast.contract import ModelInfo, Predictions, Records
+from forkcast.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV, ModelInfo, Predictions, Records
 from forkcast.features import FEATURES
 from forkcast.inference_log import DEFAULT_SINK, SINK_ENV, InferenceLog
 
 log = logging.getLogger("bentoml.forkcast")  # bentoml prints the INFO lines of its own loggers
 
-MODEL_NAME = "forkcast-demand"
-MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"  # set by `forkcast build`; a built bento holds exactly one model
 REQUEST_ID_HEADER = "x-request-id"
 JSON = b"application/json"
 
@@ -103,7 +101,7 @@ class RecycleConnections:
     http={"cors": {"enabled": False}},
 )
 class Forecaster:
-    bento_model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{MODEL_NAME}:latest"))
+    bento_model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{BENTO_MODEL_NAME}:latest"))
 
     def __init__(self) -> None:
         # Workers are the parallelism: more threads per worker oversubscribe the cores.
@@ -116,7 +114,7 @@ class Forecaster:
             prefer_onnx=os.environ.get("FORKCAST_BACKEND", "onnx") != "scikit-learn",
         )
         self.info = ModelInfo(
-            model_name=str(lineage.get("model_name", MODEL_NAME)),
+            model_name=str(lineage.get("model_name", BENTO_MODEL_NAME)),
             model_version=str(lineage.get("model_version", "unregistered")),
             bento_model=str(stored.tag),
             run_id=lineage.get("run_id"),

@@ -218,7 +218,7 @@ def run(url: str, suite: SmokeSuite, timeout: float = 10.0) -> SmokeReport:
             results.append(CheckResult(name, passed, detail, round(time.perf_counter() - started, 3)))
             if name == "health" and not passed:
                 break  # nothing else can pass
-    passed = bool(results) and all(result.passed for result in results) and len(results) == len(suite.checks())
+    passed = len(results) == len(suite.checks()) and all(result.passed for result in results)
     return SmokeReport(url, passed, results, suite.model_version, suite.latency_ms)
 
 

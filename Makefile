@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := True
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON ?= python3
 
-.PHONY: help install data run repro build staging production status stop summary test test-fast lint format typecheck ui new-data bench bench-serving clean
+.PHONY: help install data run repro build staging production status stop summary test test-fast lint lint-workflows format typecheck ui new-data bench bench-serving clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-14s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ $(CURDIR)/.tools/bin/uv:
 
 .venv/.installed: uv.lock pyproject.toml | $(UV)
 	@# Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set, every run would recompile mlflow.
-	$(UV) sync --locked --compile-bytecode
+	$(UV) sync --locked $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
 	@touch $@
 
 install: .venv/.installed ## Create .venv with the locked dependencies (installs uv first if needed)
@@ -78,6 +78,13 @@ test-fast: install ## Tests without the slow end-to-end ones
 lint: install ## Lint and check formatting
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+
+lint-workflows: install ## Check workflows and actions: schema, actionlint (with shellcheck), zizmor, deploy scripts
+	$(RUN) check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(RUN) check-jsonschema --builtin-schema vendor.github-actions .github/actions/*/action.yml
+	$(RUN) jactionlint
+	$(RUN) zizmor --offline --min-severity medium --strict-collection .github
+	$(RUN) shellcheck deploy/targets/*.sh
 
 format: install ## Format and fix what ruff can
 	$(RUN) ruff format .

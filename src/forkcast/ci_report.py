@@ -1,0 +1,134 @@
+"""What the pipeline workflow publishes: the job summary, and the one pull-request comment.
+
+Both are Markdown built from the files the stages wrote (validation report, metrics, gate verdict);
+the comment adds `dvc params diff` and `dvc metrics diff` against the pull request's base.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from forkcast import atomic, paths
+
+COMMENT_MARKER = "<!-- forkcast-pipeline -->"
+FAILED_CHECKS_SHOWN = 10
+
+
+def _read(path: Path) -> Any:
+    return atomic.read_json(path) if path.exists() else None
+
+
+def validation_section(report: dict[str, Any] | None) -> str:
+    """The headline of the validation report, and the checks that failed with sample rows."""
+    if report is None:
+        return "### Data validation\n\nNot run: the pipeline stopped before it.\n"
+    s = report["summary"]
+    lines = [
+        f"### Data validation: {'passed' if report['passed'] else 'FAILED'}",
+        "",
+        "| rows | checks passed | share of checks | rows passing every check |",
+        "| ---: | ---: | ---: | ---: |",
+        f"| {s['rows']:,} | {s['checks_passed']} / {s['checks']} | {s['share_of_checks_passed']:.1%} "
+        f"| {s['rows_passing_all_checks']:,} ({s['share_of_rows_passed']:.2%}) |",
+    ]
+    failed = [check for check in report["checks"] if not check["passed"]]
+    if failed:
+        lines += [
+            "",
+            "| failed check | rule | pass rate | required | sample failing values |",
+            "| --- | --- | ---: | ---: | --- |",
+        ]
+        for check in failed[:FAILED_CHECKS_SHOWN]:
+            samples = ", ".join(f"`{sample}`" for sample in check["failure_samples"][:3]) or (check["error"] or "")
+            lines.append(
+                f"| `{check['name']}` | {check['description']} | {check['pass_rate']:.2%} "
+                f"| {check['min_pass_rate']:.2%} | {samples} |"
+            )
+        if len(failed) > FAILED_CHECKS_SHOWN:
+            lines.append(f"\n… and {len(failed) - FAILED_CHECKS_SHOWN} more in the validation report artifact.")
+    return "\n".join(lines) + "\n"
+
+
+def metrics_section(metrics: dict[str, Any] | None) -> str:
+    if metrics is None:
+        return "### Test metrics\n\nNot computed: the pipeline stopped before evaluation.\n"
+    model, baseline = metrics["model"], metrics["baseline"]
+    return (
+        f"### Test metrics ({metrics['test_rows']:,} hours)\n\n"
+        "| | RMSE | MAE | R² |\n| --- | ---: | ---: | ---: |\n"
+        f"| model | {model['rmse']:.2f} | {model['mae']:.2f} | {model['r2']:.3f} |\n"
+        f"| seasonal baseline | {baseline['rmse']:.2f} | {baseline['mae']:.2f} | {baseline['r2']:.3f} |\n"
+    )
+
+
+def gate_section(gate: dict[str, Any] | None) -> str:
+    if gate is None:
+        return "### Quality gate\n\nNot run: the pipeline stopped before it. Nothing will be released.\n"
+    verdict = "eligible for release" if gate["eligible"] else "REJECTED: nothing will be released"
+    return (
+        f"### Quality gate: {verdict}\n\n{gate['verdict']['reason']}\n\n"
+        f"Model `{gate['model_name']}` v{gate['version']}, MLflow run `{gate['run_id']}`.\n"
+    )
+
+
+def headline(validation: dict[str, Any] | None, gate: dict[str, Any] | None) -> str:
+    if validation is not None and not validation["passed"]:
+        return "data validation failed"
+    if gate is None:
+        return "the pipeline did not finish"
+    return "eligible for release" if gate["eligible"] else "the quality gate rejected the model"
+
+
+def gate_outputs(outputs: Path = paths.OUTPUTS) -> str | None:
+    """`eligible=true|false` for the workflow's release decision; None when the gate did not run."""
+    gate = _read(outputs / "registry" / "gate.json")
+    return None if gate is None else f"eligible={'true' if gate['eligible'] else 'false'}\n"
+
+
+def job_summary(outputs: Path = paths.OUTPUTS) -> str:
+    validation = _read(outputs / "validation" / "report.json")
+    gate = _read(outputs / "registry" / "gate.json")
+    metrics = _read(outputs / "evaluation" / "metrics.json") if gate is not None else None
+    return "\n".join(
+        [
+            f"## Forkcast pipeline: {headline(validation, gate)}\n",
+            validation_section(validation),
+            metrics_section(metrics),
+            gate_section(gate),
+        ]
+    )
+
+
+def dvc_diff(kind: str, base: str, cwd: Path | None = None) -> str:
+    """`dvc params diff` or `dvc metrics diff` of the workspace against `base`, as a Markdown table."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", kind, "diff", base, "--md"], capture_output=True, text=True, cwd=cwd, check=False
+    )
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"`dvc {kind} diff {base}` failed: {reason}\n"
+    table = result.stdout.strip()
+    if len(table.splitlines()) <= 2:  # a header and its rule: nothing changed
+        return f"No {kind} changed against `{base}`.\n"
+    return table + "\n"
+
+
+def pull_request_comment(base: str, params_diff: str, metrics_diff: str, outputs: Path = paths.OUTPUTS) -> str:
+    """The body of the ONE comment the pipeline keeps up to date on a pull request (found by its marker)."""
+    validation = _read(outputs / "validation" / "report.json")
+    gate = _read(outputs / "registry" / "gate.json")
+    return "\n".join(
+        [
+            COMMENT_MARKER,
+            f"## Forkcast pipeline: {headline(validation, gate)}\n",
+            f"Compared with `{base}`.\n",
+            f"### Params diff\n\n{params_diff}",
+            f"### Metrics diff\n\n{metrics_diff}",
+            validation_section(validation),
+            gate_section(gate),
+            "_This comment is updated in place by each run of the pipeline workflow._",
+        ]
+    )

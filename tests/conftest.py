@@ -30,7 +30,7 @@ BIN = Path(sys.executable).parent  # the environment's console scripts: dvc, for
 PROJECT_FILES = (
     "src", "pyproject.toml", "params.yaml", "dvc.yaml", "dvc.lock", "data.dvc", "feed.dvc", ".gitignore",
     "bentofile.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/storage", "Makefile", "README.md",
-    "outputs/evaluation/metrics.json", "outputs/validation/report.json",
+    "outputs/evaluation/metrics.json", "outputs/validation/report.json", "uv.lock", ".github", "deploy",
 )  # fmt: skip
 
 
@@ -160,10 +160,8 @@ def build_bento(
     return result.bento_tag
 
 
-@pytest.fixture
-def project(tmp_path: Path, dataset: Path) -> Path:
-    """A fresh clone of the project in a temporary directory: a git repository with its data pulled."""
-    copy = tmp_path / "project"
+def make_project(copy: Path) -> Path:
+    """A fresh clone of the project at `copy`: a git repository on main with its data pulled."""
     for name in PROJECT_FILES:
         source, target = ROOT / name, copy / name
         if source.is_dir():
@@ -176,6 +174,12 @@ def project(tmp_path: Path, dataset: Path) -> Path:
     run_ok(["git", "commit", "-q", "-m", "fresh clone"], copy)
     run_ok(["dvc", "pull", "-q", "data.dvc", "feed.dvc"], copy)
     return copy
+
+
+@pytest.fixture
+def project(tmp_path: Path, dataset: Path) -> Path:
+    """A fresh clone of the project in a temporary directory: a git repository with its data pulled."""
+    return make_project(tmp_path / "project")
 
 
 @pytest.fixture

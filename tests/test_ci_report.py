@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,8 @@ VALIDATION = {
     "checks": [
         {"name": "hr.in_range", "description": "in_range(0, 23)", "passed": False, "pass_rate": 0.97,
          "min_pass_rate": 1.0, "failure_samples": [{"row": 4, "hr": 25}], "error": None},
+        {"name": "weathersit.isin", "description": "isin(['Clear', ...])", "passed": False, "pass_rate": 0.99,
+         "min_pass_rate": 1.0, "failure_samples": [{"row": 7, "weathersit": "a|b`c"}], "error": None},
         {"name": "temp.not_null", "description": "no missing values", "passed": True, "pass_rate": 1.0,
          "min_pass_rate": 1.0, "failure_samples": [], "error": None},
     ],
@@ -51,6 +52,8 @@ def write_outputs(root: Path, *, validation: dict | None = None, gate: dict | No
         if data is not None:
             (outputs / name).parent.mkdir(parents=True, exist_ok=True)
             (outputs / name).write_text(json.dumps(data))
+    if validation is not None:
+        (outputs / "validation" / "report.md").write_text("# Data validation\n")
     (outputs / "evaluation").mkdir(parents=True, exist_ok=True)
     (outputs / "evaluation" / "metrics.json").write_text(json.dumps(METRICS))
     return outputs
@@ -62,9 +65,22 @@ def test_a_failed_validation_shows_each_failed_check_with_samples(tmp_path: Path
     assert "| 100 | 2 / 3 | 66.7% | 97 (97.00%) |" in summary
     assert "`hr.in_range`" in summary
     assert "'hr': 25" in summary
+    assert "| 100 | 2 / 3 |" in summary
     assert "temp.not_null" not in summary  # passing checks stay in the full report
     assert "Not run: the pipeline stopped before it. Nothing will be released." in summary
+    table_rows = [line for line in summary.splitlines() if line.startswith("| `weathersit.isin`")]
+    assert len(table_rows) == 1
+    assert table_rows[0].count(" | ") == 4  # the value's | and ` cannot break the table
+    assert "a\\|b'c" in table_rows[0]
     assert "Not computed: the pipeline stopped before evaluation" in summary  # no figures of an earlier run
+
+
+def test_a_committed_report_without_this_runs_markdown_is_not_shown_as_this_runs_verdict(tmp_path: Path) -> None:
+    outputs = write_outputs(tmp_path, validation=VALIDATION)
+    (outputs / "validation" / "report.md").unlink()  # a fresh checkout: only the committed JSON
+    summary = ci_report.job_summary(outputs)
+    assert "Not run in this run" in summary
+    assert "hr.in_range" not in summary
 
 
 def test_a_rejected_model_says_why_and_that_nothing_is_released(tmp_path: Path) -> None:
@@ -119,4 +135,3 @@ def test_dvc_diffs_against_a_base_commit(project: Path) -> None:
     run_ok(["git", "checkout", "--", "."], project)
     assert ci_report.dvc_diff("params", "HEAD", cwd=project) == "No params changed against `HEAD`.\n"
     assert "unknown Git revision" in ci_report.dvc_diff("params", "no-such-branch", cwd=project)
-    assert shutil.which("git")

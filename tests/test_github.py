@@ -73,9 +73,14 @@ class FakeGitHub:
         self.next_id += 1
         return self.next_id
 
-    def add_comment(self, number: int, body: str) -> dict[str, Any]:
+    def add_comment(self, number: int, body: str, author: str = "github-actions[bot]") -> dict[str, Any]:
         comment_id = self.new_id()
-        comment = {"id": comment_id, "body": body, "html_url": f"https://github.com/{REPO}/pull/{number}#c{comment_id}"}
+        comment = {
+            "id": comment_id,
+            "body": body,
+            "html_url": f"https://github.com/{REPO}/pull/{number}#c{comment_id}",
+            "user": {"login": author, "type": "Bot" if author.endswith("[bot]") else "User"},
+        }
         self.comments.setdefault(number, []).append(comment)
         return comment
 
@@ -512,6 +517,15 @@ def test_upsert_comment_creates_then_updates_the_same_comment(fake: FakeGitHub) 
     assert [w.method for w in fake.writes] == ["POST", "PATCH"]
 
 
+def test_upsert_comment_with_an_author_leaves_a_persons_quote_of_the_marker_alone(fake: FakeGitHub) -> None:
+    quoted = fake.add_comment(7, "why does <!-- forkcast-pipeline --> show up?", author="alice")
+    with github.client() as gh:
+        result = gh.upsert_comment(REPO, 7, "forkcast-pipeline", "the report", author="github-actions[bot]")
+    assert result.action == "created"
+    assert quoted["body"] == "why does <!-- forkcast-pipeline --> show up?"
+    assert [w.method for w in fake.writes] == ["POST"]
+
+
 def test_upsert_comment_finds_the_marker_on_a_later_page(fake: FakeGitHub) -> None:
     for number in range(100):
         fake.add_comment(7, f"a human comment {number}")
@@ -617,3 +631,28 @@ def test_upsert_comment_updates_the_oldest_marked_comment_and_reports_the_others
         "<!-- forkcast-pipeline -->\nthird",
         "<!-- forkcast-pipeline -->\nsecond",
     )
+
+
+def test_check_approval_passes_once_production_has_reviewers(
+    fake: FakeGitHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-approval", "--repo", REPO]) == 1  # no environment yet: a deployment would create it bare
+    assert "there is no production environment yet" in capsys.readouterr().err
+    assert main(setup_github()) == 0
+    capsys.readouterr()
+    writes = len(fake.writes)
+    assert main(["check-approval", "--repo", REPO]) == 0
+    assert "waits for a required reviewer's approval" in capsys.readouterr().out
+    assert len(fake.writes) == writes  # it only reads
+
+
+def test_check_approval_fails_when_the_plan_dropped_the_reviewers(
+    fake: FakeGitHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.private, fake.plan_drops_rules = True, True
+    assert main(setup_github()) == 1
+    capsys.readouterr()
+    assert main(["check-approval", "--repo", REPO]) == 1
+    error = capsys.readouterr().err
+    assert "production has no required reviewers" in error
+    assert "forkcast setup-github --reviewer" in error

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import bentoml
+import httpx
 import pytest
 import sklearn
 import yaml
@@ -15,7 +15,8 @@ import yaml
 from forkcast import atomic, release
 from forkcast.cli import main
 
-from .conftest import ROOT, Built
+from .conftest import ROOT, Built, tool_env
+from .test_serving import launch
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
@@ -36,7 +37,10 @@ def test_image_repositories_are_lower_cased_for_registries(name: str, expected: 
     assert release.image_repository(name) == expected
 
 
-@pytest.mark.parametrize("name", ["", "ghcr.io", "ghcr.io/owner/name:tag", "ghcr.io/owner name", "ghcr.io//x"])
+@pytest.mark.parametrize(
+    "name",
+    ["", "ghcr.io", "ghcr.io/owner/name:tag", "ghcr.io/owner name", "ghcr.io//x", "ghcr.io/-x/y", "ghcr.io/x/y z"],
+)
 def test_malformed_image_repositories_are_refused(name: str) -> None:
     with pytest.raises(release.ReleaseError, match="not an image repository"):
         release.image_repository(name)
@@ -48,18 +52,28 @@ def test_malformed_digests_are_refused(digest: str) -> None:
         release.check_digest(digest)
 
 
-def test_the_image_is_built_from_the_bentos_own_dockerfile_with_its_lineage(built: Built, record: dict) -> None:
-    bento_dir = Path(bentoml.bentos.get(built.tag).path)
+@pytest.fixture(scope="module")
+def context(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return release.image_context(built.tag, tmp_path_factory.mktemp("release") / "image-context")
+
+
+def test_the_image_is_built_from_the_bento_its_model_and_bentomls_dockerfile(
+    built: Built, record: dict, context: Path
+) -> None:
     plan = release.plan_image(
-        record, bento_dir, "ghcr.io/Octo/Forkcast", source="https://x/octo/forkcast", revision="c0ffee"
+        record, context, "ghcr.io/Octo/Forkcast", source="https://x/octo/forkcast", revision="c0ffee"
     )
 
     args = plan.buildx_args()
-    assert args[-1] == str(bento_dir)  # the context: the bento as `bentoml build` left it
-    assert args[args.index("--file") + 1] == str(bento_dir / "env" / "docker" / "Dockerfile")
-    dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
-    assert re.search(rf"^FROM python:{sys.version_info.major}\.{sys.version_info.minor}-slim", dockerfile, re.MULTILINE)
-    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().split()
+    assert args[-1] == str(context)
+    assert args[args.index("--file") + 1] == str(context / "env" / "docker" / "Dockerfile")
+    dockerfile = (context / "env" / "docker" / "Dockerfile").read_text()
+    python = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["docker"]["python_version"]
+    assert re.search(rf"^FROM python:{re.escape(python)}-slim", dockerfile, re.MULTILINE)
+    assert "COPY --chown=bentoml:bentoml . ./" in dockerfile  # the whole context, models included
+    model = record["model"].split(":")
+    assert (context / "models" / model[0] / model[1] / "model.yaml").exists()
+    requirements = (context / "env" / "python" / "requirements.txt").read_text().split()
     assert f"bentoml=={bentoml.__version__}" in requirements  # the image runs what was tested here
     assert f"scikit-learn=={sklearn.__version__}" in requirements
     version = built.tag.split(":")[1]
@@ -72,9 +86,27 @@ def test_the_image_is_built_from_the_bentos_own_dockerfile_with_its_lineage(buil
         assert labels[f"dev.forkcast.{key}"] == str(built.lineage[key])
 
 
-def test_a_directory_that_is_not_a_bento_has_no_image(record: dict, tmp_path: Path) -> None:
-    with pytest.raises(release.ReleaseError, match="not a built bento"):
-        release.plan_image(record, tmp_path, "ghcr.io/o/r", source="", revision="")
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_image_context_serves_its_model_from_an_empty_store(built: Built, context: Path, tmp_path: Path) -> None:
+    """What the container does: `bentoml serve` of the context, with an empty BENTOML_HOME and no project code."""
+    environment = {k: v for k, v in tool_env().items() if not k.startswith("FORKCAST_")}
+    environment |= {
+        "BENTOML_HOME": str(tmp_path / "empty-home"),
+        "BENTOML_CONTAINERIZED": "true",
+        "PYTHONPATH": str(context / "src"),  # the bento's code, not this checkout's
+        "OMP_NUM_THREADS": "1",
+    }
+    server = launch(str(context), environment, tmp_path)
+    try:
+        golden = json.loads(built.golden.read_text())
+        answer = httpx.post(f"{server.url}/predict", json={"records": golden["records"][:5]}, timeout=10).json()
+        metadata = httpx.post(f"{server.url}/metadata", json={}, timeout=10).json()
+    finally:
+        server.stop()
+    assert metadata["model_version"] == built.lineage["model_version"]
+    assert answer["predictions"] == pytest.approx(golden["expected"][:5], abs=golden["tolerance"])
+    assert f"code from {context / 'src' / 'forkcast'}" in server.output.read_text()
 
 
 def test_the_manifest_names_everything_a_rollback_needs(record: dict, built: Built, tmp_path: Path) -> None:
@@ -107,11 +139,25 @@ def test_an_image_without_its_digest_is_not_a_release(record: dict) -> None:
 
 def test_a_manifest_with_a_forged_digest_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "manifest.json"
-    path.write_text(json.dumps({"release": "r", "bento": "b", "image": "i", "digest": "sha256:nope"}))
+    model = {"bento_model": "m:1", "version": "1"}
+    path.write_text(json.dumps({"release": "r", "bento": "b", "image": "i", "digest": "sha256:nope", "model": model}))
     with pytest.raises(release.ReleaseError, match="not an image digest"):
         release.read_manifest(path)
     path.write_text(json.dumps({"release": "r"}))
-    with pytest.raises(release.ReleaseError, match="lacks bento, image, digest"):
+    with pytest.raises(release.ReleaseError, match=r"lacks bento, image, digest, model, model\.bento_model"):
+        release.read_manifest(path)
+    path.write_text(
+        json.dumps(
+            {
+                "release": "r",
+                "bento": "b",
+                "image": "ghcr.io/o/r@" + DIGEST.replace("0", "f"),
+                "digest": DIGEST,
+                "model": model,
+            }
+        )
+    )
+    with pytest.raises(release.ReleaseError, match="is not the digest"):
         release.read_manifest(path)
 
 

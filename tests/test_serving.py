@@ -52,8 +52,6 @@ class Server:
 
 
 def serve(bento: str, directory: Path) -> Server:
-    port = free_port()
-    output = directory / "server.log"
     environment = deploy.server_environment(
         Path(os.environ["BENTOML_HOME"]),
         home=directory / "bentoml",
@@ -62,7 +60,14 @@ def serve(bento: str, directory: Path) -> Server:
         environment="test",
         inference_log=str(directory / "inference"),
     )
-    command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
+    return launch(bento, environment, directory)
+
+
+def launch(target: str, environment: dict[str, str], directory: Path) -> Server:
+    """`bentoml serve TARGET` (a bento tag or directory) on a free port, once it answers /readyz."""
+    port = free_port()
+    output = directory / "server.log"
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     with output.open("wb") as sink:
         process = subprocess.Popen(
             command, stdout=sink, stderr=subprocess.STDOUT, env=environment, start_new_session=True

@@ -173,6 +173,7 @@ def test_production_deploys_the_digest_the_build_job_pushed_and_never_rebuilds()
     assert "steps.pushed.outputs.image" in release["build"]["outputs"]["image"]
     promote = " ".join(step.get("run", "") for step in release["production"]["steps"])
     assert 'imagetools create --tag "${IMAGE%@*}:production" "$IMAGE"' in promote  # a tag on the same digest
+    assert release["production"]["needs"] == ["build", "staging", "approval"]
 
 
 def test_the_pipeline_runs_on_changes_to_data_params_and_code() -> None:
@@ -234,19 +235,73 @@ def test_deploys_are_serialised_and_never_cancelled() -> None:
         concurrency = release[environment]["concurrency"]
         assert concurrency["group"] == f"deploy-{environment}-${{{{ github.repository }}}}"
         assert concurrency["cancel-in-progress"] is False
-    # The pipeline cancels superseded pull-request runs only: a run on main goes on to deploy.
-    assert load(WORKFLOWS / "pipeline.yml")["concurrency"]["cancel-in-progress"] == (
-        "${{ github.event_name == 'pull_request' }}"
-    )
+    # The pipeline cancels superseded pull-request runs only; runs on main have a group each (their run id),
+    # so one waiting at the approval does not hold back the next push.
+    concurrency = load(WORKFLOWS / "pipeline.yml")["concurrency"]
+    assert concurrency["cancel-in-progress"] == "${{ github.event_name == 'pull_request' }}"
+    assert concurrency["group"] == "pipeline-${{ github.event_name == 'pull_request' && github.ref || github.run_id }}"
 
 
 def test_pull_requests_from_forks_skip_what_needs_secrets_with_a_message() -> None:
     pipeline = load(WORKFLOWS / "pipeline.yml")["jobs"]["pipeline"]
-    assert "head.repo.full_name != github.repository" in pipeline["env"]["FROM_FORK"]
+    assert "head.repo.full_name != github.repository" in pipeline["env"]["NO_SECRETS"]
+    assert "dependabot[bot]" in pipeline["env"]["NO_SECRETS"]
     scripts = {step.get("name"): step.get("run", "") for step in pipeline["steps"]}
     for name in ("Fetch the data (DVC)", "Run the pipeline (dvc repro)", "Comment on the pull request"):
-        assert '"$FROM_FORK" = true' in scripts[name]
-        assert "::notice::pull requests from forks get" in scripts[name]
+        assert '"$NO_SECRETS" = true' in scripts[name]
+        assert "::notice::pull requests from forks and Dependabot get" in scripts[name]
+
+
+def test_fetching_the_data_without_secrets_falls_back_to_the_repositorys_remote(tmp_path: Path) -> None:
+    """The step's own script, run with a fake `make` and `dvc`: which remote it pulls from, and what it says."""
+    script = next(
+        step["run"]
+        for step in load(WORKFLOWS / "pipeline.yml")["jobs"]["pipeline"]["steps"]
+        if step.get("name") == "Fetch the data (DVC)"
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, status in (("make", "$MAKE_STATUS"), ("dvc", "0")):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "$CALLS"\nexit {status}\n')
+        (bin_dir / name).chmod(0o755)
+
+    def fetch(**env: str) -> tuple[subprocess.CompletedProcess[str], str]:
+        calls = tmp_path / "calls"
+        calls.unlink(missing_ok=True)
+        variables = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "MAKE_STATUS": "0", **env}
+        result = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", script], env=variables, capture_output=True, text=True, check=False
+        )
+        return result, calls.read_text() if calls.exists() else ""
+
+    result, calls = fetch(DVC_REMOTE="s3remote", NO_SECRETS="false")
+    assert (result.returncode, calls) == (0, "dvc pull --remote s3remote data.dvc feed.dvc\n")
+    result, calls = fetch(DVC_REMOTE="", NO_SECRETS="true")
+    assert (result.returncode, calls) == (0, "make data\n")
+    assert "::notice::pull requests from forks and Dependabot get no secrets" in result.stdout
+    result, _ = fetch(DVC_REMOTE="", NO_SECRETS="true", MAKE_STATUS="1")
+    assert result.returncode == 1
+    assert "::error::this commit's data is not in the repository's own DVC remote" in result.stdout
+
+
+def test_production_is_refused_unless_the_environment_requires_a_reviewer() -> None:
+    """GitHub creates a missing environment without protection: the release checks before production starts."""
+    release = load(WORKFLOWS / "release.yml")["jobs"]
+    assert "approval" in release["production"]["needs"]
+    guard = release["approval"]
+    assert guard["permissions"] == {"actions": "read"}
+    assert any("forkcast check-approval" in step.get("run", "") for step in guard["steps"])
+    for caller in (
+        load(WORKFLOWS / "pipeline.yml")["jobs"]["release"],
+        load(WORKFLOWS / "rollback.yml")["jobs"]["rollback"],
+    ):
+        assert caller["permissions"]["actions"] == "read"  # a called workflow gets no more than its caller job
+
+
+def test_the_production_tag_moves_only_after_the_post_deploy_smoke_tests() -> None:
+    steps = [step.get("name") for step in load(WORKFLOWS / "release.yml")["jobs"]["production"]["steps"]]
+    assert steps.index("Post-deploy smoke tests") < steps.index("Tag the digest `production` (no rebuild)")
+    assert steps.index("Tag the digest `production` (no rebuild)") < steps.index("Publish the release manifest")
 
 
 def test_every_deploy_target_follows_the_seam() -> None:
@@ -293,6 +348,16 @@ class Act:
         result = subprocess.run(command, cwd=self.project, env=env, capture_output=True, text=True, check=False)
         (self.cache.parent / f"act-{len(list(self.cache.parent.glob('act-*.log')))}.log").write_text(result.stdout)
         return result
+
+    def release_to_staging(self) -> subprocess.CompletedProcess[str]:
+        """The release workflow's build and staging jobs; production waits for an approval act cannot give."""
+        try:
+            return self.run(
+                "workflow_call", "-W", ".github/workflows/release.yml", "-j", "staging",
+                "--var", "FORKCAST_DEPLOY_TARGET=local",
+            )  # fmt: skip
+        finally:
+            self.stop_servers()
 
     def stop_servers(self) -> None:
         """act deletes a job's workspace when it ends; a local deploy it started keeps serving from there."""
@@ -348,13 +413,7 @@ def test_act_runs_the_pipeline_workflow(act: Act) -> None:
 def test_act_runs_the_release_through_the_staging_smoke_tests(act: Act) -> None:
     if not (act.artifacts / "pipeline-outputs").exists():
         pytest.fail("runs after test_act_runs_the_pipeline_workflow, which keeps the pipeline's outputs")
-    try:
-        result = act.run(
-            "workflow_call", "-W", ".github/workflows/release.yml", "-j", "staging",
-            "--var", "FORKCAST_DEPLOY_TARGET=local",
-        )  # fmt: skip
-    finally:
-        act.stop_servers()
+    result = act.release_to_staging()
 
     assert result.returncode == 0, tail(result)
     assert succeeded_jobs(result) == {"Build the bento and its image", "Deploy to staging and smoke-test"}
@@ -378,13 +437,9 @@ def test_a_failing_smoke_test_stops_the_release_before_production(act: Act) -> N
     original = params.read_text()
     params.write_text(re.sub(r"p95_budget_ms: [\d.]+", "p95_budget_ms: 0.001", original))  # no server is that fast
     try:
-        result = act.run(
-            "workflow_call", "-W", ".github/workflows/release.yml", "-j", "staging",
-            "--var", "FORKCAST_DEPLOY_TARGET=local",
-        )  # fmt: skip
+        result = act.release_to_staging()
     finally:
         params.write_text(original)
-        act.stop_servers()
     assert result.returncode != 0
     assert "❌  Failure - Main Smoke tests" in result.stdout
     assert "FAIL  latency budget" in result.stdout

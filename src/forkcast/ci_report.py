@@ -21,10 +21,28 @@ def _read(path: Path) -> Any:
     return atomic.read_json(path) if path.exists() else None
 
 
+def _cell(value: object) -> str:
+    """Text safe inside a Markdown table cell (data values come from whoever sent the data)."""
+    return str(value).replace("\n", " ").replace("|", "\\|")
+
+
+def _code(value: object) -> str:
+    return f"`{_cell(value).replace('`', chr(39))}`"
+
+
+def read_validation(outputs: Path) -> dict[str, Any] | None:
+    """This run's validation report. report.json is committed (for `dvc metrics diff`), report.md is not:
+    without the Markdown beside it, the JSON is the last commit's, not a verdict on this run's data."""
+    if not (outputs / "validation" / "report.md").exists():
+        return None
+    report: dict[str, Any] | None = _read(outputs / "validation" / "report.json")
+    return report
+
+
 def validation_section(report: dict[str, Any] | None) -> str:
     """The headline of the validation report, and the checks that failed with sample rows."""
     if report is None:
-        return "### Data validation\n\nNot run: the pipeline stopped before it.\n"
+        return "### Data validation\n\nNot run in this run: the pipeline stopped before it.\n"
     s = report["summary"]
     lines = [
         f"### Data validation: {'passed' if report['passed'] else 'FAILED'}",
@@ -42,9 +60,9 @@ def validation_section(report: dict[str, Any] | None) -> str:
             "| --- | --- | ---: | ---: | --- |",
         ]
         for check in failed[:FAILED_CHECKS_SHOWN]:
-            samples = ", ".join(f"`{sample}`" for sample in check["failure_samples"][:3]) or (check["error"] or "")
+            samples = ", ".join(_code(sample) for sample in check["failure_samples"][:3]) or _cell(check["error"] or "")
             lines.append(
-                f"| `{check['name']}` | {check['description']} | {check['pass_rate']:.2%} "
+                f"| {_code(check['name'])} | {_cell(check['description'])} | {check['pass_rate']:.2%} "
                 f"| {check['min_pass_rate']:.2%} | {samples} |"
             )
         if len(failed) > FAILED_CHECKS_SHOWN:
@@ -89,7 +107,7 @@ def gate_outputs(outputs: Path = paths.OUTPUTS) -> str | None:
 
 
 def job_summary(outputs: Path = paths.OUTPUTS) -> str:
-    validation = _read(outputs / "validation" / "report.json")
+    validation = read_validation(outputs)
     gate = _read(outputs / "registry" / "gate.json")
     metrics = _read(outputs / "evaluation" / "metrics.json") if gate is not None else None
     return "\n".join(
@@ -118,7 +136,7 @@ def dvc_diff(kind: str, base: str, cwd: Path | None = None) -> str:
 
 def pull_request_comment(base: str, params_diff: str, metrics_diff: str, outputs: Path = paths.OUTPUTS) -> str:
     """The body of the ONE comment the pipeline keeps up to date on a pull request (found by its marker)."""
-    validation = _read(outputs / "validation" / "report.json")
+    validation = read_validation(outputs)
     gate = _read(outputs / "registry" / "gate.json")
     return "\n".join(
         [

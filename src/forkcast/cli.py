@@ -478,16 +478,16 @@ def release_image_plan(
     from forkcast import release
 
     bento.use_project_store()
-    import bentoml
     from bentoml.exceptions import BentoMLException
 
     try:
         record = release.read_build_record(bento.BUILD_JSON)
         try:
-            bento_dir = Path(bentoml.bentos.get(record["bento"]).path)
+            with _step("assemble the image's build context (bento, models, Dockerfile)"):
+                context = release.image_context(record["bento"])
         except BentoMLException as exc:
             raise release.ReleaseError(f"{record['bento']} is not in the store: run `forkcast build`") from exc
-        plan = release.plan_image(record, bento_dir, image, source=source, revision=revision)
+        plan = release.plan_image(record, context, image, source=source, revision=revision)
     except release.ReleaseError as exc:
         raise _fail(str(exc), EXIT_USAGE) from exc
     from forkcast import atomic
@@ -634,9 +634,13 @@ def _github_errors() -> Iterator[None]:
 
 @app.command()
 def comment(
+    *,
     pr: Annotated[int, typer.Option("--pr", min=1, help="Pull request (or issue) number.")],
     marker: Annotated[str, typer.Option(help="Hidden marker that finds the comment again, e.g. forkcast-pipeline.")],
     body_file: Annotated[Path, typer.Option("--body-file", help="The Markdown body ('-' reads standard input).")],
+    author: Annotated[
+        str | None, typer.Option(help="Only update a comment by this account (e.g. github-actions[bot]).")
+    ] = None,
     repo: RepoOption = None,
     dry_run: DryRunOption = False,
 ) -> None:
@@ -657,7 +661,7 @@ def comment(
     except ValueError as exc:
         raise _fail(str(exc), EXIT_USAGE) from exc
     with _github_errors(), github.client(dry_run=dry_run, echo=typer.echo) as gh:
-        result = gh.upsert_comment(target, pr, marker, body)
+        result = gh.upsert_comment(target, pr, marker, body, author=author)
     if result.dry_run:
         typer.echo(f"dry run: would {result.action.removesuffix('d')} the comment on {target}#{pr}")
     else:
@@ -701,6 +705,24 @@ def setup_github(
     typer.echo(environments.summary(result))
     if not result.dry_run and not result.verified:
         raise _fail(environments.not_protected_message(result), EXIT_CHECK_FAILED)
+
+
+@app.command("check-approval")
+def check_approval(repo: RepoOption = None) -> None:
+    """Exit 1 unless production deployments wait for a required reviewer (the release checks before deploying)."""
+    from forkcast import github
+    from forkcast import github_setup as environments
+
+    target = _repo(repo)
+    with _github_errors(), github.client(echo=typer.echo) as gh:
+        problems = environments.approval_problems(gh, target)
+    if problems:
+        raise _fail(
+            f"production on {target} would deploy without an approval: {'; '.join(problems)}. Run "
+            "`forkcast setup-github --reviewer YOUR_LOGIN` once (see the README, Fork it), then re-run this workflow",
+            EXIT_CHECK_FAILED,
+        )
+    typer.echo(f"production on {target} waits for a required reviewer's approval")
 
 
 def main(argv: list[str] | None = None) -> int:

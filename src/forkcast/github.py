@@ -251,13 +251,24 @@ class GitHub:
             return None
         return _json(self._send(method, path, None, payload))
 
-    def upsert_comment(self, repo: str, issue_number: int, marker: str, body: str) -> CommentResult:
-        """Update the comment carrying the hidden `marker` on a pull request or issue, or create it."""
+    def upsert_comment(
+        self, repo: str, issue_number: int, marker: str, body: str, *, author: str | None = None
+    ) -> CommentResult:
+        """Update the comment carrying the hidden `marker` on a pull request or issue, or create it.
+
+        With `author`, only that account's comments count: someone quoting the marker is not edited.
+        """
         tag = hidden_marker(marker)
         text = comment_body(tag, body)
         comments_path = f"/repos/{repo}/issues/{issue_number}/comments"
         if self.can_read:
-            marked = [c for c in self.paginate(comments_path) if isinstance(c, dict) and tag in str(c.get("body"))]
+            marked = [
+                c
+                for c in self.paginate(comments_path)
+                if isinstance(c, dict)
+                and tag in str(c.get("body"))
+                and (author is None or (c.get("user") or {}).get("login") == author)
+            ]
         else:
             self.note_unsent("GET", comments_path)
             marked = []

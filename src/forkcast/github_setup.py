@@ -191,6 +191,28 @@ def verification_problems(
     return problems
 
 
+def approval_problems(gh: GitHub, repo: str) -> list[str]:
+    """Why a production deployment would NOT wait for a reviewer (empty: it will). For the release workflow.
+
+    GitHub creates an environment a job names when it does not exist, with no protection at all, so a
+    release must check before its production job starts rather than trust the environment to stop it.
+    """
+    try:
+        environment = gh.get(f"/repos/{repo}/environments/{PRODUCTION}")
+    except GitHubError as exc:
+        if exc.status == 404:
+            return ["there is no production environment yet: the first deployment would create one with no reviewers"]
+        raise
+    rules = environment.get("protection_rules") if isinstance(environment, dict) else None
+    reviewers = [
+        entry
+        for rule in rules or []
+        if isinstance(rule, dict) and rule.get("type") == "required_reviewers"
+        for entry in rule.get("reviewers") or []
+    ]
+    return [] if reviewers else ["production has no required reviewers"]
+
+
 def setup(
     gh: GitHub, repo: str, reviewers: Sequence[tuple[ReviewerKind, str]], *, wait_timer: int = 0, branch: str = "main"
 ) -> SetupResult:

@@ -8,6 +8,8 @@ and the manifest (model, data hash, params, commit, metrics, digest) travels wit
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +25,9 @@ MANIFEST_MD = RELEASE_DIR / "manifest.md"
 IMAGE_ARGS = RELEASE_DIR / "image.args"
 LABEL_PREFIX = "dev.forkcast."
 
-_REPOSITORY = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(\.[a-z0-9-]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+$")
+_DOMAIN = r"(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])(?:\.(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9]))*(?::[0-9]+)?"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"  # the OCI distribution grammar for a path component
+_REPOSITORY = re.compile(rf"{_DOMAIN}(?:/{_COMPONENT})+")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -92,14 +96,41 @@ def image_labels(record: dict[str, Any], *, source: str, revision: str) -> dict[
     return labels
 
 
-def plan_image(record: dict[str, Any], bento_dir: Path, repository: str, *, source: str, revision: str) -> ImagePlan:
-    """How to build the image of the bento in `bento_dir` (as `bentoml build` left it) for `repository`."""
-    dockerfile = bento_dir / "env" / "docker" / "Dockerfile"
-    if not dockerfile.exists():
-        raise ReleaseError(f"{dockerfile} not found: {bento_dir} is not a built bento")
+def image_context(bento_tag: str, directory: Path = RELEASE_DIR / "image-context") -> Path:
+    """The build context `bentoml containerize` would use: the bento, its models and BentoML's final Dockerfile.
+
+    A bento in the store holds no copy of its models (they stay in the model store), so its directory alone
+    would build an image that cannot load its model.
+    """
+    import bentoml
+
+    bento = bentoml.bentos.get(bento_tag)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".image-context-", dir=directory.parent))
+    try:
+        context = scratch / "context"
+        shutil.copytree(bento.path, context)
+        for info in bento.info.all_models:
+            model = bentoml.models.get(info.tag)
+            target = context / "models" / model.tag.name / str(model.tag.version)
+            shutil.copytree(model.path, target)
+            (target.parent / "latest").write_text(str(model.tag.version))
+        bentoml.container.get_containerfile(bento_tag, output_path=str(context / "env" / "docker" / "Dockerfile"))
+        shutil.rmtree(directory, ignore_errors=True)
+        context.rename(directory)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return directory
+
+
+def plan_image(record: dict[str, Any], context: Path, repository: str, *, source: str, revision: str) -> ImagePlan:
+    """How to build the image from `context` (see `image_context`) for `repository`."""
+    dockerfile = context / "env" / "docker" / "Dockerfile"
+    if not dockerfile.exists() or not (context / "bento.yaml").exists():
+        raise ReleaseError(f"{dockerfile} not found: {context} is not a bento's image context")
     version = record["bento"].split(":", 1)[1]
     return ImagePlan(
-        context=bento_dir,
+        context=context,
         dockerfile=dockerfile,
         tags=(f"{image_repository(repository)}:{version}",),
         labels=image_labels(record, source=source, revision=revision),
@@ -174,15 +205,19 @@ def write_manifest(release: dict[str, Any], directory: Path = RELEASE_DIR) -> Pa
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """A release manifest, checked enough that a rollback deploys what it names."""
+    """A release manifest, checked enough that a rollback deploys exactly what it names."""
     if not path.exists():
         raise ReleaseError(f"no release manifest at {path}")
     release: dict[str, Any] = atomic.read_json(path)
-    missing = [key for key in ("release", "bento", "image", "digest") if key not in release]
+    model = release.get("model")
+    missing = [key for key in ("release", "bento", "image", "digest", "model") if key not in release]
+    missing += [f"model.{key}" for key in ("bento_model", "version") if not isinstance(model, dict) or key not in model]
     if missing:
         raise ReleaseError(f"{path} is not a release manifest: it lacks {', '.join(missing)}")
     if release["digest"] is not None:
         check_digest(release["digest"])
+        if not str(release["image"]).endswith(f"@{release['digest']}"):
+            raise ReleaseError(f"{path}: the image {release['image']} is not the digest {release['digest']}")
     return release
 
 

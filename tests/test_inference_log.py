@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from forkcast import inference_log
@@ -64,6 +65,21 @@ def test_files_are_partitioned_by_date_leaving_no_temporary_files(tmp_path: Path
     assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
     since = inference_log.read(str(tmp_path), since=dt.datetime(2026, 3, 2, tzinfo=dt.UTC)).to_pandas()
     assert since["request_id"].tolist() == ["b"]
+
+
+def test_a_windowed_read_opens_only_the_days_of_the_window(tmp_path: Path) -> None:
+    log = InferenceLog(str(tmp_path), flush_seconds=3600)
+    log.append("new", "1", columns(1), np.array([1.0]), timestamp=dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC))
+    log.close()
+    old_day = tmp_path / "date=2026-01-15"
+    old_day.mkdir()
+    (old_day / "part-broken.parquet").write_bytes(b"not parquet")  # an old damaged file
+
+    window = inference_log.read(str(tmp_path), since=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    assert window.column("request_id").to_pylist() == ["new"]
+    assert window.schema.names == inference_log.SCHEMA.names  # no partition column leaks out
+    with pytest.raises(pa.ArrowInvalid, match="part-broken"):
+        inference_log.read(str(tmp_path))  # reading everything does meet it
 
 
 def test_reading_a_log_that_does_not_exist_yet_gives_no_rows(tmp_path: Path) -> None:

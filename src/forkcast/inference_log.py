@@ -211,13 +211,21 @@ class InferenceLog:
 
 
 def read(sink: str, *, since: dt.datetime | None = None, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read the inference log (optionally only records at or after `since`)."""
+    """Read the inference log (optionally only records at or after `since`).
+
+    With `since`, only the `date=` partitions from that day on are opened: older files are neither read
+    nor able to break the read.
+    """
     filesystem, root = resolve_sink(sink)
     if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
-        return SCHEMA.empty_table()
-    dataset = ds.dataset(root, filesystem=filesystem, format="parquet", schema=SCHEMA, partitioning="hive")
+        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(list(columns))
+    partitioning = ds.partitioning(pa.schema([pa.field("date", pa.string())]), flavor="hive")
+    schema = SCHEMA.append(pa.field("date", pa.string()))
+    dataset = ds.dataset(root, filesystem=filesystem, format="parquet", schema=schema, partitioning=partitioning)
     predicate = None
     if since is not None:
         since_utc = since.astimezone(dt.UTC)
-        predicate = ds.field("timestamp") >= pa.scalar(since_utc, type=pa.timestamp("ms", tz="UTC"))
-    return dataset.to_table(columns=list(columns) if columns else None, filter=predicate)
+        predicate = (ds.field("date") >= since_utc.date().isoformat()) & (
+            ds.field("timestamp") >= pa.scalar(since_utc, type=pa.timestamp("ms", tz="UTC"))
+        )
+    return dataset.to_table(columns=list(columns) if columns else list(SCHEMA.names), filter=predicate)

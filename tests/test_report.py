@@ -94,3 +94,17 @@ def test_the_summary_says_what_runs_where_and_whether_its_smoke_tests_passed(
     assert "smoke tests FAILED  -> outputs/smoke/staging/report.md" in pipeline_summary()
     deploy.record_smoke("staging", True, Path("outputs/smoke/staging/report.json"))
     assert "smoke tests passed  -> outputs/smoke/staging/report.md" in pipeline_summary()
+
+
+def test_the_summary_ends_with_each_environments_drift_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    drifted = {"verdict": "drift", "reasons": ["input drift: 6 of 11 features drifted"], "rows": {"in_window": 741}}
+    quiet = {"verdict": "no production data yet", "reasons": ["no records"], "rows": {"in_window": 0}}
+    atomic.write_json(paths.OUTPUTS / "drift" / "production" / "drift.json", drifted)
+    atomic.write_json(paths.OUTPUTS / "drift" / "staging" / "drift.json", quiet)
+    lines = pipeline_summary().splitlines()
+    assert (
+        "drift (production) DRIFT: input drift: 6 of 11 features drifted over 741 logged hours  -> "
+        "outputs/drift/production/report.html"
+    ) in lines
+    assert "drift (staging) no production data yet  -> outputs/drift/staging/summary.md" in lines

@@ -114,6 +114,24 @@ class SmokeParams(_Section):
     p95_budget_ms: Annotated[float, Field(gt=0.0)] = 50.0
 
 
+class MonitorParams(_Section):
+    # `forkcast drift`: the nightly comparison of production traffic with the model's training data.
+    # The thresholds were calibrated on the 2011 data (`benchmarks/drift.py --calibrate`; benchmarks/README.md).
+    window_days: Annotated[int, Field(ge=1, le=366)] = 1  # how much of the inference log one run reads
+    max_rows: Annotated[int, Field(ge=1_000)] = 100_000  # above this, a seeded uniform sample of the window
+    # A feature drifts when its distance from the training data reaches this: Jensen-Shannon distance
+    # (0-1) for the discrete features, Wasserstein distance in training standard deviations for the
+    # continuous ones. Distances, not p-values: with 100,000 rows every p-value is tiny.
+    feature_threshold: Annotated[float, Field(gt=0.0)] = 0.3
+    drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3  # input drift: this share of features drifted
+    prediction_threshold: Annotated[float, Field(gt=0.0)] = 0.25  # Wasserstein, in training std of predictions
+    # With labels: drift when the RMSE exceeds the model's test RMSE by more than this share ...
+    max_error_increase: Annotated[float, Field(ge=0.0)] = 0.5
+    # ... judged only from this many labelled rows (fewer are reported, not judged).
+    min_labelled_rows: Annotated[int, Field(ge=1)] = 168
+    probe_budget_ms: Annotated[float, Field(gt=0.0)] = 500.0  # `forkcast probe`: one request's latency budget
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -123,6 +141,7 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
     serve: ServeParams = ServeParams()
     smoke: SmokeParams = SmokeParams()
+    monitor: MonitorParams = MonitorParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

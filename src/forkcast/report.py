@@ -51,6 +51,7 @@ def pipeline_summary() -> str:
     else:
         lines.append("quality gate      not run yet (the pipeline stopped earlier)")
     lines += serving_lines()
+    lines += drift_lines()
     return "\n".join(lines)
 
 
@@ -65,4 +66,22 @@ def serving_lines() -> list[str]:
         ran = current.smoke if current.smoke_state != "not run" else None
         report = f"  -> {str(ran['report']).replace('.json', '.md')}" if ran else ""
         lines.append(f"{environment:<17} {current.bento} at {current.url}, smoke tests {current.smoke_state}{report}")
+    return lines
+
+
+def drift_lines() -> list[str]:
+    """The last drift report of each environment that has one: its verdict and where to look."""
+    lines = []
+    for environment in deploy.ENVIRONMENTS:
+        outcome = _read(paths.OUTPUTS / "drift" / environment / "drift.json")
+        if outcome is None:
+            continue
+        directory = paths.OUTPUTS / "drift" / environment
+        rows = outcome["rows"]["in_window"]
+        if outcome["verdict"] == "no production data yet":
+            lines.append(f"drift ({environment}) no production data yet  -> {directory / 'summary.md'}")
+            continue
+        found = "; ".join(outcome["reasons"]) if outcome["reasons"] else "no drift"
+        verdict = f"DRIFT: {found}" if outcome["verdict"] == "drift" else "no drift"
+        lines.append(f"drift ({environment}) {verdict} over {rows:,} logged hours  -> {directory / 'report.html'}")
     return lines

@@ -62,6 +62,7 @@ class FakeGitHub:
     environments: dict[str, dict[str, Any]] = field(default_factory=dict)
     branch_policies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    issues: dict[int, dict[str, Any]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     next_id: int = 1000
 
@@ -128,6 +129,8 @@ class FakeGitHub:
             (prefix, lambda *_: (200, {"full_name": REPO, "private": self.private}, "")),
             (rf"{prefix}/environments/([^/]+)", self.environment_endpoint),
             (rf"{prefix}/environments/([^/]+)/deployment-branch-policies", self.branch_policy_endpoint),
+            (rf"{prefix}/issues", self.issues_endpoint),
+            (rf"{prefix}/issues/(\d+)", self.issue_endpoint),
             (rf"{prefix}/issues/(\d+)/comments", self.comments_endpoint),
             (rf"{prefix}/issues/comments/(\d+)", self.comment_endpoint),
         ]
@@ -173,6 +176,23 @@ class FakeGitHub:
         policy = {"id": self.new_id(), "node_id": "P", "name": payload["name"], "type": payload.get("type")}
         policies.append(policy)
         return 200, policy, ""
+
+    def issues_endpoint(self, method: str, _: str, query: Query, payload: Any) -> Answer:
+        if method == "POST":
+            number = self.new_id()
+            issue = {"number": number, "state": "open", "html_url": f"https://github.com/{REPO}/issues/{number}"}
+            self.issues[number] = issue | {"title": payload["title"], "body": payload["body"]}
+            self.issues[number]["labels"] = [{"name": name} for name in payload.get("labels", [])]
+            return 201, self.issues[number], ""
+        state = query.get("state", ["open"])[0]
+        return 200, [i for i in self.issues.values() if state == "all" or i["state"] == state], ""
+
+    def issue_endpoint(self, method: str, number: str, query: Query, payload: Any) -> Answer:
+        if int(number) not in self.issues:
+            return 404, {"message": "Not Found"}, ""
+        if method == "PATCH":
+            self.issues[int(number)].update(payload)
+        return 200, self.issues[int(number)], ""
 
     def comments_endpoint(self, method: str, number: str, query: Query, payload: Any) -> Answer:
         if method == "POST":
@@ -656,3 +676,60 @@ def test_check_approval_fails_when_the_plan_dropped_the_reviewers(
     error = capsys.readouterr().err
     assert "production has no required reviewers" in error
     assert "forkcast setup-github --reviewer" in error
+
+
+# --- alerts: one issue per ongoing problem ----------------------------------------------------------------------
+
+
+def alert_args(body: Path, *extra: str) -> list[str]:
+    return ["alert", "--repo", REPO, "--marker", "forkcast-drift", "--body-file", str(body), *extra]
+
+
+def test_an_alert_opens_one_issue_updates_it_and_closes_it_when_it_clears(
+    fake: FakeGitHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = tmp_path / "summary.md"
+    fake.issues[1] = {"number": 1, "state": "open", "title": "unrelated", "body": "mentions drift", "html_url": "u"}
+    body.write_text("7 of 12 features drifted")
+    assert main(alert_args(body, "--title", "Input drift in production", "--label", "drift")) == 0
+    body.write_text("9 of 12 features drifted")
+    assert main(alert_args(body, "--title", "Input drift in production (night 2)", "--label", "drift")) == 0
+    opened = [i for i in fake.issues.values() if i["number"] != 1]
+    assert len(opened) == 1  # one issue, updated in place
+    assert opened[0]["title"] == "Input drift in production (night 2)"
+    assert opened[0]["body"] == "<!-- forkcast-drift -->\n9 of 12 features drifted"
+    assert opened[0]["labels"] == [{"name": "drift"}]
+    assert fake.issues[1]["state"] == "open"  # not ours: left alone
+
+    body.write_text("no drift on 2026-11-30")
+    assert main(alert_args(body, "--cleared")) == 0
+    assert opened[0]["state"] == "closed"
+    assert fake.comments[opened[0]["number"]][0]["body"] == "no drift on 2026-11-30"
+    assert main(alert_args(body, "--cleared")) == 0  # nothing open: nothing to do
+    assert "nothing to clear" in capsys.readouterr().out
+    assert [w.method for w in fake.writes] == ["POST", "PATCH", "POST", "PATCH"]
+
+
+def test_an_alert_dry_run_prints_the_issue_it_would_open(
+    fake: FakeGitHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = tmp_path / "summary.md"
+    body.write_text("July traffic drifted")
+    assert main(alert_args(body, "--title", "Input drift", "--label", "drift", "--dry-run")) == 0
+    writes = planned_writes(capsys.readouterr().out)
+    assert writes == [
+        (
+            "POST",
+            f"/repos/{REPO}/issues",
+            {"title": "Input drift", "body": "<!-- forkcast-drift -->\nJuly traffic drifted", "labels": ["drift"]},
+        )
+    ]
+    assert fake.writes == []
+
+
+def test_an_alert_without_a_title_or_body_is_a_usage_error(fake: FakeGitHub, tmp_path: Path) -> None:
+    body = tmp_path / "summary.md"
+    body.write_text("drift")
+    assert main(alert_args(body)) == 2
+    assert main(alert_args(tmp_path / "missing.md", "--title", "t")) == 2
+    assert fake.seen == []

@@ -8,6 +8,8 @@ through the staging smoke tests, on this machine, with local stand-ins for the a
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -20,6 +22,13 @@ from typing import Any
 
 import pytest
 import yaml
+
+from forkcast.config import Params
+from forkcast.features import FEATURES
+from forkcast.inference_log import InferenceLog
+from forkcast.predictor import columns_of_frame
+from forkcast.prepare import build_features, load_raw
+from forkcast.train import TrainedModel
 
 from .conftest import BIN, ROOT, free_port, make_project, run_ok, tool_env
 
@@ -36,6 +45,8 @@ WRITE_PERMISSIONS = {
     ("rollback.yml", "rollback"): {"contents", "packages"},
     ("release.yml", "build"): {"packages"},  # push the image
     ("release.yml", "production"): {"contents", "packages"},  # the GitHub Release; tag the digest
+    ("monitor.yml", "drift"): {"issues", "actions"},  # the one drift issue; dispatch retraining
+    ("health.yml", "probe"): {"issues"},  # the one health issue
 }
 
 
@@ -304,6 +315,26 @@ def test_the_production_tag_moves_only_after_the_post_deploy_smoke_tests() -> No
     assert steps.index("Tag the digest `production` (no rebuild)") < steps.index("Publish the release manifest")
 
 
+def test_monitoring_runs_nightly_and_on_demand_and_keeps_one_issue() -> None:
+    monitor = load(WORKFLOWS / "monitor.yml")
+    assert monitor["on"]["schedule"][0]["cron"].split()[2:] == ["*", "*", "*"]  # every day
+    assert "workflow_dispatch" in monitor["on"]
+    steps = {step.get("name"): step for step in monitor["jobs"]["drift"]["steps"]}
+    drift = steps["Drift report"]["run"]
+    for status, verdict in (("0", "no-drift"), ("1", "drift"), ("3", "no-data")):
+        assert f'{status}) echo "verdict={verdict}"' in drift  # the drift command's documented exit codes
+    assert '*) exit "$status"' in drift  # anything else (a usage error, a crash) fails the job
+    assert "--marker forkcast-drift" in steps["Drift issue"]["run"]
+    assert "no-data" not in steps["Drift issue"]["if"]  # no data is not news: no issue
+    assert "vars.FORKCAST_RETRAIN_ON_DRIFT == 'true'" in steps["Retrain"]["if"]
+    assert "gh workflow run pipeline.yml" in steps["Retrain"]["run"]
+    health = load(WORKFLOWS / "health.yml")
+    assert "schedule" in health["on"]
+    probe = {step.get("name"): step for step in health["jobs"]["probe"]["steps"]}
+    assert "forkcast probe --url" in probe["Probe"]["run"]
+    assert "--marker forkcast-health" in probe["Health issue"]["run"]
+
+
 def test_every_deploy_target_follows_the_seam() -> None:
     targets = sorted((ROOT / "deploy" / "targets").glob("*.sh"))
     assert {path.stem for path in targets} >= {"runner", "local"}
@@ -461,3 +492,39 @@ def test_a_broken_pipeline_step_fails_the_pipeline_workflow(act: Act) -> None:
     assert "❌  Failure - Main Run the pipeline (dvc repro)" in result.stdout
     assert "learning_rat" in result.stdout  # the message names the typo
     assert "::set-output:: eligible" not in result.stdout  # so the release job does not start
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_act_runs_the_nightly_drift_job_on_a_fixture_log(
+    act: Act, trained: TrainedModel, dataset: Path, params: Params
+) -> None:
+    """December traffic, logged by the real writer with the default model's answers, outside the project (act copies
+    only tracked files): the job builds its reference, finds the drift, and would open the one issue."""
+    december = build_features(load_raw(dataset), params.data)
+    december = december[december["month"] == 12].head(24 * 14)
+    sink = act.project.parent / "fixture-log" / "production"
+    log = InferenceLog(str(sink), environment="production", flush_seconds=3600)
+    predictions = trained.pipeline.predict(december[list(FEATURES)])
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    for day in range(14):
+        rows = slice(day * 24, day * 24 + 24)
+        log.append(f"req-{day}", "1", columns_of_frame(december.iloc[rows]), predictions[rows], timestamp=now)
+    log.append("smoke-0", "1", columns_of_frame(december.iloc[:1]), predictions[:1], timestamp=now)
+    log.close()
+
+    result = act.run(
+        "schedule", "-W", ".github/workflows/monitor.yml", "-j", "drift",
+        "--var", f"FORKCAST_INFERENCE_LOG={sink}", "--var", "FORKCAST_DRIFT_ISSUES=dry-run",
+    )  # fmt: skip
+
+    assert result.returncode == 0, tail(result)
+    assert "::set-output:: verdict=drift" in result.stdout
+    assert "Summary - ## Drift: production: **DRIFT**" in result.stdout
+    assert "336 records (1 smoke-test and probe records dropped)" in result.stdout
+    assert "POST /repos/nektos/act/issues  (dry run: not sent)" in result.stdout
+    assert '"title": "Input drift in production"' in result.stdout
+    assert "Run Main Retrain" not in result.stdout  # retraining is opt-in (FORKCAST_RETRAIN_ON_DRIFT)
+    kept = act.artifacts / "drift-report" / "production"
+    assert (kept / "report.html").stat().st_size > 100_000
+    assert json.loads((kept / "drift.json").read_text())["verdict"] == "drift"

@@ -15,7 +15,11 @@ export BENTOML_DO_NOT_TRACK := True
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON ?= python3
 
-.PHONY: help install data run repro build staging production status stop summary test test-fast lint lint-workflows format typecheck ui new-data bench bench-serving clean
+# The traffic `make run` and `make replay` send to production: hours after the default model's training period.
+REPLAY_FROM ?= 2011-12-01
+REPLAY_TO ?= 2011-12-31
+
+.PHONY: help install data run repro build staging production status stop summary test test-fast lint lint-workflows format typecheck ui new-data replay drift probe bench bench-serving bench-drift clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-14s %s\n", $$1, $$2}'
@@ -36,13 +40,16 @@ data: install ## Fetch the data from the DVC remote when it is missing (the defa
 	@if [ -e data ] && [ -e feed ]; then echo "data/ and feed/ present (after a git checkout: dvc checkout)"; \
 	else $(RUN) dvc pull data.dvc feed.dvc; fi
 
-run: data ## The main job: pipeline, bento, staging + smoke tests, approved production + smoke tests, summary
+run: data ## The main job: pipeline, bento, staging + smoke, approved production + smoke, replayed traffic, drift report
 	$(RUN) dvc repro
 	$(RUN) forkcast build
 	$(RUN) forkcast deploy --env staging
 	$(RUN) forkcast smoke --env staging
 	$(RUN) forkcast deploy --env production --approve
 	$(RUN) forkcast smoke --env production
+	$(RUN) forkcast replay --env production --from $(REPLAY_FROM) --to $(REPLAY_TO)
+	@# Exit 1 means drift was found: here that is the report's finding, not a failed run.
+	$(RUN) forkcast drift --env production || [ $$? -eq 1 ]
 	$(RUN) forkcast summary
 	@echo "Staging and production keep serving in the background: make status, make stop."
 
@@ -101,11 +108,24 @@ new-data: data ## Simulate new data (then commit data.dvc and .dvc/storage): MON
 	$(RUN) dvc add data
 	$(RUN) dvc push data.dvc
 
+replay: install ## Send real hours to local production (REPLAY_FROM, REPLAY_TO) and keep their true counts as labels
+	$(RUN) forkcast replay --env production --from $(REPLAY_FROM) --to $(REPLAY_TO)
+
+drift: install ## Drift report of production's logged traffic vs the training data (exit 1: drift, 3: no data yet)
+	$(RUN) forkcast drift --env production
+
+probe: install ## Health of local production: /readyz, /livez, one timed prediction, /metrics
+	$(RUN) forkcast probe --env production
+
 bench: install ## Time and peak memory of each stage at 10k, 100k and 1M rows
 	$(RUN) python benchmarks/pipeline.py
 
 bench-serving: install ## Latency and throughput: in-process, this service, mlflow models serve, Flask (needs wrk)
 	$(RUN) python benchmarks/serving.py
 
+bench-drift: install ## Time and peak memory of the drift report at 10k, 100k and 1M logged rows
+	$(RUN) python benchmarks/drift.py
+
 clean: stop ## Stop the services; remove pipeline outputs, bentos and the local MLflow store (keeps data and .venv)
-	rm -rf outputs/prepared outputs/model outputs/registry outputs/build outputs/deploy outputs/smoke .mlflow .bentoml
+	rm -rf outputs/prepared outputs/model outputs/registry outputs/build outputs/deploy outputs/smoke outputs/release \
+		outputs/drift outputs/labels outputs/probe .mlflow .bentoml

@@ -76,11 +76,14 @@ stop: install ## Stop the local staging and production services
 summary: install ## Print the summary of the last run
 	$(RUN) forkcast summary
 
-test: install ## All tests, slow end-to-end ones included
-	$(RUN) pytest
+# Two workers, a test file each: the slow tests mostly wait on servers, dvc and act, so two cores do twice the work.
+TEST_WORKERS ?= 2
+
+test: install ## All tests, slow end-to-end ones included (TEST_WORKERS=2 files at a time)
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install ## Tests without the slow end-to-end ones
-	$(RUN) pytest -m "not slow"
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: install ## Lint and check formatting
 	$(RUN) ruff check .

@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import vm_hwm_mb  # benchmarks/pipeline.py, next to this script
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -129,15 +131,6 @@ def write_log(workdir: Path, sink: Path, rows: int, seed: int = 0) -> dict[str, 
 
 
 # --- one drift run, in a child process --------------------------------------------------------------------------
-
-
-def vm_hwm_mb() -> float | None:
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    line = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    return int(line.split()[1]) / 1024 if line else None
 
 
 def run_drift(workdir: Path, sink: Path, max_rows: int) -> dict[str, Any]:

@@ -183,6 +183,14 @@ def project(tmp_path: Path, dataset: Path) -> Path:
 
 
 @pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run commands in an empty directory with the project's params: outputs land there."""
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in-process commands from inside a project copy (stages read paths relative to the root)."""
     monkeypatch.chdir(project)

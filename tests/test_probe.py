@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import yaml
 from forkcast import deploy, probe
 from forkcast.cli import main
 
-from .conftest import ROOT, Built, free_port
+from .conftest import Built, free_port
 from .test_serving import Server, serve
 
 # What BentoML 1.4 serves at /metrics (read off a running service; see forkcast/probe.py).
@@ -32,14 +31,6 @@ def server(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     running = serve(built.tag, tmp_path_factory.mktemp("probe-serve"))
     yield running
     running.stop()
-
-
-@pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run commands in an empty directory with the project's params: outputs land there."""
-    shutil.copy(ROOT / "params.yaml", tmp_path)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def record(directory: Path, name: str = "adhoc") -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +18,7 @@ from forkcast.cli import main
 from forkcast.config import Params
 from forkcast.prepare import build_features, load_raw
 
-from .conftest import ROOT, Built, free_port
+from .conftest import Built, free_port
 from .test_serving import Server, serve
 
 JULY_1 = 182  # the data's `day` number of 2011-07-01 (day 1 is 2011-01-01)
@@ -30,14 +29,6 @@ def server(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     running = serve(built.tag, tmp_path_factory.mktemp("replay-serve"))
     yield running
     running.stop()
-
-
-@pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run commands in an empty directory with the project's params: outputs land there."""
-    shutil.copy(ROOT / "params.yaml", tmp_path)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def true_counts(dataset: Path, days: range) -> pd.DataFrame:

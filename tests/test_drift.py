@@ -406,7 +406,7 @@ def test_traffic_without_a_reference_says_to_run_the_pipeline(
 
 
 def test_a_failure_half_way_leaves_the_previous_report(
-    scenario: Scenario, odd_run: Run, monkeypatch: pytest.MonkeyPatch
+    scenario: Scenario, odd_run: Run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from evidently.core.report import Snapshot
 
@@ -421,8 +421,11 @@ def test_a_failure_half_way_leaves_the_previous_report(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Snapshot, "save_html", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        run_drift(scenario.project, "--sink", str(scenario.sinks["july"]), "--until", UNTIL)
+    code, _ = run_drift(scenario.project, "--sink", str(scenario.sinks["july"]), "--until", UNTIL)
+    assert code == 4  # the job failed: not 1, which the nightly workflow would take for drift
+    error = capsys.readouterr().err
+    assert "the drift job failed: OSError" in error
+    assert "No space left on device" in error
     assert {path.name: path.read_bytes() for path in target.iterdir()} == before
     assert not [path.name for path in drift_dir.iterdir() if path.name.startswith(".")]  # no temporary directory
 

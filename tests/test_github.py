@@ -181,6 +181,7 @@ class FakeGitHub:
         if method == "POST":
             number = self.new_id()
             issue = {"number": number, "state": "open", "html_url": f"https://github.com/{REPO}/issues/{number}"}
+            issue["user"] = {"login": "github-actions[bot]"}  # who a workflow's GITHUB_TOKEN writes as
             self.issues[number] = issue | {"title": payload["title"], "body": payload["body"]}
             self.issues[number]["labels"] = [{"name": name} for name in payload.get("labels", [])]
             return 201, self.issues[number], ""
@@ -733,3 +734,21 @@ def test_an_alert_without_a_title_or_body_is_a_usage_error(fake: FakeGitHub, tmp
     assert main(alert_args(body)) == 2
     assert main(alert_args(tmp_path / "missing.md", "--title", "t")) == 2
     assert fake.seen == []
+
+
+def test_an_alert_ignores_pull_requests_and_anyones_quote_of_the_marker(
+    fake: FakeGitHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quoted = {"state": "open", "title": "why?", "body": "<!-- forkcast-drift --> what is this", "html_url": "u"}
+    fake.issues[901] = {"number": 901, **quoted, "user": {"login": "mallory"}}
+    fake.issues[902] = {"number": 902, **quoted, "user": {"login": "github-actions[bot]"}, "pull_request": {"url": "p"}}
+    body = tmp_path / "summary.md"
+    body.write_text("drift")
+    args = alert_args(body, "--title", "Input drift", "--author", "github-actions[bot]")
+    assert main(args) == 0
+    assert "opened" in capsys.readouterr().out
+    assert fake.issues[901]["title"] == "why?"  # not ours: not edited
+    assert fake.issues[902]["title"] == "why?"  # a pull request: not an issue of ours
+    assert main(alert_args(body, "--cleared", "--author", "github-actions[bot]")) == 0
+    assert fake.issues[901]["state"] == "open"
+    assert [i["state"] for n, i in fake.issues.items() if n not in {901, 902}] == ["closed"]

@@ -16,6 +16,8 @@ import pytest
 from forkcast import inference_log, replay
 from forkcast.cli import main
 from forkcast.config import Params
+from forkcast.contract import EXAMPLE_RECORD
+from forkcast.inference_log import InferenceLog
 from forkcast.prepare import build_features, load_raw
 
 from .conftest import Built, free_port
@@ -219,3 +221,18 @@ def test_a_service_failing_midway_keeps_the_labels_of_what_it_answered(
     raw = pd.read_csv(dataset, skipinitialspace=True)
     july_1 = raw[raw["day"] == JULY_1].astype({"hr": int}).sort_values("hr")
     assert labels["actual"].tolist() == july_1["bikers"].astype(float).tolist()
+
+
+def test_waiting_for_the_log_returns_once_every_request_is_written(tmp_path: Path) -> None:
+    sink = tmp_path / "log"
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    log = InferenceLog(str(sink), environment="production", flush_seconds=3600)
+    record = {name: [value] for name, value in EXAMPLE_RECORD.items()}
+    log.append("replay-a", "1", record, np.array([1.0]))
+    timer = threading.Timer(0.5, log.close)  # the service writes a moment later
+    timer.start()
+    try:
+        assert replay.wait_until_logged(str(sink), {"replay-a"}, since, timeout=20, poll=0.1)
+    finally:
+        timer.join()
+    assert not replay.wait_until_logged(str(sink), {"replay-a", "replay-never"}, since, timeout=0.3, poll=0.1)

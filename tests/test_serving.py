@@ -176,7 +176,9 @@ async def load(url: str, records: list[dict[str, Any]], clients: int, seconds: f
     """`clients` concurrent callers, each sending 1-3 records per request, for `seconds`."""
     outcomes: dict[str, Any] = {"ok": {}, "failed": []}
     stop_at = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # Idle connections are dropped before the server's 5 s keep-alive ends (httpx's default is also 5 s): with
+    # both at 5 s, a request sent on a connection the server is closing fails with ReadError (seen under load).
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0)
 
     async def caller(client: httpx.AsyncClient, seed: int) -> None:
         chooser = random.Random(seed)

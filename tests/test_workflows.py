@@ -323,7 +323,7 @@ def test_monitoring_runs_nightly_and_on_demand_and_keeps_one_issue() -> None:
     drift = steps["Drift report"]["run"]
     for status, verdict in (("0", "no-drift"), ("1", "drift"), ("3", "no-data")):
         assert f'{status}) echo "verdict={verdict}"' in drift  # the drift command's documented exit codes
-    assert '*) exit "$status"' in drift  # anything else (a usage error, a crash) fails the job
+    assert '*) exit "$status"' in drift  # anything else (2 a usage error, 4 the job failed) fails the job
     assert "--marker forkcast-drift" in steps["Drift issue"]["run"]
     assert "no-data" not in steps["Drift issue"]["if"]  # no data is not news: no issue
     assert "vars.FORKCAST_RETRAIN_ON_DRIFT == 'true'" in steps["Retrain"]["if"]
@@ -503,7 +503,8 @@ def test_act_runs_the_nightly_drift_job_on_a_fixture_log(
     only tracked files): the job builds its reference, finds the drift, and would open the one issue."""
     december = build_features(load_raw(dataset), params.data)
     december = december[december["month"] == 12].head(24 * 14)
-    sink = act.project.parent / "fixture-log" / "production"
+    base = act.project.parent / "fixture-log"  # FORKCAST_INFERENCE_LOG: production logs under base/production
+    sink = base / "production"
     log = InferenceLog(str(sink), environment="production", flush_seconds=3600)
     predictions = trained.pipeline.predict(december[list(FEATURES)])
     now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
@@ -515,7 +516,7 @@ def test_act_runs_the_nightly_drift_job_on_a_fixture_log(
 
     result = act.run(
         "schedule", "-W", ".github/workflows/monitor.yml", "-j", "drift",
-        "--var", f"FORKCAST_INFERENCE_LOG={sink}", "--var", "FORKCAST_DRIFT_ISSUES=dry-run",
+        "--var", f"FORKCAST_INFERENCE_LOG={base}", "--var", "FORKCAST_DRIFT_ISSUES=dry-run",
     )  # fmt: skip
 
     assert result.returncode == 0, tail(result)

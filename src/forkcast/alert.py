@@ -21,23 +21,28 @@ class AlertResult:
     dry_run: bool = False
 
 
-def find_open(gh: GitHub, repo: str, tag: str) -> dict[str, Any] | None:
-    """The oldest open issue (not pull request) whose body carries `tag`."""
+def find_open(gh: GitHub, repo: str, tag: str, author: str | None = None) -> dict[str, Any] | None:
+    """The oldest open issue (not pull request) whose body carries `tag` (and, with `author`, opened by them:
+    anyone can quote the marker in an issue of a public repository)."""
     if not gh.can_read:
         gh.note_unsent("GET", f"/repos/{repo}/issues")
         return None
     issues = gh.paginate(f"/repos/{repo}/issues", params={"state": "open", "sort": "created", "direction": "asc"})
     for issue in issues:
-        if isinstance(issue, dict) and "pull_request" not in issue and tag in str(issue.get("body")):
+        if not isinstance(issue, dict) or "pull_request" in issue or tag not in str(issue.get("body")):
+            continue
+        if author is None or (issue.get("user") or {}).get("login") == author:
             return issue
     return None
 
 
-def raise_alert(gh: GitHub, repo: str, marker: str, *, title: str, body: str, labels: list[str]) -> AlertResult:
+def raise_alert(
+    gh: GitHub, repo: str, marker: str, *, title: str, body: str, labels: list[str], author: str | None = None
+) -> AlertResult:
     """Open the problem's issue, or update the one already open."""
     tag = hidden_marker(marker)
     text = comment_body(tag, body)
-    existing = find_open(gh, repo, tag)
+    existing = find_open(gh, repo, tag, author)
     if existing is not None:
         number = int(existing["number"])
         gh.write("PATCH", f"/repos/{repo}/issues/{number}", {"title": title, "body": text})
@@ -47,9 +52,9 @@ def raise_alert(gh: GitHub, repo: str, marker: str, *, title: str, body: str, la
     return AlertResult("opened", found.get("number"), found.get("html_url"), gh.dry_run)
 
 
-def clear_alert(gh: GitHub, repo: str, marker: str, body: str) -> AlertResult:
+def clear_alert(gh: GitHub, repo: str, marker: str, body: str, author: str | None = None) -> AlertResult:
     """Say on the open issue that the problem cleared, and close it; nothing when none is open."""
-    existing = find_open(gh, repo, hidden_marker(marker))
+    existing = find_open(gh, repo, hidden_marker(marker), author)
     if existing is None:
         return AlertResult("nothing to clear", None, None, gh.dry_run)
     number = int(existing["number"])

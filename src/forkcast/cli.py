@@ -327,7 +327,7 @@ def build(
 def _inference_log(root: str, environment: str) -> str:
     import os
 
-    root = os.environ.get("FORKCAST_INFERENCE_LOG", root)
+    root = os.environ.get("FORKCAST_INFERENCE_LOG") or root  # set but empty (an unset CI variable): the default
     return f"{root.rstrip('/')}/{environment}" if "://" in root else str((Path(root) / environment).resolve())
 
 
@@ -637,7 +637,8 @@ def drift(
       0  no drift
       1  drift: input drift share, prediction drift, or labelled RMSE above the allowed bound
       2  usage or configuration error (e.g. no reference data: run `dvc repro`)
-      3  no production data yet: no log, or only smoke-test traffic in the window
+      3  no production data yet: no log, or only smoke-test and probe traffic in the window
+      4  the drift job itself failed (the error is printed; the previous report is kept)
 
     \b
     Labels file (Parquet or CSV), one row per predicted record, as `forkcast replay` writes it:
@@ -645,11 +646,14 @@ def drift(
       position    the record's index in that request, from 0
       actual      the true count (rows without one are ignored)
     """
+    from forkcast import deploy as deployments
     from forkcast import drift as monitoring
 
     environment = _environment(env)
     params = _params(params_file)
-    log = sink or _inference_log(params.serve.inference_log, environment)
+    deployed = deployments.load(environment)
+    # Where the running service logs, as its deployment recorded it; else where a deployment would log.
+    log = sink or (deployed.inference_log if deployed else _inference_log(params.serve.inference_log, environment))
     directory = monitoring.output_dir(environment)
     try:
         window = monitoring.Window.ending(monitoring.parse_until(until), window_days or params.monitor.window_days)
@@ -672,6 +676,10 @@ def drift(
         monitoring.write_outputs(directory, outcome, snapshot)
     except monitoring.DriftError as exc:
         raise _fail(str(exc), EXIT_USAGE) from exc
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # never exit 1 for a crash: 1 means drift, and the nightly job acts on it
+        raise _fail(f"the drift job failed: {type(exc).__name__}: {exc}", monitoring.EXIT_FAILED) from exc
     for warning in outcome["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
     sampled = f" (a sample of {outcome['rows']['compared']:,})" if outcome["rows"]["sampled"] else ""
@@ -761,6 +769,8 @@ def replay(
     params = _params(params_file)
     target, environment = _service(url, env)
     labels_file = labels or replaying.labels_path(environment)
+    if labels_file.suffix != ".parquet":
+        raise _fail(f"--labels must be a .parquet file (the replay writes Parquet), not {labels_file}", EXIT_USAGE)
     source = data or params.data.raw
     _require(source)
     try:
@@ -925,6 +935,9 @@ def alert(
     title: Annotated[str, typer.Option(help="The issue's title (when the problem is on).")] = "",
     label: Annotated[list[str] | None, typer.Option(help="Labels for a new issue (repeatable).")] = None,
     cleared: Annotated[bool, typer.Option("--cleared", help="The problem is over: comment and close.")] = False,
+    author: Annotated[
+        str | None, typer.Option(help="Only an issue opened by this account counts (e.g. github-actions[bot]).")
+    ] = None,
     repo: RepoOption = None,
     dry_run: DryRunOption = False,
 ) -> None:
@@ -944,9 +957,9 @@ def alert(
         raise _fail(str(exc), EXIT_USAGE) from exc
     with _github_errors(), github.client(dry_run=dry_run, echo=typer.echo) as gh:
         if cleared:
-            result = alerts.clear_alert(gh, target, marker, body)
+            result = alerts.clear_alert(gh, target, marker, body, author)
         else:
-            result = alerts.raise_alert(gh, target, marker, title=title, body=body, labels=label or [])
+            result = alerts.raise_alert(gh, target, marker, title=title, body=body, labels=label or [], author=author)
     where = f"{target}#{result.number}" if result.number else target
     typer.echo(
         f"{'dry run: would have ' if result.dry_run else ''}{result.action}: {where} {result.url or ''}".rstrip()

@@ -63,7 +63,7 @@ from forkcast.features import CATEGORICAL_FEATURES, FEATURES
 if TYPE_CHECKING:
     from forkcast.config import MonitorParams
 
-EXIT_NO_DRIFT, EXIT_DRIFT, EXIT_NO_DATA = 0, 1, 3
+EXIT_NO_DRIFT, EXIT_DRIFT, EXIT_NO_DATA, EXIT_FAILED = 0, 1, 3, 4
 NO_DRIFT, DRIFT, NO_DATA = "no drift", "drift", "no production data yet"
 
 DISCRETE_FEATURES = ("season", "month", "hr", "holiday", "weekday", "workingday", *CATEGORICAL_FEATURES)

@@ -129,7 +129,7 @@ class InferenceLog:
                 batch, self._pending, self._pending_rows = self._pending, [], 0
             days: dict[dt.date, list[_Request]] = {}
             for request in batch:
-                days.setdefault(request.timestamp.date(), []).append(request)
+                days.setdefault(_utc_day(request.timestamp), []).append(request)
             written = 0
             remaining = sorted(days)
             try:
@@ -162,8 +162,8 @@ class InferenceLog:
                 batch, self._pending = self._pending, []
             spill = self._spill_dir.resolve()
             rows = 0
-            for day in sorted({request.timestamp.date() for request in batch}):
-                requests = [request for request in batch if request.timestamp.date() == day]
+            for day in sorted({_utc_day(request.timestamp) for request in batch}):
+                requests = [request for request in batch if _utc_day(request.timestamp) == day]
                 rows += self._write(requests, day, pafs.LocalFileSystem(), str(spill))
             log.error("inference log: %d rows written to %s instead; copy them to %s", rows, spill, self.sink)
 
@@ -208,6 +208,11 @@ class InferenceLog:
             data[name] = [value for request in batch for value in request.columns[name]]
         data["prediction"] = np.concatenate([request.predictions for request in batch]).astype(np.float32)
         return pa.Table.from_pydict(data, schema=SCHEMA)
+
+
+def _utc_day(timestamp: dt.datetime) -> dt.date:
+    """The partition of a record: its UTC day, as `read` filters by (an aware time in another zone included)."""
+    return timestamp.astimezone(dt.UTC).date()
 
 
 def read(sink: str, *, since: dt.datetime | None = None, columns: Sequence[str] | None = None) -> pa.Table:

@@ -748,8 +748,10 @@ def replay(
     *,
     url: Annotated[str | None, typer.Option(help="Service URL to send the hours to (or use --env).")] = None,
     env: Annotated[str | None, typer.Option("--env", help="Send them to the local staging or production.")] = None,
-    start: Annotated[str, typer.Option("--from", help="First date to replay (YYYY-MM-DD).")] = "2011-07-01",
-    end: Annotated[str, typer.Option("--to", help="Last date to replay, included.")] = "2011-07-31",
+    start: Annotated[
+        str, typer.Option("--from", help="First date to replay (YYYY-MM-DD; default: December, after training).")
+    ] = "2011-12-01",
+    end: Annotated[str, typer.Option("--to", help="Last date to replay, included.")] = "2011-12-31",
     batch: Annotated[int, typer.Option(help="Records per request.")] = 24,
     labels: Annotated[
         Path | None, typer.Option(help="Labels file to append to (default: outputs/labels/<env or adhoc>.parquet).")

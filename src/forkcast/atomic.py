@@ -40,3 +40,8 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def read_json_if_exists(path: Path) -> Any:
+    """The file's JSON, or None when a stage has not written it (yet)."""
+    return read_json(path) if path.exists() else None

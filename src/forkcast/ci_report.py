@@ -17,10 +17,6 @@ COMMENT_MARKER = "<!-- forkcast-pipeline -->"
 FAILED_CHECKS_SHOWN = 10
 
 
-def _read(path: Path) -> Any:
-    return atomic.read_json(path) if path.exists() else None
-
-
 def _cell(value: object) -> str:
     """Text safe inside a Markdown table cell (data values come from whoever sent the data)."""
     return str(value).replace("\n", " ").replace("|", "\\|")
@@ -35,7 +31,7 @@ def read_validation(outputs: Path) -> dict[str, Any] | None:
     without the Markdown beside it, the JSON is the last commit's, not a verdict on this run's data."""
     if not (outputs / "validation" / "report.md").exists():
         return None
-    report: dict[str, Any] | None = _read(outputs / "validation" / "report.json")
+    report: dict[str, Any] | None = atomic.read_json_if_exists(outputs / "validation" / "report.json")
     return report
 
 
@@ -102,14 +98,14 @@ def headline(validation: dict[str, Any] | None, gate: dict[str, Any] | None) -> 
 
 def gate_outputs(outputs: Path = paths.OUTPUTS) -> str | None:
     """`eligible=true|false` for the workflow's release decision; None when the gate did not run."""
-    gate = _read(outputs / "registry" / "gate.json")
+    gate = atomic.read_json_if_exists(outputs / "registry" / "gate.json")
     return None if gate is None else f"eligible={'true' if gate['eligible'] else 'false'}\n"
 
 
 def job_summary(outputs: Path = paths.OUTPUTS) -> str:
     validation = read_validation(outputs)
-    gate = _read(outputs / "registry" / "gate.json")
-    metrics = _read(outputs / "evaluation" / "metrics.json") if gate is not None else None
+    gate = atomic.read_json_if_exists(outputs / "registry" / "gate.json")
+    metrics = atomic.read_json_if_exists(outputs / "evaluation" / "metrics.json") if gate is not None else None
     return "\n".join(
         [
             f"## Forkcast pipeline: {headline(validation, gate)}\n",
@@ -137,7 +133,7 @@ def dvc_diff(kind: str, base: str, cwd: Path | None = None) -> str:
 def pull_request_comment(base: str, params_diff: str, metrics_diff: str, outputs: Path = paths.OUTPUTS) -> str:
     """The body of the ONE comment the pipeline keeps up to date on a pull request (found by its marker)."""
     validation = read_validation(outputs)
-    gate = _read(outputs / "registry" / "gate.json")
+    gate = atomic.read_json_if_exists(outputs / "registry" / "gate.json")
     return "\n".join(
         [
             COMMENT_MARKER,

@@ -469,9 +469,10 @@ def release_image_plan(
     image: Annotated[str, typer.Option(help="Image repository, e.g. ghcr.io/owner/name.")],
     source: Annotated[str, typer.Option(help="Repository URL for the OCI source label.")] = "",
     revision: Annotated[str, typer.Option(help="Git commit for the OCI revision label.")] = "",
-    output: Annotated[Path, typer.Option(help="Where to write the `docker buildx build` arguments.")] = Path(
-        "outputs/release/image.args"
-    ),
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the `docker buildx build` arguments (outputs/release/image.args)."),
+    ] = None,
 ) -> None:
     """Write the arguments that build the last bento's image (one per line), with lineage labels."""
     from forkcast import build as bento
@@ -492,8 +493,9 @@ def release_image_plan(
         raise _fail(str(exc), EXIT_USAGE) from exc
     from forkcast import atomic
 
-    atomic.write_text(output, "\n".join(plan.buildx_args()) + "\n")
-    typer.echo(f"image {', '.join(plan.tags)} from {plan.context}; arguments in {output}")
+    args_file = output or release.IMAGE_ARGS
+    atomic.write_text(args_file, "\n".join(plan.buildx_args()) + "\n")
+    typer.echo(f"image {', '.join(plan.tags)} from {plan.context}; arguments in {args_file}")
 
 
 @release_app.command("manifest")

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 MAX_RECORDS = 1_000  # per request; more is a batch job, not a request
 BENTO_MODEL_NAME = "forkcast-demand"  # the model inside every bento
 MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"  # which model the service loads: set at build and by `forkcast deploy`
+# Request ids of our own checks: the drift job tells them from real traffic in the inference log.
+SMOKE_REQUEST_PREFIX = "smoke-"
+PROBE_REQUEST_PREFIX = "probe-"
+CHECK_REQUEST_PREFIXES = (SMOKE_REQUEST_PREFIX, PROBE_REQUEST_PREFIX)
 
 Weather = Literal["clear", "cloudy/misty", "light rain/snow", "heavy rain/snow"]
 UnitInterval = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]

@@ -58,6 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from forkcast import atomic, inference_log, paths
+from forkcast.contract import CHECK_REQUEST_PREFIXES
 from forkcast.features import CATEGORICAL_FEATURES, FEATURES
 
 if TYPE_CHECKING:
@@ -71,8 +72,6 @@ CONTINUOUS_FEATURES = tuple(name for name in FEATURES if name not in DISCRETE_FE
 PREDICTION = "prediction"
 LABEL_COLUMNS = ("request_id", "position", "actual")
 LOG_COLUMNS = ("timestamp", "request_id", "position", "model_version", *FEATURES, PREDICTION)
-# Our own checks, not traffic: as forkcast.smoke and forkcast.probe send them (not imported: they pull httpx in).
-CHECK_REQUEST_PREFIXES = ("smoke-", "probe-")
 SAMPLE_SEED = 20110101
 DRIFT_DIR = paths.OUTPUTS / "drift"
 LABELS_DIR = paths.OUTPUTS / "labels"
@@ -194,9 +193,7 @@ def _pipeline_model(environment: str) -> ModelInfo:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    data = atomic.read_json(path)
+    data = atomic.read_json_if_exists(path)
     return data if isinstance(data, dict) else {}
 
 

@@ -24,9 +24,8 @@ from typing import Any
 import httpx
 
 from forkcast import atomic, paths
-from forkcast.contract import EXAMPLE_RECORD
+from forkcast.contract import EXAMPLE_RECORD, PROBE_REQUEST_PREFIX
 
-PROBE_REQUEST_PREFIX = "probe-"
 REQUEST_ID_HEADER = "x-request-id"
 PROBE_DIR = paths.OUTPUTS / "probe"
 CHECKS = ("readyz", "livez", "prediction", "latency", "metrics")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from forkcast import atomic, deploy, paths
 
 
@@ -13,14 +11,10 @@ def versus_baseline(improvement: float) -> str:
     return f"{-improvement:.1%} WORSE than the baseline"
 
 
-def _read(path: Any) -> Any:
-    return atomic.read_json(path) if path.exists() else None
-
-
 def pipeline_summary() -> str:
-    validation = _read(paths.VALIDATION_JSON)
-    metrics = _read(paths.METRICS_JSON)
-    gate = _read(paths.GATE_JSON)
+    validation = atomic.read_json_if_exists(paths.VALIDATION_JSON)
+    metrics = atomic.read_json_if_exists(paths.METRICS_JSON)
+    gate = atomic.read_json_if_exists(paths.GATE_JSON)
     lines = ["", "Forkcast pipeline summary", "========================="]
     if validation:
         s = validation["summary"]
@@ -71,17 +65,23 @@ def serving_lines() -> list[str]:
 
 def drift_lines() -> list[str]:
     """The last drift report of each environment that has one: its verdict and where to look."""
+    reports = {name: paths.OUTPUTS / "drift" / name for name in deploy.ENVIRONMENTS}
+    outcomes = {name: atomic.read_json_if_exists(path / "drift.json") for name, path in reports.items()}
+    if not any(outcomes.values()):
+        return []
+    from forkcast.drift import DRIFT, NO_DATA  # pandas and pyarrow: only once there is a report to show
+
     lines = []
-    for environment in deploy.ENVIRONMENTS:
-        outcome = _read(paths.OUTPUTS / "drift" / environment / "drift.json")
+    for environment, outcome in outcomes.items():
         if outcome is None:
             continue
-        directory = paths.OUTPUTS / "drift" / environment
-        rows = outcome["rows"]["in_window"]
-        if outcome["verdict"] == "no production data yet":
-            lines.append(f"drift ({environment}) no production data yet  -> {directory / 'summary.md'}")
+        if outcome["verdict"] == NO_DATA:
+            lines.append(f"drift ({environment}) no production data yet  -> {reports[environment] / 'summary.md'}")
             continue
         found = "; ".join(outcome["reasons"]) if outcome["reasons"] else "no drift"
-        verdict = f"DRIFT: {found}" if outcome["verdict"] == "drift" else "no drift"
-        lines.append(f"drift ({environment}) {verdict} over {rows:,} logged hours  -> {directory / 'report.html'}")
+        verdict = f"DRIFT: {found}" if outcome["verdict"] == DRIFT else "no drift"
+        rows = outcome["rows"]["in_window"]
+        lines.append(
+            f"drift ({environment}) {verdict} over {rows:,} logged hours  -> {reports[environment] / 'report.html'}"
+        )
     return lines

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 
 from forkcast import atomic
+from forkcast.contract import SMOKE_REQUEST_PREFIX
 
 Check = Callable[[httpx.Client], str]  # returns a detail line; raises SmokeFailure when the check fails
 
@@ -82,9 +83,6 @@ class Golden:
         if not isinstance(data, dict):
             raise GoldenError(f"{path} does not hold known answers")
         return cls.from_dict(data)
-
-
-SMOKE_REQUEST_PREFIX = "smoke-"  # the inference log tells smoke traffic from real traffic by it
 
 
 def _post(client: httpx.Client, route: str, body: Any) -> httpx.Response:

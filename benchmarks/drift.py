@@ -59,11 +59,12 @@ def make_project(workdir: Path) -> None:
     """params.yaml, the training split of the real data, a model fitted on it, its metadata and test metrics."""
     import joblib
 
-    from forkcast import lineage, paths
+    from forkcast import paths
     from forkcast.config import load_params
-    from forkcast.metrics import regression_metrics
-    from forkcast.model import fit, predict
-    from forkcast.prepare import build_features, load_raw, split_by_time, write_splits
+    from forkcast.data.prepare import build_features, load_raw, split_by_time, write_splits
+    from forkcast.model import lineage
+    from forkcast.model.estimator import fit, predict
+    from forkcast.model.metrics import regression_metrics
 
     shutil.copy(ROOT / "params.yaml", workdir / "params.yaml")
     os.chdir(workdir)
@@ -92,10 +93,10 @@ def write_log(workdir: Path, sink: Path, rows: int, seed: int = 0) -> dict[str, 
     import pyarrow.parquet as pq
 
     from forkcast import paths
-    from forkcast.features import FEATURES
-    from forkcast.inference_log import SCHEMA
-    from forkcast.model import predict
-    from forkcast.train import load_pipeline
+    from forkcast.data.features import FEATURES
+    from forkcast.model.estimator import predict
+    from forkcast.model.train import load_pipeline
+    from forkcast.serving.inference_log import SCHEMA
 
     os.chdir(workdir)
     year = pd.concat([pd.read_parquet(paths.prepared_split(name)) for name in paths.SPLITS], ignore_index=True)
@@ -139,28 +140,32 @@ def run_drift(workdir: Path, sink: Path, max_rows: int) -> dict[str, Any]:
     import joblib  # noqa: F401
     import sklearn  # noqa: F401
 
-    from forkcast import drift, paths
+    from forkcast import paths
     from forkcast.config import load_params
+    from forkcast.monitoring.drift.analysis import Context, analyse
+    from forkcast.monitoring.drift.reference import load_reference, production_model
+    from forkcast.monitoring.drift.report import write_outputs
+    from forkcast.monitoring.drift.traffic import Window, read_traffic
 
     os.chdir(workdir)
     params = load_params()
     monitor = params.monitor.model_copy(update={"max_rows": max_rows})
-    window = drift.Window.ending(UNTIL, monitor.window_days)
-    context = drift.Context("production", str(sink), window, monitor)
+    window = Window.ending(UNTIL, monitor.window_days)
+    context = Context("production", str(sink), window, monitor)
     import_rss_mb = vm_hwm_mb()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    traffic = drift.read_traffic(str(sink), window)
+    traffic = read_traffic(str(sink), window)
     seconds["read"] = time.perf_counter() - started
     arrow_mb = traffic.table.nbytes / 2**20
     mark = time.perf_counter()
-    reference = drift.load_reference(paths.prepared_split("train"), drift.production_model("production"))
+    reference = load_reference(paths.prepared_split("train"), production_model("production"))
     seconds["reference"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    outcome, snapshot = drift.analyse(context, traffic, reference, None)
+    outcome, snapshot = analyse(context, traffic, reference, None)
     seconds["analyse"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    drift.write_outputs(paths.OUTPUTS / "drift" / f"bench-{traffic.rows}-{max_rows}", outcome, snapshot)
+    write_outputs(paths.OUTPUTS / "drift" / f"bench-{traffic.rows}-{max_rows}", outcome, snapshot)
     seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
     return {
@@ -277,7 +282,8 @@ def distances(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, float
     from evidently.legacy.calculations.stattests import jensenshannon_stat_test, wasserstein_stat_test
     from evidently.legacy.core import ColumnType
 
-    from forkcast.drift import CONTINUOUS_FEATURES, DISCRETE_FEATURES, PREDICTION
+    from forkcast.monitoring.drift import PREDICTION
+    from forkcast.monitoring.drift.analysis import CONTINUOUS_FEATURES, DISCRETE_FEATURES
 
     scores = {}
     for name in DISCRETE_FEATURES:
@@ -292,11 +298,11 @@ def calibrate(halves: int = 30, seed: int = 0) -> dict[str, Any]:
     import numpy as np
 
     from forkcast.config import load_params
-    from forkcast.drift import PREDICTION
-    from forkcast.features import FEATURES
-    from forkcast.metrics import regression_metrics
-    from forkcast.model import fit, predict
-    from forkcast.prepare import build_features, load_raw, split_by_time
+    from forkcast.data.features import FEATURES
+    from forkcast.data.prepare import build_features, load_raw, split_by_time
+    from forkcast.model.estimator import fit, predict
+    from forkcast.model.metrics import regression_metrics
+    from forkcast.monitoring.drift import PREDICTION
 
     params = load_params(ROOT / "params.yaml")
     monitor, target = params.monitor, params.data.target

@@ -81,7 +81,7 @@ def replicate(source: pd.DataFrame, rows: int, start_date: dt.date) -> pd.DataFr
     """
     import pandas as pd
 
-    from forkcast.features import MONTH_NAMES
+    from forkcast.data.features import MONTH_NAMES
 
     copies = math.ceil(rows / len(source))
     offsets = [(dt.date(start_date.year + k, 1, 1) - dt.date(start_date.year, 1, 1)).days for k in range(copies)]
@@ -132,20 +132,21 @@ def run_stage(stage: str, model: str | None) -> dict[str, Any]:
     started = time.perf_counter()
     facts: dict[str, Any] = {}
     if stage == "validate":
-        from forkcast import validation
+        from forkcast.data import validation
 
         report = validation.validate_file(params.data.raw, params.validate_, params.data.start_date)
         validation.write_report(report, paths.VALIDATION_JSON, paths.VALIDATION_MD)
         facts = {"rows": report.rows, "passed": report.passed, "failed": [c.name for c in report.failed_checks]}
     elif stage == "prepare":
-        from forkcast import prepare
+        from forkcast.data import prepare
 
         raw = prepare.load_raw(params.data.raw)
         splits = prepare.split_by_time(prepare.build_features(raw, params.data), params.split)
         prepare.write_splits(splits, splits_path)
         facts = {"rows": len(raw), "splits": {name: len(frame) for name, frame in splits.items()}}
     elif stage == "train":
-        from forkcast import lineage, prepare, train
+        from forkcast.data import prepare
+        from forkcast.model import lineage, train
 
         frames = {name: prepare.read_split(path) for name, path in splits_path.items()}
         model_ = train.train(params, frames, lineage.data_hash(paths.DATA_DVC))
@@ -157,7 +158,8 @@ def run_stage(stage: str, model: str | None) -> dict[str, Any]:
             "onnx_max_abs_difference_on_test": model_.metadata["onnx_max_abs_difference_on_test"],
         }
     elif stage == "evaluate":
-        from forkcast import evaluate, prepare, train
+        from forkcast.data import prepare
+        from forkcast.model import evaluate, train
 
         frames = {name: prepare.read_split(splits_path[name]) for name in ("train", "test")}
         pipeline = train.load_pipeline(paths.MODEL_PICKLE)
@@ -167,7 +169,9 @@ def run_stage(stage: str, model: str | None) -> dict[str, Any]:
         )
         facts = {"test_rows": result.metrics["test_rows"], "model": result.metrics["model"]}
     elif stage == "register":
-        from forkcast import atomic, lineage, prepare, registry, train
+        from forkcast import atomic
+        from forkcast.data import prepare
+        from forkcast.model import lineage, registry, train
 
         registration = registry.track_and_register(
             params=params,
@@ -204,7 +208,8 @@ def child_main(task: str, workdir: Path, rows: int | None, model: str | None) ->
         make_workdir(workdir, rows or 0)
         result: dict[str, Any] = {"seconds": time.perf_counter() - started}
     elif task == "promote":
-        from forkcast import atomic, paths, registry
+        from forkcast import atomic, paths
+        from forkcast.model import registry
 
         version = str(atomic.read_json(paths.GATE_JSON)["version"])
         registry.promote(paths.LOCAL_MLFLOW_DIR, load_settings(model), version)

@@ -5,7 +5,7 @@
 One run, one model, one machine (needs `wrk`, the pipeline's outputs and `forkcast build`):
 
 - in-process sklearn / onnx: the floor, no HTTP. The scikit-learn pipeline (`outputs/model/model.joblib`) on a
-  pandas DataFrame, and ONNX Runtime through `forkcast.predictor.OnnxModel` (`outputs/model/model.onnx`) on
+  pandas DataFrame, and ONNX Runtime through `forkcast.model.onnx.OnnxModel` (`outputs/model/model.onnx`) on
   column lists, one thread each; median and p99 of many calls on 1 row, median on 1,000 rows;
 - forkcast: the bento in `outputs/build/build.json` under `bentoml serve` (its own 2 workers, pydantic input
   checks, ONNX Runtime, the inference log written to a temporary directory);
@@ -62,9 +62,9 @@ import pandas as pd
 from pipeline import git_commit, machine  # benchmarks/pipeline.py, next to this script
 from threadpoolctl import threadpool_limits
 
-from forkcast import build, deploy
-from forkcast.features import FEATURES
-from forkcast.predictor import OnnxModel, columns_of_frame
+from forkcast.data.features import FEATURES
+from forkcast.model.onnx import OnnxModel, columns_of_frame
+from forkcast.serving import build, deploy
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"

@@ -17,10 +17,10 @@ import joblib
 import pandas as pd
 import pytest
 
-from forkcast import build
 from forkcast.config import Params, load_params
-from forkcast.prepare import Splits, build_features, load_raw, split_by_time
-from forkcast.train import TrainedModel, train
+from forkcast.data.prepare import Splits, build_features, load_raw, split_by_time
+from forkcast.model.train import TrainedModel, train
+from forkcast.serving import build
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "data" / "bikeshare_hourly.csv"

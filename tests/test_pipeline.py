@@ -50,7 +50,7 @@ def test_fresh_clone_runs_everything_then_is_up_to_date_then_stops_on_bad_data(p
     # The MLflow run carries the same lineage, and a hash of each stage recorded in dvc.lock.
     from mlflow import MlflowClient
 
-    from forkcast.lineage import stage_hashes
+    from forkcast.model.lineage import stage_hashes
 
     client = MlflowClient(gate["tracking_uri"])
     tags = client.get_run(gate["run_id"]).data.tags

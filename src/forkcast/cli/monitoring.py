@@ -1,0 +1,277 @@
+"""Monitoring commands: drift reports, replayed traffic, endpoint probes and alerts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from forkcast import paths
+from forkcast.cli.common import (
+    EXIT_CHECK_FAILED,
+    EXIT_USAGE,
+    PARAMS_FILE,
+    DryRunOption,
+    ParamsOption,
+    RepoOption,
+    check_environment,
+    fail,
+    github_errors,
+    inference_log_of,
+    load_params,
+    repo_name,
+    require,
+    service_of,
+    step,
+)
+
+app = typer.Typer()
+
+
+@app.command()
+def drift(
+    *,
+    env: Annotated[str, typer.Option("--env", help="Whose traffic to check: staging or production.")] = "production",
+    sink: Annotated[
+        str | None,
+        typer.Option(
+            help="Its inference log, a directory or s3://bucket/prefix (default: where `forkcast deploy` logs: "
+            "serve.inference_log/ENV, or $FORKCAST_INFERENCE_LOG/ENV)."
+        ),
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="Training data to compare with (default: outputs/prepared/train.parquet).")
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Known outcomes, Parquet or CSV with columns request_id, position, actual "
+            "(default: outputs/labels/ENV.parquet when it exists)."
+        ),
+    ] = None,
+    window_days: Annotated[
+        int | None, typer.Option("--window-days", min=1, help="Days of log to read (default: monitor.window_days).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End of the window, ISO date or time, UTC unless given (default: now).")
+    ] = None,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Compare recent traffic with the model's training data (Evidently); write outputs/drift/ENV/.
+
+    Input drift per feature, prediction drift, data quality, and the error on labelled records. Writes
+    report.html, drift.json and summary.md (replacing the previous report only once all are written).
+
+    \b
+    Exit codes:
+      0  no drift
+      1  drift: input drift share, prediction drift, or labelled RMSE above the allowed bound
+      2  usage or configuration error (e.g. no reference data: run `dvc repro`)
+      3  no production data yet: no log, or only smoke-test and probe traffic in the window
+      4  the drift job itself failed (the error is printed; the previous report is kept)
+
+    \b
+    Labels file (Parquet or CSV), one row per predicted record, as `forkcast replay` writes it:
+      request_id  the request's id, as logged (the x-request-id header)
+      position    the record's index in that request, from 0
+      actual      the true count (rows without one are ignored)
+    """
+    from forkcast.monitoring import drift as monitoring
+    from forkcast.monitoring.drift.analysis import Context, analyse, no_data_result
+    from forkcast.monitoring.drift.reference import load_reference, production_model
+    from forkcast.monitoring.drift.report import write_outputs
+    from forkcast.monitoring.drift.traffic import Window, parse_until, read_labels, read_traffic
+    from forkcast.serving import deploy as deployments
+
+    environment = check_environment(env)
+    params = load_params(params_file)
+    deployed = deployments.load(environment)
+    # Where the running service logs, as its deployment recorded it; else where a deployment would log.
+    log = sink or (deployed.inference_log if deployed else inference_log_of(params.serve.inference_log, environment))
+    directory = monitoring.output_dir(environment)
+    try:
+        window = Window.ending(parse_until(until), window_days or params.monitor.window_days)
+        context = Context(environment, log, window, params.monitor)
+        label_file = labels or monitoring.default_labels(environment)
+        known = read_labels(label_file) if label_file else None
+        with step(f"read {environment}'s inference log {log}"):
+            traffic = read_traffic(log, window)
+        if traffic.rows == 0:
+            outcome = no_data_result(context, traffic)
+            write_outputs(directory, outcome, None)
+            typer.echo(f"no production data yet: {outcome['reasons'][0]}.")
+            typer.echo(f"next: {outcome['next']}. (Report: {directory / 'summary.md'})")
+            raise typer.Exit(monitoring.EXIT_NO_DATA)
+        with step("load the reference and the model's predictions on it"):
+            model = production_model(environment)
+            baseline = load_reference(reference or paths.prepared_split("train"), model)
+        with step(f"compare {traffic.rows:,} records with {len(baseline.frame):,} reference rows (Evidently)"):
+            outcome, snapshot = analyse(context, traffic, baseline, known)
+        write_outputs(directory, outcome, snapshot)
+    except monitoring.DriftError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # never exit 1 for a crash: 1 means drift, and the nightly job acts on it
+        raise fail(f"the drift job failed: {type(exc).__name__}: {exc}", monitoring.EXIT_FAILED) from exc
+    for warning in outcome["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    sampled = f" (a sample of {outcome['rows']['compared']:,})" if outcome["rows"]["sampled"] else ""
+    typer.echo(f"{environment}: {outcome['rows']['in_window']:,} records{sampled} vs {baseline.identity['path']}")
+    typer.echo(f"report: {directory / 'summary.md'} and {directory / 'report.html'}")
+    if outcome["verdict"] == monitoring.DRIFT:
+        typer.echo("DRIFT: " + "; ".join(outcome["reasons"]))
+        typer.echo("next: read the report; retrain on recent data (add it, then `make run`) or roll back")
+        raise typer.Exit(monitoring.EXIT_DRIFT)
+    typer.echo("no drift")
+
+
+@app.command()
+def replay(
+    *,
+    url: Annotated[str | None, typer.Option(help="Service URL to send the hours to (or use --env).")] = None,
+    env: Annotated[str | None, typer.Option("--env", help="Send them to the local staging or production.")] = None,
+    start: Annotated[
+        str, typer.Option("--from", help="First date to replay (YYYY-MM-DD; default: December, after training).")
+    ] = "2011-12-01",
+    end: Annotated[str, typer.Option("--to", help="Last date to replay, included.")] = "2011-12-31",
+    batch: Annotated[int, typer.Option(help="Records per request.")] = 24,
+    labels: Annotated[
+        Path | None, typer.Option(help="Labels file to append to (default: outputs/labels/<env or adhoc>.parquet).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Raw hourly CSV (default: data.raw in params.yaml).")] = None,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Send real hours through a running service (request ids replay-...) and append their true counts as labels."""
+    import datetime as dt
+
+    import pandera.pandas as pa
+
+    from forkcast.data.prepare import build_features, load_raw
+    from forkcast.monitoring import replay as replaying
+    from forkcast.serving import deploy as deployments
+
+    params = load_params(params_file)
+    target, environment = service_of(url, env)
+    labels_file = labels or replaying.labels_path(environment)
+    if labels_file.suffix != ".parquet":
+        raise fail(f"--labels must be a .parquet file (the replay writes Parquet), not {labels_file}", EXIT_USAGE)
+    source = data or params.data.raw
+    require(source)
+    try:
+        first, last = replaying.parse_date(start, "--from"), replaying.parse_date(end, "--to")
+        replaying.check_batch(batch)
+        replaying.read_labels(labels_file)  # an unreadable labels file fails now, before anything is sent
+        try:
+            prepared = build_features(load_raw(source), params.data)
+        except (ValueError, KeyError, pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
+            raise replaying.ReplayInputError(f"cannot read the hours in {source}: {exc}") from exc
+        hours = replaying.select_hours(prepared, first, last)
+    except replaying.ReplayInputError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+
+    def progress(rows: int, requests: int, seconds: float) -> None:
+        rate = rows / seconds if seconds > 0 else 0.0
+        typer.echo(f"  {rows:,}/{len(hours):,} hours sent in {requests:,} requests, {rate:,.0f} rows/s", err=True)
+
+    typer.echo(f"replaying {len(hours):,} hours ({first}..{last}) to {target} in batches of {batch}", err=True)
+    started = dt.datetime.now(dt.UTC)
+    result = replaying.replay(
+        target, replaying.to_records(hours), hours[params.data.target].astype(float).tolist(), batch, progress=progress
+    )
+    total = replaying.append_labels(labels_file, result.labels) if result.rows else None
+    kept = f"their labels were added to {labels_file}" if total else "no labels were written"
+    stopped = result.stopped
+    if stopped and stopped.reason == "unreachable" and not result.rows:
+        where = f"--env {environment}`" if environment else "--env staging`, or start the service there"
+        raise fail(
+            f"nothing is deployed at {target}: run `forkcast deploy {where} ({stopped.detail})", EXIT_CHECK_FAILED
+        )
+    if stopped:
+        raise fail(
+            f"{stopped.detail}\n{result.rows:,} of {result.planned:,} hours were answered before it stopped; "
+            f"{kept}. The rest were not sent.",
+            EXIT_CHECK_FAILED,
+        )
+    rate = result.rows / result.seconds if result.seconds > 0 else 0.0
+    typer.echo(
+        f"replayed {result.rows:,} hours in {result.requests:,} requests in {result.seconds:.1f}s "
+        f"({rate:,.0f} rows/s) to {target}; labels: {labels_file} ({total:,} rows in all)"
+    )
+    deployed = deployments.load(check_environment(environment)) if environment else None
+    if deployed is not None:  # the service writes its log every few seconds: a drift report now must see it all
+        with step(f"wait for {environment} to write them to its inference log"):
+            logged = replaying.wait_until_logged(
+                deployed.inference_log, set(result.answers["request_id"]), started - dt.timedelta(minutes=1)
+            )
+        if not logged:
+            raise fail(f"{environment} has not logged every replayed hour in {deployed.inference_log}", 1)
+
+
+@app.command()
+def probe(
+    url: Annotated[str | None, typer.Option(help="Service URL to probe (or use --env).")] = None,
+    env: Annotated[str | None, typer.Option("--env", help="Probe the local staging or production deployment.")] = None,
+    budget_ms: Annotated[
+        float | None,
+        typer.Option("--budget-ms", help="Latency budget of the one prediction (default: monitor.probe_budget_ms)."),
+    ] = None,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Check a running service: /readyz, /livez, one timed prediction, /metrics; write outputs/probe/<env>.json."""
+    from forkcast.monitoring import probe as probing
+
+    budget = load_params(params_file).monitor.probe_budget_ms if budget_ms is None else budget_ms
+    target, environment = service_of(url, env)
+    if not budget > 0:
+        raise fail(f"--budget-ms must be positive, not {budget:g}", EXIT_USAGE)
+    report = probing.probe(target, budget, environment=environment)
+    path = probing.save(report, probing.record_path(environment))
+    typer.echo(probing.render_table(report))
+    typer.echo(f"record: {path}")
+    if not report.reachable:
+        what = environment or "the service"
+        hint = f"`forkcast status`, then `forkcast deploy --env {environment}`" if environment else "is it running?"
+        raise fail(f"{what} does not answer at {target}: {hint}", EXIT_CHECK_FAILED)
+    if not report.passed:
+        raise fail(f"probe of {target} failed: {', '.join(report.failed)}", EXIT_CHECK_FAILED)
+
+
+@app.command()
+def alert(
+    *,
+    marker: Annotated[str, typer.Option(help="Hidden marker naming the problem, e.g. forkcast-drift.")],
+    body_file: Annotated[Path, typer.Option("--body-file", help="Markdown: the issue body, or the clearing comment.")],
+    title: Annotated[str, typer.Option(help="The issue's title (when the problem is on).")] = "",
+    label: Annotated[list[str] | None, typer.Option(help="Labels for a new issue (repeatable).")] = None,
+    cleared: Annotated[bool, typer.Option("--cleared", help="The problem is over: comment and close.")] = False,
+    author: Annotated[
+        str | None, typer.Option(help="Only an issue opened by this account counts (e.g. github-actions[bot]).")
+    ] = None,
+    repo: RepoOption = None,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Open or update ONE issue while a problem lasts; comment on it and close it when it clears."""
+    from forkcast.monitoring import alert as alerts
+    from forkcast.release import github
+
+    target = repo_name(repo)
+    body = body_file.read_text() if body_file.is_file() else ""
+    if not body.strip():
+        raise fail(f"no body in {body_file}: nothing to say", EXIT_USAGE)
+    if not cleared and not title.strip():
+        raise fail("--title is needed to open or update the issue", EXIT_USAGE)
+    try:
+        github.hidden_marker(marker)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    with github_errors(), github.client(dry_run=dry_run, echo=typer.echo) as gh:
+        if cleared:
+            result = alerts.clear_alert(gh, target, marker, body, author)
+        else:
+            result = alerts.raise_alert(gh, target, marker, title=title, body=body, labels=label or [], author=author)
+    where = f"{target}#{result.number}" if result.number else target
+    typer.echo(
+        f"{'dry run: would have ' if result.dry_run else ''}{result.action}: {where} {result.url or ''}".rstrip()
+    )

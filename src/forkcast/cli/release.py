@@ -1,0 +1,243 @@
+"""The release line's commands for GitHub: job summary, pull-request comment, image plan, manifest,
+environments and their approval."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from forkcast import paths
+from forkcast.cli.common import (
+    EXIT_CHECK_FAILED,
+    EXIT_USAGE,
+    PARAMS_FILE,
+    DryRunOption,
+    ParamsOption,
+    RepoOption,
+    fail,
+    github_errors,
+    repo_name,
+    step,
+)
+
+app = typer.Typer()
+
+
+@app.command("job-summary")
+def job_summary(
+    outputs: Annotated[
+        bool, typer.Option("--outputs", help="Print `eligible=true|false` for $GITHUB_OUTPUT instead.")
+    ] = False,
+) -> None:
+    """Print the pipeline's Markdown summary (validation, metrics, gate) for $GITHUB_STEP_SUMMARY."""
+    from forkcast.release import ci_report
+
+    if outputs:
+        gate = ci_report.gate_outputs()
+        if gate is None:
+            raise fail(f"no gate verdict ({paths.GATE_JSON}): the pipeline stopped before the register stage", 1)
+        typer.echo(gate, nl=False)
+    else:
+        typer.echo(ci_report.job_summary())
+
+
+@app.command("pr-report")
+def pr_report(
+    base: Annotated[str, typer.Option(help="Git revision to compare with, e.g. origin/main.")] = "origin/main",
+) -> None:
+    """Print the pull-request comment: params and metrics diff against BASE, validation, gate."""
+    from forkcast.release import ci_report
+
+    params_diff, metrics_diff = ci_report.dvc_diff("params", base), ci_report.dvc_diff("metrics", base)
+    typer.echo(ci_report.pull_request_comment(base, params_diff, metrics_diff))
+
+
+release_app = typer.Typer(
+    help="The release line's records: the image build plan and the release manifest.", no_args_is_help=True
+)
+app.add_typer(release_app, name="release")
+
+
+@release_app.command("image-plan")
+def release_image_plan(
+    image: Annotated[str, typer.Option(help="Image repository, e.g. ghcr.io/owner/name.")],
+    source: Annotated[str, typer.Option(help="Repository URL for the OCI source label.")] = "",
+    revision: Annotated[str, typer.Option(help="Git commit for the OCI revision label.")] = "",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the `docker buildx build` arguments (outputs/release/image.args)."),
+    ] = None,
+) -> None:
+    """Write the arguments that build the last bento's image (one per line), with lineage labels."""
+    from forkcast.release import records
+    from forkcast.serving import build as bento
+
+    bento.use_project_store()
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        record = records.read_build_record(bento.BUILD_JSON)
+        try:
+            with step("assemble the image's build context (bento, models, Dockerfile)"):
+                context = records.image_context(record["bento"])
+        except BentoMLException as exc:
+            raise records.ReleaseError(f"{record['bento']} is not in the store: run `forkcast build`") from exc
+        plan = records.plan_image(record, context, image, source=source, revision=revision)
+    except records.ReleaseError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    from forkcast import atomic
+
+    args_file = output or records.IMAGE_ARGS
+    atomic.write_text(args_file, "\n".join(plan.buildx_args()) + "\n")
+    typer.echo(f"image {', '.join(plan.tags)} from {plan.context}; arguments in {args_file}")
+
+
+@release_app.command("manifest")
+def release_manifest(
+    image: Annotated[str, typer.Option(help="Image repository the digest belongs to ('' for a bento only).")] = "",
+    digest: Annotated[str, typer.Option(help="The pushed image's digest, sha256:...")] = "",
+    commit: Annotated[str, typer.Option(help="Git commit being released.")] = "",
+    run_url: Annotated[str, typer.Option(help="URL of the workflow run.")] = "",
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Write outputs/release/manifest.{json,md}: model, data hash, params, commit, metrics, digest."""
+    from forkcast.model import lineage
+    from forkcast.release import records
+    from forkcast.serving import build as bento
+
+    try:
+        record = records.read_build_record(bento.BUILD_JSON)
+        manifest = records.manifest(
+            record,
+            params_file,
+            image=image or None,
+            digest=digest or None,
+            commit=commit or lineage.git_commit() or "unknown",
+            run_url=run_url or None,
+        )
+    except records.ReleaseError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    path = records.write_manifest(manifest)
+    typer.echo(f"release {manifest['release']}: {manifest['image'] or manifest['bento']}  -> {path}")
+
+
+@release_app.command("outputs")
+def release_outputs(
+    manifest_file: Annotated[
+        Path | None, typer.Option("--manifest", help="Read a release manifest instead of the last build.")
+    ] = None,
+    pushed: Annotated[
+        Path | None, typer.Option(help="Read the pushed image's digest from this `docker buildx --metadata-file`.")
+    ] = None,
+    image: Annotated[str, typer.Option(help="The image repository (with --pushed).")] = "",
+) -> None:
+    """Print `key=value` lines (release, bento, model, image, digest) for $GITHUB_OUTPUT."""
+    from forkcast.release import records
+    from forkcast.serving import build as bento
+
+    try:
+        if pushed:
+            values = records.pushed_image(pushed, image)
+        elif manifest_file:
+            values = records.manifest_outputs(records.read_manifest(manifest_file))
+        else:
+            values = records.build_outputs(records.read_build_record(bento.BUILD_JSON))
+        typer.echo(records.step_outputs(values), nl=False)
+    except records.ReleaseError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+
+
+@app.command()
+def comment(
+    *,
+    pr: Annotated[int, typer.Option("--pr", min=1, help="Pull request (or issue) number.")],
+    marker: Annotated[str, typer.Option(help="Hidden marker that finds the comment again, e.g. forkcast-pipeline.")],
+    body_file: Annotated[Path, typer.Option("--body-file", help="The Markdown body ('-' reads standard input).")],
+    author: Annotated[
+        str | None, typer.Option(help="Only update a comment by this account (e.g. github-actions[bot]).")
+    ] = None,
+    repo: RepoOption = None,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Post one comment on a pull request, and update that same comment in place on later runs."""
+    from forkcast.release import github
+
+    target = repo_name(repo)
+    if str(body_file) == "-":
+        body = sys.stdin.read()
+    elif body_file.is_file():
+        body = body_file.read_text()
+    else:
+        raise fail(f"no body file {body_file}", EXIT_USAGE)
+    if not body.strip():
+        raise fail(f"the body in {body_file} is empty: nothing to post", EXIT_USAGE)
+    try:
+        tag = github.hidden_marker(marker)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    with github_errors(), github.client(dry_run=dry_run, echo=typer.echo) as gh:
+        result = gh.upsert_comment(target, pr, marker, body, author=author)
+    if result.dry_run:
+        typer.echo(f"dry run: would {result.action.removesuffix('d')} the comment on {target}#{pr}")
+    else:
+        typer.echo(f"{result.action} comment {result.comment_id} on {target}#{pr}: {result.url}")
+    if result.other_marked:
+        typer.echo(f"note: {result.other_marked} more comment(s) carry {tag}: left alone, delete them by hand")
+
+
+@app.command("setup-github")
+def setup_github(
+    *,
+    reviewer: Annotated[
+        list[str] | None,
+        typer.Option("--reviewer", metavar="LOGIN", help="Who may approve production deployments (repeatable)."),
+    ] = None,
+    team: Annotated[
+        list[str] | None,
+        typer.Option("--team", metavar="ORG/SLUG", help="A team who may approve them (repeatable)."),
+    ] = None,
+    wait_timer: Annotated[
+        int, typer.Option("--wait-timer", help="Minutes a production job waits before it may run (0-43200).")
+    ] = 0,
+    branch: Annotated[str, typer.Option(help="The one branch that may deploy to staging and production.")] = "main",
+    repo: RepoOption = None,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Create the staging and production environments (production waits for a reviewer), then verify them."""
+    from forkcast.release import github
+    from forkcast.release import github_setup as environments
+
+    target = repo_name(repo)
+    try:
+        names = environments.reviewer_names(reviewer or [], team or [])
+        environments.check_options(wait_timer, branch)
+        if dry_run:
+            typer.echo("dry run: nothing is written to GitHub")
+        with github_errors(), github.client(dry_run=dry_run, echo=typer.echo) as gh:
+            result = environments.setup(gh, target, names, wait_timer=wait_timer, branch=branch)
+    except environments.SetupError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    typer.echo(environments.summary(result))
+    if not result.dry_run and not result.verified:
+        raise fail(environments.not_protected_message(result), EXIT_CHECK_FAILED)
+
+
+@app.command("check-approval")
+def check_approval(repo: RepoOption = None) -> None:
+    """Exit 1 unless production deployments wait for a required reviewer (the release checks before deploying)."""
+    from forkcast.release import github
+    from forkcast.release import github_setup as environments
+
+    target = repo_name(repo)
+    with github_errors(), github.client(echo=typer.echo) as gh:
+        problems = environments.approval_problems(gh, target)
+    if problems:
+        raise fail(
+            f"production on {target} would deploy without an approval: {'; '.join(problems)}. Run "
+            "`forkcast setup-github --reviewer YOUR_LOGIN` once (see the README, Fork it), then re-run this workflow",
+            EXIT_CHECK_FAILED,
+        )
+    typer.echo(f"production on {target} waits for a required reviewer's approval")

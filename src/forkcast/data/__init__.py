@@ -1,0 +1,1 @@
+"""The data: its declaration, validation, preparation and arrival."""

@@ -1,0 +1,1 @@
+"""The model: training, evaluation, ONNX export, tracking and the quality gate."""

@@ -1,0 +1,1 @@
+"""Monitoring: drift reports, replayed traffic, endpoint probes and alerts."""

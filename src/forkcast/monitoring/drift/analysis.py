@@ -1,0 +1,311 @@
+"""What the drift job finds: data quality, input and prediction drift (Evidently), and the error on labelled rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from forkcast.data.features import CATEGORICAL_FEATURES, FEATURES
+from forkcast.monitoring.drift import (
+    DRIFT,
+    EXIT_DRIFT,
+    EXIT_NO_DATA,
+    EXIT_NO_DRIFT,
+    NO_DATA,
+    NO_DRIFT,
+    PREDICTION,
+)
+from forkcast.monitoring.drift.reference import ModelInfo, Reference
+from forkcast.monitoring.drift.traffic import SAMPLE_SEED, Traffic, Window, current_frame, join_labels, sample
+
+if TYPE_CHECKING:
+    from forkcast.config import MonitorParams
+
+
+DISCRETE_FEATURES = ("season", "month", "hr", "holiday", "weekday", "workingday", *CATEGORICAL_FEATURES)
+
+
+CONTINUOUS_FEATURES = tuple(name for name in FEATURES if name not in DISCRETE_FEATURES)
+
+
+def quality(traffic: Traffic, reference: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per feature, on every row of the window: missing values, and values the training data never had."""
+    rows = []
+    for name in FEATURES:
+        column = traffic.table[name]
+        present = column.length() - column.null_count
+        if name in CONTINUOUS_FEATURES:
+            low, high = float(reference[name].min()), float(reference[name].max())
+            # Compared in the log's own type (float32), so a training maximum is not "outside" by rounding.
+            bounds = pa.scalar(low, type=column.type), pa.scalar(high, type=column.type)
+            outside_mask = pc.or_(pc.less(column, bounds[0]), pc.greater(column, bounds[1]))
+            detail = f"training range {low:g} to {high:g}"
+        else:
+            seen = sorted(reference[name].dropna().unique().tolist())
+            outside_mask = pc.invert(pc.is_in(column, value_set=pa.array(seen).cast(column.type)))
+            unseen = pc.unique(column.filter(pc.fill_null(outside_mask, False))).drop_null().to_pylist()
+            detail = (
+                f"unseen: {', '.join(map(str, sorted(unseen)))}" if unseen else f"{len(seen)} values seen in training"
+            )
+        outside = int(pc.sum(pc.fill_null(outside_mask, False)).as_py() or 0)
+        rows.append(
+            {
+                "feature": name,
+                "missing": int(column.null_count),
+                "outside_training": outside,
+                "share_outside": outside / present if present else 0.0,
+                "detail": detail,
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class Comparison:
+    snapshot: Any  # evidently's Snapshot: save_html, dict
+    features: list[dict[str, Any]]  # feature, method, score, threshold, drifted
+    drifted: int
+    share: float
+    input_drift: bool
+    prediction: dict[str, Any]  # method, score, threshold, drifted
+
+
+def compare(reference: pd.DataFrame, current: pd.DataFrame, monitor: MonitorParams) -> Comparison:
+    """Input and prediction drift with Evidently (its import alone takes seconds: it happens here)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
+    definition = DataDefinition(
+        numerical_columns=[*CONTINUOUS_FEATURES, PREDICTION], categorical_columns=list(DISCRETE_FEATURES)
+    )
+    threshold = monitor.feature_threshold
+    report = Report(
+        [
+            DataDriftPreset(
+                columns=list(FEATURES),
+                drift_share=monitor.drift_share,
+                num_method="wasserstein",
+                cat_method="jensenshannon",
+                num_threshold=threshold,
+                cat_threshold=threshold,
+            ),
+            ValueDrift(column=PREDICTION, method="wasserstein", threshold=monitor.prediction_threshold),
+        ],
+        include_tests=True,
+    )
+    columns = [*FEATURES, PREDICTION]
+    snapshot = report.run(
+        current_data=Dataset.from_pandas(current[columns], data_definition=definition),
+        reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
+    )
+    return _read_snapshot(snapshot)
+
+
+def _read_snapshot(snapshot: Any) -> Comparison:
+    """Scores from Evidently's metrics, verdicts from its tests (a FAIL is a drift)."""
+    content = snapshot.dict()
+    failed = {
+        test["metric_config"]["metric_id"]: str(getattr(test["status"], "value", test["status"])) == "FAIL"
+        for test in content.get("tests", [])
+    }
+    features: dict[str, dict[str, Any]] = {}
+    count: dict[str, Any] = {}
+    for metric in content["metrics"]:
+        config = metric["config"]
+        kind = config["type"].rsplit(":", 1)[-1]
+        if kind == "DriftedColumnsCount":
+            count = {**metric["value"], "detected": failed.get(metric["id"], False)}
+        elif kind == "ValueDrift":
+            features[config["column"]] = {
+                "feature": config["column"],
+                "method": config["method"],
+                "score": float(metric["value"]),
+                "threshold": float(config["threshold"]),
+                "drifted": failed.get(metric["id"], False),
+            }
+    prediction = features.pop(PREDICTION)
+    return Comparison(
+        snapshot=snapshot,
+        features=[features[name] for name in FEATURES],
+        drifted=int(count["count"]),
+        share=float(count["share"]),
+        input_drift=bool(count["detected"]),
+        prediction=prediction,
+    )
+
+
+def performance(labelled: pd.DataFrame | None, model: ModelInfo, monitor: MonitorParams) -> dict[str, Any] | None:
+    """RMSE and MAE of the labelled rows, against the model's test RMSE plus the allowed increase."""
+    if labelled is None:
+        return None
+    rows = len(labelled)
+    error = labelled[PREDICTION].to_numpy(np.float64) - labelled["actual"].to_numpy(np.float64)
+    rmse = float(np.sqrt(np.mean(error**2))) if rows else None
+    mae = float(np.mean(np.abs(error))) if rows else None
+    test_rmse = model.test_metrics.get("rmse")
+    allowed = test_rmse * (1 + monitor.max_error_increase) if test_rmse is not None else None
+    if test_rmse is None:
+        judgement = "not judged: the model's test RMSE is unknown"
+    elif rows < monitor.min_labelled_rows:
+        judgement = (
+            f"not judged: {rows} labelled rows, fewer than monitor.min_labelled_rows ({monitor.min_labelled_rows})"
+        )
+    else:
+        judgement = "judged"
+    judged = judgement == "judged"
+    return {
+        "labelled_rows": rows,
+        "rmse": rmse,
+        "mae": mae,
+        "test_rmse": test_rmse,
+        "test_mae": model.test_metrics.get("mae"),
+        "allowed_rmse": allowed,
+        "judged": judged,
+        "judgement": judgement,
+        "worse_than_allowed": bool(judged and rmse is not None and allowed is not None and rmse > allowed),
+    }
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every result says: where it looked and with which settings."""
+
+    environment: str
+    sink: str
+    window: Window
+    monitor: MonitorParams
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "sink": self.sink,
+            "window": self.window.as_dict(),
+            "thresholds": self.monitor.model_dump(exclude={"probe_budget_ms"}),
+        }
+
+
+def no_data_result(context: Context, traffic: Traffic) -> dict[str, Any]:
+    window = context.window
+    smoke = f" ({traffic.smoke_rows:,} smoke-test and probe rows dropped)" if traffic.smoke_rows else ""
+    reason = (
+        f"no records in the inference log {context.sink} between {window.since:%Y-%m-%d %H:%M} and "
+        f"{window.until:%Y-%m-%d %H:%M} UTC{smoke}"
+    )
+    return {
+        **context.as_dict(),
+        "verdict": NO_DATA,
+        "exit_code": EXIT_NO_DATA,
+        "reasons": [reason],
+        "next": f"deploy (`forkcast deploy --env {context.environment}`) and send it traffic, or replay some "
+        f"(`forkcast replay`), then run `forkcast drift --env {context.environment}` again",
+        "rows": {"in_window": 0, "smoke_dropped": traffic.smoke_rows, "compared": 0, "sampled": False},
+        "warnings": [],
+        **dict.fromkeys(("reference", "input_drift", "prediction_drift", "quality", "performance", "report_html")),
+    }
+
+
+def result(
+    context: Context,
+    *,
+    traffic: Traffic,
+    reference: Reference,
+    comparison: Comparison,
+    quality_rows: list[dict[str, Any]],
+    judged: dict[str, Any] | None,
+    current: pd.DataFrame,
+) -> dict[str, Any]:
+    monitor = context.monitor
+    compared_rows = len(current)
+    reasons = []
+    if comparison.input_drift:
+        reasons.append(
+            f"input drift: {comparison.drifted} of {len(FEATURES)} features drifted ({comparison.share:.0%}, "
+            f"threshold {monitor.drift_share:.0%})"
+        )
+    prediction = comparison.prediction
+    if prediction["drifted"]:
+        reasons.append(f"prediction drift: distance {prediction['score']:.3f} >= {prediction['threshold']:g}")
+    if judged and judged["worse_than_allowed"]:
+        reasons.append(
+            f"labelled RMSE {judged['rmse']:.1f} > allowed {judged['allowed_rmse']:.1f} (test RMSE "
+            f"{judged['test_rmse']:.1f} + {monitor.max_error_increase:.0%})"
+        )
+    drifted = bool(reasons)
+    timestamps = traffic.table["timestamp"]
+    served = {
+        str(item["values"]): int(item["counts"]) for item in pc.value_counts(traffic.table["model_version"]).to_pylist()
+    }
+    return {
+        **context.as_dict(),
+        "verdict": DRIFT if drifted else NO_DRIFT,
+        "exit_code": EXIT_DRIFT if drifted else EXIT_NO_DRIFT,
+        "reasons": reasons,
+        "rows": {
+            "in_window": traffic.rows,
+            "smoke_dropped": traffic.smoke_rows,
+            "compared": compared_rows,
+            "sampled": compared_rows < traffic.rows,
+            "sample_seed": SAMPLE_SEED if compared_rows < traffic.rows else None,
+            "first_record": str(pc.min(timestamps).as_py()),
+            "last_record": str(pc.max(timestamps).as_py()),
+        },
+        "model_versions_served": served,
+        "reference": {**reference.identity, "model": reference.model.identity},
+        "warnings": [*reference.warnings, *_served_warnings(served, reference.model)],
+        "input_drift": {
+            "detected": comparison.input_drift,
+            "drifted_features": comparison.drifted,
+            "features": len(FEATURES),
+            "share": comparison.share,
+            "per_feature": comparison.features,
+        },
+        "prediction_drift": {
+            **prediction,
+            "current_mean": float(current[PREDICTION].mean()),
+            "reference_mean": float(reference.frame[PREDICTION].mean()),
+        },
+        "quality": quality_rows,
+        "performance": judged,
+        "report_html": "report.html",
+    }
+
+
+def _served_warnings(served: dict[str, int], model: ModelInfo) -> list[str]:
+    """The reference's predictions come from one model: say so when the window was served by others."""
+    version = model.identity.get("model_version")
+    others = sorted(v for v in served if v != version)
+    if version is None or not others:
+        return []
+    return [
+        f"the window was served by model version(s) {', '.join(others)}, but the reference's predictions come from "
+        f"v{version}: the prediction drift compares different models"
+    ]
+
+
+def analyse(
+    context: Context, traffic: Traffic, reference: Reference, labels: pd.DataFrame | None
+) -> tuple[dict[str, Any], Any]:
+    """Everything the report says about a window with traffic; the result and Evidently's snapshot."""
+    quality_rows = quality(traffic, reference.frame)
+    judged = performance(join_labels(traffic, labels) if labels is not None else None, reference.model, context.monitor)
+    compared, _ = sample(traffic.table, context.monitor.max_rows)
+    current = current_frame(compared, reference.frame)
+    comparison = compare(reference.frame, current, context.monitor)
+    outcome = result(
+        context,
+        traffic=traffic,
+        reference=reference,
+        comparison=comparison,
+        quality_rows=quality_rows,
+        judged=judged,
+        current=current,
+    )
+    return outcome, comparison.snapshot

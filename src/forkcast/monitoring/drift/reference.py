@@ -1,0 +1,142 @@
+"""The reference: the training data of the model an environment serves, with that model's predictions on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import pandas as pd
+
+from forkcast import atomic, paths
+from forkcast.data.features import FEATURES
+from forkcast.monitoring.drift import (
+    PREDICTION,
+    DriftError,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    pipeline_file: Path
+    identity: dict[str, Any]  # source, model_version, data_hash, trained_at (and bento, when deployed)
+    test_metrics: dict[str, float]  # rmse, mae on the model's test split, where known
+
+
+def production_model(environment: str) -> ModelInfo:
+    """The model the environment's local deployment serves, else the pipeline's model."""
+    from forkcast.serving import deploy
+
+    deployment = deploy.load(cast("deploy.Environment", environment))
+    return _deployed_model(environment, deployment.bento) if deployment else _pipeline_model(environment)
+
+
+def _deployed_model(environment: str, bento: str) -> ModelInfo:
+    from forkcast.serving import build
+    from forkcast.serving.predictor import PIPELINE_FILE
+
+    build.use_project_store()
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        description = build.describe(bento)
+        model = bentoml.models.get(description.model)
+    except (build.BuildError, BentoMLException) as exc:
+        raise DriftError(f"{environment} serves {bento}, which cannot be loaded: {exc}") from exc
+    metadata: dict[str, Any] = dict(model.info.metadata)
+    metrics: dict[str, Any] = metadata.get("metrics") or {}
+    identity = {
+        "source": f"the {environment} deployment",
+        "bento": bento,
+        "model_version": description.labels.get("model_version"),
+        "data_hash": description.labels.get("data_hash"),
+        "trained_at": metadata.get("trained_at"),
+    }
+    test_metrics = {key: float(metrics[f"test_{key}"]) for key in ("rmse", "mae") if f"test_{key}" in metrics}
+    return ModelInfo(Path(model.path) / PIPELINE_FILE, identity, test_metrics)
+
+
+def _pipeline_model(environment: str) -> ModelInfo:
+    if not paths.MODEL_PICKLE.exists():
+        raise DriftError(
+            f"no model to compare with: nothing is deployed to {environment} and {paths.MODEL_PICKLE} is missing. "
+            "Run `dvc repro` (or deploy with `forkcast deploy`)"
+        )
+    metadata = _read_json(paths.MODEL_METADATA)
+    gate = _read_json(paths.GATE_JSON)
+    trained_at = metadata.get("trained_at")
+    same_model = trained_at is not None and gate.get("model_trained_at") == trained_at
+    identity = {
+        "source": f"the pipeline's model {paths.MODEL_PICKLE} (nothing is deployed to {environment} here)",
+        "model_version": str(gate["version"]) if same_model and "version" in gate else None,
+        "data_hash": metadata.get("data_hash"),
+        "trained_at": trained_at,
+    }
+    model_metrics = _read_json(paths.METRICS_JSON).get("model", {})
+    test_metrics = {key: float(model_metrics[key]) for key in ("rmse", "mae") if key in model_metrics}
+    return ModelInfo(paths.MODEL_PICKLE, identity, test_metrics)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = atomic.read_json_if_exists(path)
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class Reference:
+    frame: pd.DataFrame  # the features and the model's predictions
+    model: ModelInfo
+    identity: dict[str, Any]  # path, rows, time span, data hash where known
+    warnings: tuple[str, ...]
+
+
+def load_reference(path: Path, model: ModelInfo) -> Reference:
+    """The training data with the model's own (clipped) predictions on it."""
+    import joblib
+
+    if not path.exists():
+        raise DriftError(f"no reference data {path}: run `dvc repro` (or pass --reference PATH)")
+    try:
+        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DriftError(f"cannot read the reference data {path}: {exc}") from exc
+    missing = [name for name in FEATURES if name not in frame.columns]
+    if missing or frame.empty:
+        problem = f"lacks the feature column(s) {', '.join(missing)}" if missing else "has no rows"
+        raise DriftError(f"the reference data {path} {problem}: it must hold the model's training features")
+    pipeline = joblib.load(model.pipeline_file)
+    reference = frame[list(FEATURES)].copy()
+    reference[PREDICTION] = np.clip(pipeline.predict(reference), 0.0, None)
+    identity: dict[str, Any] = {"path": str(path), "rows": len(frame), "data_hash": _data_hash_of(path, frame)}
+    if "timestamp" in frame.columns:
+        identity |= {"start": str(frame["timestamp"].min()), "end": str(frame["timestamp"].max())}
+    return Reference(reference, model, identity, _reference_warnings(identity, model))
+
+
+def _data_hash_of(path: Path, frame: pd.DataFrame) -> str | None:
+    """The data version of the pipeline's training split, when the model metadata describes this very split."""
+    if path.resolve() != paths.prepared_split("train").resolve() or "timestamp" not in frame.columns:
+        return None
+    metadata = _read_json(paths.MODEL_METADATA)
+    recorded = (metadata.get("splits") or {}).get("train") or {}
+    matches = recorded.get("rows") == len(frame) and recorded.get("start") == frame["timestamp"].min().isoformat()
+    return metadata.get("data_hash") if matches else None
+
+
+def _reference_warnings(identity: dict[str, Any], model: ModelInfo) -> tuple[str, ...]:
+    ours, theirs = identity["data_hash"], model.identity.get("data_hash")
+    if ours and theirs and ours != theirs:
+        version = model.identity.get("model_version") or "?"
+        return (
+            f"the reference is the training split of data {ours}, but model v{version} was trained on data "
+            f"{theirs}: check that data out (`git checkout <its commit> data.dvc && dvc checkout && dvc repro`) "
+            "or pass --reference",
+        )
+    if not ours:
+        return ("the reference's data version is unknown: it is not the split the pipeline's model metadata describes",)
+    return ()

@@ -1,0 +1,1 @@
+"""The release line on GitHub: image plan and manifest, CI reports, the GitHub client."""

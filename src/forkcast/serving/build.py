@@ -1,0 +1,311 @@
+"""Build the bento: import the chosen model into the project's BentoML store, then build it offline.
+
+The model comes from the pipeline's outputs (the default, refused when the gate rejected it)
+or from an MLflow alias. The bento's version is `v<model version>-<content digest>`, so the
+same model always gives the same tag and a rebuild of it is a no-op; its labels carry the
+lineage. The golden cases (test rows with the pipeline's own predictions) travel inside the
+model, for the service's ONNX check, and are written to `outputs/build/` for the smoke tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+import joblib
+import numpy as np
+import pandas as pd
+import yaml
+
+from forkcast import atomic, paths
+from forkcast.data.features import FEATURES
+from forkcast.serving.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV
+from forkcast.serving.predictor import EXPECTED, GOLDEN_FILE, ONNX_FILE, PIPELINE_FILE
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+    from forkcast.config import Params
+
+BENTOFILE = Path("bentofile.yaml")
+BENTO_NAME = "forkcast"
+BUILD_DIR = paths.OUTPUTS / "build"
+BUILD_JSON = BUILD_DIR / "build.json"
+GOLDEN_JSON = BUILD_DIR / "golden.json"
+PROJECT_BENTOML_HOME = Path(".bentoml")
+LABEL_KEYS = ("model_name", "model_version", "run_id", "data_hash", "git_commit", "gate")
+
+
+class BuildError(Exception):
+    """The model cannot be built into a bento (missing outputs, rejected by the gate, bad alias)."""
+
+
+def use_project_store() -> Path:
+    """Keep bentos and models in the project (unless BENTOML_HOME says otherwise).
+
+    Must run before bentoml is imported: it reads the variable once.
+    """
+    home = Path(os.environ.setdefault("BENTOML_HOME", str(PROJECT_BENTOML_HOME.resolve())))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    return home
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    pipeline: Pipeline
+    pipeline_bytes: bytes
+    onnx: bytes | None
+    lineage: dict[str, Any]  # model_name, model_version, run_id, data_hash, git_commit, trained_at, metrics, gate
+
+
+def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
+    """The model the last `dvc repro` trained and registered."""
+    required = (paths.MODEL_PICKLE, paths.MODEL_METADATA, paths.METRICS_JSON, paths.GATE_JSON)
+    missing = [str(path) for path in required if not path.exists()]
+    if missing:
+        raise BuildError(f"missing pipeline outputs: {', '.join(missing)}. Run `make repro` (or `dvc repro`) first")
+    gate = atomic.read_json(paths.GATE_JSON)
+    metadata = atomic.read_json(paths.MODEL_METADATA)
+    if gate.get("model_trained_at") != metadata.get("trained_at"):
+        raise BuildError(
+            f"{paths.GATE_JSON} judged another model than {paths.MODEL_PICKLE} (trained at "
+            f"{gate.get('model_trained_at')}, not {metadata.get('trained_at')}): the register stage has not run "
+            "since training. Run `dvc repro`"
+        )
+    if not gate["eligible"] and not force:
+        raise BuildError(
+            f"the quality gate rejected model version {gate['version']} ({paths.GATE_MD}); build it anyway with --force"
+        )
+    evaluation = atomic.read_json(paths.METRICS_JSON)
+    pipeline_bytes = paths.MODEL_PICKLE.read_bytes()
+    return ModelSource(
+        pipeline=joblib.load(io.BytesIO(pipeline_bytes)),
+        pipeline_bytes=pipeline_bytes,
+        onnx=paths.MODEL_ONNX.read_bytes() if paths.MODEL_ONNX.exists() else None,
+        lineage={
+            "model_name": gate["model_name"],
+            "model_version": str(gate["version"]),
+            "run_id": gate["run_id"],
+            "data_hash": metadata.get("data_hash"),
+            "git_commit": metadata.get("git_commit"),
+            "trained_at": metadata.get("trained_at"),
+            "metrics": {f"test_{key}": value for key, value in evaluation["model"].items()},
+            "gate": "eligible" if gate["eligible"] else "rejected",
+        },
+    )
+
+
+def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
+    """A registered version by alias (e.g. `production`), with the ONNX export logged beside it."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from forkcast.model.registry import use_tracking
+
+    use_tracking(paths.LOCAL_MLFLOW_DIR, params.tracking.experiment)
+    name = params.tracking.registered_model
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise BuildError(f"no version of {name} has the alias '{alias}': {exc.message}") from exc
+    pipeline = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
+    run = client.get_run(str(version.run_id))
+    with tempfile.TemporaryDirectory() as scratch:
+        reports = Path(
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="reports", dst_path=scratch)
+        )
+        onnx_path = reports / ONNX_FILE
+        onnx = onnx_path.read_bytes() if onnx_path.exists() else None
+        metadata = atomic.read_json(reports / "metadata.json") if (reports / "metadata.json").exists() else {}
+    buffer = io.BytesIO()
+    joblib.dump(pipeline, buffer)
+    tags = dict(version.tags or {})
+    return ModelSource(
+        pipeline=pipeline,
+        pipeline_bytes=buffer.getvalue(),
+        onnx=onnx,
+        lineage={
+            "model_name": name,
+            "model_version": str(version.version),
+            "run_id": run.info.run_id,
+            "data_hash": tags.get("data_hash"),
+            "git_commit": tags.get("git_commit"),
+            "trained_at": metadata.get("trained_at"),
+            "metrics": {key: value for key, value in run.data.metrics.items() if key.startswith("test_")},
+            "gate": tags.get("gate", "unknown"),
+        },
+    )
+
+
+def golden_cases(pipeline: Pipeline, test: pd.DataFrame, count: int) -> pd.DataFrame:
+    """Rows spread evenly over the test period, with the pipeline's own (clipped) predictions."""
+    positions = np.unique(np.linspace(0, len(test) - 1, num=min(count, len(test))).round().astype(int))
+    golden = test.iloc[positions][list(FEATURES)].reset_index(drop=True)
+    golden[EXPECTED] = np.clip(pipeline.predict(golden[list(FEATURES)]), 0.0, None)
+    return golden
+
+
+def bento_version(source: ModelSource, golden: pd.DataFrame, resolved_bentofile: Path, source_dir: Path) -> str:
+    """`v<model version>-<digest>`: the digest covers everything in the bento, so a change anywhere
+    (model, golden cases, serving code, pinned packages) gives a new tag, and nothing else does."""
+    digest = hashlib.sha256()
+    digest.update(f"{source.lineage['model_version']}/{source.lineage.get('run_id')}".encode())
+    # The ONNX bytes, where there are any, are the same whether the model came from the pipeline or MLflow.
+    digest.update(source.onnx if source.onnx is not None else source.pipeline_bytes)
+    digest.update(golden.to_csv(index=False).encode())
+    digest.update(resolved_bentofile.read_bytes())
+    for pattern in yaml.safe_load(resolved_bentofile.read_text()).get("include", []):
+        for path in sorted(source_dir.glob(pattern)):
+            digest.update(path.relative_to(source_dir).as_posix().encode() + path.read_bytes())
+    return f"v{source.lineage['model_version']}-{digest.hexdigest()[:12]}"
+
+
+def pinned(packages: list[str]) -> list[str]:
+    """Pin the bento's packages to the versions installed here: the ones the model was trained and tested with."""
+    return [f"{name}=={importlib_metadata.version(name)}" if "=" not in name else name for name in packages]
+
+
+def resolve_bentofile(bentofile: Path, labels: dict[str, str], output_dir: Path) -> Path:
+    """`bentofile.yaml` with the packages pinned and the lineage labels added, as built."""
+    options = yaml.safe_load(bentofile.read_text())
+    options["python"]["packages"] = pinned(options["python"].get("packages", []))
+    options["labels"] = {**options.get("labels", {}), **labels}
+    resolved = output_dir / BENTOFILE.name
+    atomic.write_text(resolved, yaml.safe_dump(options, sort_keys=False))
+    return resolved
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bento_tag: str
+    model_tag: str
+    reused: bool
+    labels: dict[str, str]
+
+
+def build(
+    source: ModelSource,
+    golden: pd.DataFrame,
+    params: Params,
+    *,
+    bentofile: Path = BENTOFILE,
+    source_dir: Path = Path("src"),
+    output_dir: Path = BUILD_DIR,
+) -> BuildResult:
+    """Build (or reuse) the bento for this model; write the build record and golden cases to `output_dir`."""
+    use_project_store()
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    if not bentofile.exists():
+        raise BuildError(f"{bentofile} not found: run from the project's root directory")
+    labels = {key: str(source.lineage.get(key) or "unknown") for key in LABEL_KEYS}
+    resolved = resolve_bentofile(bentofile, labels, output_dir)
+    version = bento_version(source, golden, resolved, source_dir)
+    model_tag = f"{BENTO_MODEL_NAME}:{version}"
+    bento_tag = f"{BENTO_NAME}:{version}"
+    try:
+        bentoml.bentos.get(bento_tag)
+        reused = True
+    except NotFound:
+        reused = False
+        _import_model(model_tag, source, golden, params, labels)
+        with mock.patch.dict(os.environ, {MODEL_TAG_ENV: model_tag}):  # the service's model, resolved at build
+            # The service reads the tag when its module is imported: a second build in this process must
+            # import it again, or it would package the first build's model.
+            sys.modules.pop("forkcast.serving.service", None)
+            bentoml.bentos.build_bentofile(str(resolved), version=version, build_ctx=str(source_dir))
+    result = BuildResult(bento_tag, model_tag, reused, labels)
+    _write_outputs(result, source, golden, params, output_dir)
+    return result
+
+
+@dataclass(frozen=True)
+class BentoDescription:
+    labels: dict[str, str]  # model version and lineage
+    model: str  # the tag of the one model inside
+
+
+def describe(bento_tag: str) -> BentoDescription:
+    """A bento in the project's store: its labels and its model."""
+    use_project_store()
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        info = bentoml.bentos.get(bento_tag).info
+    except BentoMLException as exc:
+        raise BuildError(f"no bento {bento_tag} in {os.environ['BENTOML_HOME']}: run `forkcast build` first") from exc
+    models = [str(model.tag) for model in info.all_models]
+    if len(models) != 1:
+        raise BuildError(f"{bento_tag} holds {len(models)} models ({', '.join(models)}); a Forkcast bento holds one")
+    return BentoDescription(dict(info.labels), models[0])
+
+
+def golden_of(bento_tag: str, tolerance: float) -> dict[str, Any]:
+    """The known answers packed into a bento's model, in the form of `golden.json`."""
+    import bentoml
+
+    model = bentoml.models.get(describe(bento_tag).model)
+    golden = pd.read_parquet(Path(model.path) / GOLDEN_FILE)
+    return {
+        **golden_record(golden, str(model.info.metadata.get("model_version")), tolerance),
+        "bento_model": str(model.tag),
+    }
+
+
+def golden_record(golden: pd.DataFrame, model_version: str, tolerance: float) -> dict[str, Any]:
+    """Golden cases as the smoke tests read them (`smoke.Golden`)."""
+    return {
+        "model_version": model_version,
+        "tolerance": tolerance,
+        "records": golden[list(FEATURES)].to_dict(orient="records"),
+        "expected": golden[EXPECTED].round(6).tolist(),
+    }
+
+
+def _import_model(
+    model_tag: str, source: ModelSource, golden: pd.DataFrame, params: Params, labels: dict[str, str]
+) -> None:
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(model_tag)
+        return  # imported by an earlier build that stopped before the bento was saved
+    except NotFound:
+        pass
+    metadata = {**source.lineage, "onnx_tolerance": params.train.onnx_tolerance}
+    with bentoml.models.create(model_tag, labels=labels, metadata=metadata) as model:
+        directory = Path(model.path)
+        (directory / PIPELINE_FILE).write_bytes(source.pipeline_bytes)
+        if source.onnx is not None:
+            (directory / ONNX_FILE).write_bytes(source.onnx)
+        golden.to_parquet(directory / GOLDEN_FILE, index=False)
+
+
+def _write_outputs(
+    result: BuildResult, source: ModelSource, golden: pd.DataFrame, params: Params, output_dir: Path
+) -> None:
+    golden_json = output_dir / GOLDEN_JSON.name
+    atomic.write_json(golden_json, golden_record(golden, source.lineage["model_version"], params.smoke.tolerance))
+    atomic.write_json(
+        output_dir / BUILD_JSON.name,
+        {
+            "bento": result.bento_tag,
+            "model": result.model_tag,
+            "labels": result.labels,
+            "lineage": source.lineage,
+            "golden_cases": str(golden_json),
+        },
+    )

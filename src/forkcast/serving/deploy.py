@@ -1,0 +1,329 @@
+"""Local deployments: a built bento served in the background, one port per environment.
+
+What runs where is recorded in `outputs/deploy/<environment>.json` (bento, port, pid, URL,
+inference log, smoke result); the server's output goes to `outputs/deploy/<environment>.log`.
+Production takes only a bento that passed the smoke tests in staging, and an explicit approval.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from forkcast import atomic, paths
+from forkcast.serving.contract import MODEL_TAG_ENV
+
+Environment = Literal["staging", "production"]
+ENVIRONMENTS: tuple[Environment, ...] = ("staging", "production")
+DEPLOY_DIR = paths.OUTPUTS / "deploy"
+HOST = "127.0.0.1"
+
+
+class DeployError(Exception):
+    """A deployment was refused or did not come up."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    environment: Environment
+    bento: str
+    model: str
+    port: int
+    pid: int
+    url: str
+    inference_log: str
+    server_log: str
+    started_at: str
+    approved_by: str | None = None
+    smoke: dict[str, Any] | None = None  # {"passed", "bento", "report", "at"}
+    pid_started: str | None = None  # the process's start time: a reused pid is not our server
+
+    @property
+    def smoke_passed(self) -> bool:
+        return self.smoke_state == "passed"
+
+    @property
+    def smoke_state(self) -> str:
+        """passed, FAILED, or not run (a result for another bento does not count)."""
+        if not self.smoke or self.smoke.get("bento") != self.bento:
+            return "not run"
+        return "passed" if self.smoke.get("passed") else "FAILED"
+
+
+def record_path(environment: Environment) -> Path:
+    return DEPLOY_DIR / f"{environment}.json"
+
+
+def load(environment: Environment) -> Deployment | None:
+    path = record_path(environment)
+    return Deployment(**atomic.read_json(path)) if path.exists() else None
+
+
+def save(deployment: Deployment) -> None:
+    atomic.write_json(record_path(deployment.environment), asdict(deployment))
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_started(pid: int) -> str | None:
+    """When the process started, in clock ticks since boot (Linux); None where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def is_alive(deployment: Deployment) -> bool:
+    """The recorded server still runs: its pid exists and was not reused by another program."""
+    if not is_running(deployment.pid):
+        return False
+    return deployment.pid_started is None or process_started(deployment.pid) == deployment.pid_started
+
+
+def is_ready(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused, timed out, or an HTTP error status
+        return False
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def serving_home(store: Path, directory: Path) -> Path:
+    """A BENTOML_HOME of its own for one server, sharing the store's bentos and models.
+
+    bentoml keeps its Prometheus files under BENTOML_HOME and wipes them when a server starts:
+    two servers on one home would mix their /metrics, and the second would erase the first's.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("bentos", "models"):
+        (store / name).mkdir(parents=True, exist_ok=True)
+        link = directory / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to((store / name).resolve(), target_is_directory=True)
+    return directory
+
+
+def bento_source(store: Path, bento: str) -> Path:
+    """The code frozen into a bento. It must come first on the path: an editable install of the
+    project would otherwise serve the working tree's code instead of the bento's."""
+    name, _, version = bento.partition(":")
+    return (store / "bentos" / name / version / "src").resolve()
+
+
+def server_environment(
+    store: Path, *, home: Path, bento: str, model: str, environment: str, inference_log: str
+) -> dict[str, str]:
+    """What `bentoml serve` needs to run `bento` as it was built: its own BENTOML_HOME over the store,
+    the bento's frozen code first on the path, its own model, one scoring thread per worker."""
+    return {
+        **os.environ,
+        "BENTOML_HOME": str(serving_home(store, home).resolve()),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(bento_source(store, bento)), os.environ.get("PYTHONPATH")])),
+        MODEL_TAG_ENV: model,  # the bento's own model, whatever else the store holds
+        "FORKCAST_ENVIRONMENT": environment,
+        "FORKCAST_INFERENCE_LOG": inference_log,
+        "BENTOML_DO_NOT_TRACK": "True",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def check_promotion(bento: str, staging: Deployment | None, approved_by: str | None) -> None:
+    """Production takes the bento that passed staging's smoke tests, once someone approved it."""
+    if staging is None or staging.bento != bento:
+        where = f"staging runs {staging.bento}" if staging else "nothing is deployed to staging"
+        raise DeployError(f"{bento} has not been deployed to staging ({where}); deploy and smoke-test it there first")
+    if not staging.smoke_passed:
+        raise DeployError(
+            f"{bento} has not passed the smoke tests in staging; run `forkcast smoke --env staging` and fix what fails"
+        )
+    if not approved_by:
+        raise DeployError(
+            "production needs an approval: pass --approve (in GitHub, the `production` environment's reviewers approve)"
+        )
+
+
+def start(
+    environment: Environment,
+    bento: str,
+    model: str,
+    port: int,
+    inference_log: str,
+    *,
+    approved_by: str | None = None,
+    ready_timeout: float = 90.0,
+) -> Deployment:
+    """Serve `bento` (holding `model`) in the background on `port`, replacing what the environment ran before.
+
+    If the new server does not come up, the one it replaced is started again before the error is raised.
+    """
+    current = load(environment)
+    url = f"http://{HOST}:{port}"
+    if current and current.bento == bento and current.port == port and is_alive(current) and is_ready(url):
+        kept = replace(current, approved_by=approved_by or current.approved_by)  # already serving this bento
+        save(kept)
+        return kept
+    if current:
+        stop(environment)
+    try:
+        deployment = _launch(
+            environment, bento, model, port, inference_log, approved_by=approved_by, ready_timeout=ready_timeout
+        )
+    except DeployError as failure:
+        if current is None or not current.model:
+            raise
+        try:
+            previous = _launch(
+                environment, current.bento, current.model, current.port, current.inference_log,
+                approved_by=current.approved_by, ready_timeout=ready_timeout,
+            )  # fmt: skip
+        except DeployError as second:
+            raise DeployError(f"{failure}\nand {current.bento} could not be started again: {second}") from failure
+        save(replace(previous, smoke=current.smoke))
+        raise DeployError(f"{failure}\n{environment} serves {current.bento} again, as before") from failure
+    save(deployment)
+    return deployment
+
+
+def _launch(
+    environment: Environment,
+    bento: str,
+    model: str,
+    port: int,
+    inference_log: str,
+    *,
+    approved_by: str | None,
+    ready_timeout: float,
+) -> Deployment:
+    if not port_is_free(port):
+        raise DeployError(f"port {port} for {environment} is taken by another program; free it or change serve.*_port")
+    DEPLOY_DIR.mkdir(parents=True, exist_ok=True)
+    server_log = DEPLOY_DIR / f"{environment}.log"
+    environment_variables = server_environment(
+        Path(os.environ.get("BENTOML_HOME", ".bentoml")),
+        home=DEPLOY_DIR / f"{environment}.bentoml",
+        bento=bento,
+        model=model,
+        environment=environment,
+        inference_log=inference_log,
+    )
+    command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", HOST, "--port", str(port)]
+    log_start = server_log.stat().st_size if server_log.exists() else 0
+    with server_log.open("ab") as output:
+        process = subprocess.Popen(  # its own session: it outlives this command, and stops as a group
+            command, stdout=output, stderr=subprocess.STDOUT, env=environment_variables, start_new_session=True
+        )
+    try:
+        _wait_until_ready(process, f"http://{HOST}:{port}", server_log, log_start, ready_timeout)
+    except BaseException:  # a failed start, or Ctrl-C: leave no server behind
+        _stop_group(process.pid)
+        raise
+    return Deployment(
+        environment=environment,
+        bento=bento,
+        model=model,
+        port=port,
+        pid=process.pid,
+        pid_started=process_started(process.pid),
+        url=f"http://{HOST}:{port}",
+        inference_log=inference_log,
+        server_log=str(server_log),
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        approved_by=approved_by,
+    )
+
+
+def _wait_until_ready(
+    process: subprocess.Popen[bytes], url: str, server_log: Path, log_start: int, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_ready(url):
+        output = _read_from(server_log, log_start)
+        if process.poll() is not None:
+            raise DeployError(f"the server exited with code {process.returncode} while starting:\n{_tail(output)}")
+        if "Application startup failed" in output:
+            raise DeployError(f"the service failed to start (full log: {server_log}):\n{_tail(output)}")
+        if time.monotonic() > deadline:
+            raise DeployError(f"the server was not ready within {timeout:.0f} s (full log: {server_log})")
+        time.sleep(0.25)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    return "\n".join("  " + line for line in text.strip().splitlines()[-lines:])
+
+
+def stop(environment: Environment, timeout: float = 60.0) -> Deployment | None:
+    """Stop the environment's server (its workers flush their inference logs first) and forget it."""
+    current = load(environment)
+    if current is None:
+        return None
+    if is_alive(current):
+        _stop_group(current.pid, timeout)
+    record_path(environment).unlink(missing_ok=True)
+    return current
+
+
+def _stop_group(pid: int, timeout: float = 60.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)  # graceful: bentoml stops its workers, which run their shutdown hooks
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+        except ChildProcessError:
+            finished = 0 if is_running(pid) else pid
+        if finished:
+            return
+        time.sleep(0.1)
+    os.killpg(pid, signal.SIGKILL)
+
+
+def record_smoke(environment: Environment, passed: bool, report: Path) -> Deployment:
+    current = load(environment)
+    if current is None:
+        raise DeployError(f"nothing is deployed to {environment}")
+    smoke = {
+        "passed": passed,
+        "bento": current.bento,
+        "report": str(report),
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    updated = replace(current, smoke=smoke)
+    save(updated)
+    return updated

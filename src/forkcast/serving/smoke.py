@@ -1,0 +1,242 @@
+"""Smoke tests of a running service: the gate a deployment must pass before anyone relies on it.
+
+Checks, in order: health, the metadata and response contract, known answers (golden test rows
+whose in-process predictions the service must reproduce), that bad requests get a 400 naming
+the field, and the p95 latency of single-record requests against a budget.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from forkcast import atomic
+from forkcast.serving.contract import SMOKE_REQUEST_PREFIX
+
+Check = Callable[[httpx.Client], str]  # returns a detail line; raises SmokeFailure when the check fails
+
+
+class SmokeFailure(Exception):
+    """One smoke check failed; the message says how."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    url: str
+    passed: bool
+    checks: list[CheckResult]
+    model_version: str | None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+class GoldenError(Exception):
+    """The known answers cannot be read."""
+
+
+@dataclass(frozen=True)
+class Golden:
+    model_version: str
+    tolerance: float
+    records: list[dict[str, Any]]
+    expected: list[float]
+    bento_model: str | None = None  # when known, the service must report serving exactly this model
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Golden:
+        try:
+            golden = cls(
+                str(data["model_version"]),
+                float(data["tolerance"]),
+                list(data["records"]),
+                [float(value) for value in data["expected"]],
+                data.get("bento_model"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GoldenError(f"known answers without a valid {exc}") from exc
+        if not golden.records or len(golden.records) != len(golden.expected):
+            raise GoldenError("known answers need as many expected values as records, and at least one")
+        return golden
+
+    @classmethod
+    def read(cls, path: Path) -> Golden:
+        try:
+            data = atomic.read_json(path)
+        except (OSError, ValueError) as exc:
+            raise GoldenError(f"cannot read the known answers in {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise GoldenError(f"{path} does not hold known answers")
+        return cls.from_dict(data)
+
+
+def _post(client: httpx.Client, route: str, body: Any) -> httpx.Response:
+    return client.post(route, json=body, headers={"x-request-id": f"{SMOKE_REQUEST_PREFIX}{uuid.uuid4().hex}"})
+
+
+def _predictions(response: httpx.Response, count: int) -> list[float]:
+    if response.status_code != 200:
+        raise SmokeFailure(f"expected 200, got {response.status_code}: {response.text[:300]}")
+    body = response.json()
+    missing = {"request_id", "model_version", "predictions"} - set(body)
+    if missing:
+        raise SmokeFailure(f"response lacks {sorted(missing)}: {body}")
+    predictions = body["predictions"]
+    if not isinstance(predictions, list) or len(predictions) != count:
+        raise SmokeFailure(f"expected {count} predictions, got {predictions!r:.200}")
+    if not all(isinstance(value, float | int) and value >= 0 for value in predictions):
+        raise SmokeFailure(f"predictions must be non-negative numbers: {predictions!r:.200}")
+    return [float(value) for value in predictions]
+
+
+class SmokeSuite:
+    def __init__(self, golden: Golden, latency_requests: int, p95_budget_ms: float) -> None:
+        self.golden = golden
+        self.latency_requests = latency_requests
+        self.p95_budget_ms = p95_budget_ms
+        self.latency_ms: dict[str, float] = {}
+        self.model_version: str | None = None
+
+    def checks(self) -> list[tuple[str, Check]]:
+        return [
+            ("health", self.health),
+            ("metadata", self.metadata),
+            ("contract", self.contract),
+            ("known answers", self.known_answers),
+            ("bad requests get 400", self.bad_requests),
+            ("latency budget", self.latency),
+        ]
+
+    def health(self, client: httpx.Client) -> str:
+        for route in ("/livez", "/readyz"):
+            status = client.get(route).status_code
+            if status != 200:
+                raise SmokeFailure(f"GET {route} answered {status}")
+        return "/livez and /readyz answer 200"
+
+    def metadata(self, client: httpx.Client) -> str:
+        response = _post(client, "/metadata", {})
+        if response.status_code != 200:
+            raise SmokeFailure(f"POST /metadata answered {response.status_code}")
+        info = response.json()
+        if not isinstance(info, dict):
+            raise SmokeFailure(f"/metadata answered {info!r:.200} instead of an object")
+        self.model_version = str(info.get("model_version"))
+        if self.model_version != self.golden.model_version:
+            raise SmokeFailure(f"serves model version {self.model_version}, expected {self.golden.model_version}")
+        if self.golden.bento_model and info.get("bento_model") != self.golden.bento_model:
+            raise SmokeFailure(
+                f"serves model {info.get('bento_model')}, not the deployed bento's {self.golden.bento_model}"
+            )
+        return f"model version {self.model_version} ({info.get('backend')}), data {info.get('data_hash')}"
+
+    def contract(self, client: httpx.Client) -> str:
+        response = _post(client, "/predict", {"records": self.golden.records[:1]})
+        _predictions(response, 1)
+        return "one record in, one non-negative prediction with request id and model version out"
+
+    def known_answers(self, client: httpx.Client) -> str:
+        batch = _predictions(_post(client, "/predict", {"records": self.golden.records}), len(self.golden.records))
+        single = _predictions(_post(client, "/predict", {"records": self.golden.records[-1:]}), 1)
+        gaps = np.abs(np.asarray(batch) - np.asarray(self.golden.expected))
+        worst = int(np.argmax(gaps))
+        if gaps[worst] > self.golden.tolerance:
+            raise SmokeFailure(
+                f"golden case {worst}: served {batch[worst]:.4f}, expected {self.golden.expected[worst]:.4f} "
+                f"(tolerance {self.golden.tolerance})"
+            )
+        if abs(single[0] - batch[-1]) > self.golden.tolerance:
+            raise SmokeFailure(f"the same record scored {single[0]:.4f} alone and {batch[-1]:.4f} in a batch")
+        return f"{len(batch)} golden cases within {self.golden.tolerance} (max gap {gaps.max():.2g})"
+
+    def bad_requests(self, client: httpx.Client) -> str:
+        record = self.golden.records[0]
+        cases: list[tuple[str, Any, str]] = [
+            ("missing field", {"records": [{k: v for k, v in record.items() if k != "hr"}]}, "hr"),
+            ("out of range", {"records": [{**record, "hum": 1.5}]}, "hum"),
+            ("wrong type", {"records": [{**record, "weathersit": 3}]}, "weathersit"),
+            ("extra field", {"records": [{**record, "bikers": 10}]}, "bikers"),
+            ("empty batch", {"records": []}, "records"),
+        ]
+        for label, body, field_name in cases:
+            response = _post(client, "/predict", body)
+            if response.status_code != 400 or field_name not in response.text:
+                raise SmokeFailure(
+                    f"{label}: expected 400 naming '{field_name}', got {response.status_code}: {response.text[:200]}"
+                )
+        malformed = client.post("/predict", content=b'{"records": [', headers={"content-type": "application/json"})
+        if malformed.status_code != 400:
+            raise SmokeFailure(f"malformed JSON: expected 400, got {malformed.status_code}")
+        return f"{len(cases) + 1} bad requests answered 400 naming the problem"
+
+    def latency(self, client: httpx.Client) -> str:
+        body = {"records": self.golden.records[:1]}
+        _post(client, "/predict", body)  # warm the connection
+        timings, responses = [], []
+        for _ in range(self.latency_requests):
+            started = time.perf_counter()
+            responses.append(_post(client, "/predict", body))
+            timings.append((time.perf_counter() - started) * 1000)
+        for response in responses:  # checked after the clock stopped: only answers that count are timed
+            _predictions(response, 1)
+        p50, p95, p99 = (float(np.percentile(timings, q)) for q in (50, 95, 99))
+        self.latency_ms = {"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3)}
+        detail = f"p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms over {self.latency_requests} requests"
+        if p95 > self.p95_budget_ms:
+            raise SmokeFailure(f"{detail}: p95 is over the {self.p95_budget_ms:g} ms budget")
+        return f"{detail} (budget p95 {self.p95_budget_ms:g} ms)"
+
+
+def run(url: str, suite: SmokeSuite, timeout: float = 10.0) -> SmokeReport:
+    results = []
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
+        for name, check in suite.checks():
+            started = time.perf_counter()
+            try:
+                detail, passed = check(client), True
+            except SmokeFailure as failure:
+                detail, passed = str(failure), False
+            except Exception as error:  # a connection error, a body that is not JSON...: the check failed
+                detail, passed = f"{type(error).__name__}: {error}", False
+            results.append(CheckResult(name, passed, detail, round(time.perf_counter() - started, 3)))
+            if name == "health" and not passed:
+                break  # nothing else can pass
+    passed = len(results) == len(suite.checks()) and all(result.passed for result in results)
+    return SmokeReport(url, passed, results, suite.model_version, suite.latency_ms)
+
+
+def render_markdown(report: SmokeReport) -> str:
+    verdict = "PASSED" if report.passed else "FAILED"
+    lines = [
+        f"# Smoke tests: {verdict}",
+        "",
+        f"Service {report.url}, model version {report.model_version or 'unknown'}, at {report.at}.",
+        "",
+        "| check | result | detail |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.detail} |" for c in report.checks]
+    return "\n".join(lines) + "\n"
+
+
+def save(report: SmokeReport, directory: Path) -> Path:
+    """Write report.json and report.md; returns the JSON path."""
+    json_path = directory / "report.json"
+    atomic.write_json(json_path, asdict(report))
+    atomic.write_text(directory / "report.md", render_markdown(report))
+    return json_path

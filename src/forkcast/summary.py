@@ -1,0 +1,87 @@
+"""The end-of-run summary: what a person wants to see after `make run`."""
+
+from __future__ import annotations
+
+from forkcast import atomic, paths
+from forkcast.monitoring.drift import DRIFT, NO_DATA
+from forkcast.serving import deploy
+
+
+def versus_baseline(improvement: float) -> str:
+    if improvement >= 0:
+        return f"{improvement:.1%} better than the baseline"
+    return f"{-improvement:.1%} WORSE than the baseline"
+
+
+def pipeline_summary() -> str:
+    validation = atomic.read_json_if_exists(paths.VALIDATION_JSON)
+    metrics = atomic.read_json_if_exists(paths.METRICS_JSON)
+    gate = atomic.read_json_if_exists(paths.GATE_JSON)
+    lines = ["", "Forkcast pipeline summary", "========================="]
+    if validation:
+        s = validation["summary"]
+        lines.append(
+            f"data validation   {'passed' if validation['passed'] else 'FAILED'}: {s['checks_passed']}/{s['checks']} "
+            f"checks ({s['share_of_checks_passed']:.1%}), {s['share_of_rows_passed']:.2%} of {s['rows']:,} rows clean"
+            f"  -> {paths.VALIDATION_MD}"
+        )
+    if validation and not validation["passed"] and metrics:
+        lines.append("(validation failed: the figures below come from the last run that got past it)")
+    if metrics:
+        model, baseline = metrics["model"], metrics["baseline"]
+        lines += [
+            f"test set ({metrics['test_rows']:,} h)   RMSE    MAE     R²",
+            f"  model           {model['rmse']:6.1f} {model['mae']:6.1f} {model['r2']:6.3f}",
+            f"  baseline        {baseline['rmse']:6.1f} {baseline['mae']:6.1f} {baseline['r2']:6.3f}"
+            f"   (RMSE {versus_baseline(metrics['rmse_improvement_over_baseline'])})",
+        ]
+    if gate and metrics and paths.GATE_JSON.stat().st_mtime < paths.METRICS_JSON.stat().st_mtime:
+        lines.append("(register has not finished since the last evaluation: the gate below judged an earlier model)")
+    if gate:
+        verdict = gate["verdict"]
+        lines += [
+            f"quality gate      {'ELIGIBLE for promotion' if gate['eligible'] else 'REJECTED'}: {verdict['reason']}",
+            f"MLflow            {gate['model_name']} v{gate['version']} (alias candidate), run {gate['run_id']}",
+            f"                  store {gate['tracking_uri']}; browse with `make ui`",
+        ]
+    else:
+        lines.append("quality gate      not run yet (the pipeline stopped earlier)")
+    lines += serving_lines()
+    lines += drift_lines()
+    return "\n".join(lines)
+
+
+def serving_lines() -> list[str]:
+    """One line per local deployment: what it serves, where, and whether its smoke tests passed."""
+    lines = []
+    for environment in deploy.ENVIRONMENTS:
+        current = deploy.load(environment)
+        if current is None:
+            lines.append(f"{environment:<17} not deployed")
+            continue
+        ran = current.smoke if current.smoke_state != "not run" else None
+        report = f"  -> {str(ran['report']).replace('.json', '.md')}" if ran else ""
+        lines.append(f"{environment:<17} {current.bento} at {current.url}, smoke tests {current.smoke_state}{report}")
+    return lines
+
+
+def drift_lines() -> list[str]:
+    """The last drift report of each environment that has one: its verdict and where to look."""
+    reports = {name: paths.OUTPUTS / "drift" / name for name in deploy.ENVIRONMENTS}
+    outcomes = {name: atomic.read_json_if_exists(path / "drift.json") for name, path in reports.items()}
+    if not any(outcomes.values()):
+        return []
+    lines = []
+    for environment, outcome in outcomes.items():
+        if outcome is None:
+            continue
+        if outcome["verdict"] == NO_DATA:
+            lines.append(f"drift ({environment}) no production data yet  -> {reports[environment] / 'summary.md'}")
+            continue
+        found = "; ".join(outcome["reasons"]) if outcome["reasons"] else "no drift"
+        verdict = f"DRIFT: {found}" if outcome["verdict"] == DRIFT else "no drift"
+        rows = outcome["rows"]["in_window"]
+        lines.append(
+            f"drift ({environment}) {verdict} over {rows:,} logged hours  -> {reports[environment] / 'report.html'}"
+        )
+    return lines

@@ -1,0 +1,137 @@
+"""What the pipeline workflow publishes: the job summary and the one pull-request comment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from forkcast.cli import main
+from forkcast.release import ci_report
+
+from ..conftest import run_ok
+
+VALIDATION = {
+    "source": "data/bikeshare_hourly.csv",
+    "passed": False,
+    "summary": {
+        "rows": 100,
+        "checks": 3,
+        "checks_passed": 2,
+        "share_of_checks_passed": 2 / 3,
+        "rows_passing_all_checks": 97,
+        "share_of_rows_passed": 0.97,
+    },
+    "checks": [
+        {"name": "hr.in_range", "description": "in_range(0, 23)", "passed": False, "pass_rate": 0.97,
+         "min_pass_rate": 1.0, "failure_samples": [{"row": 4, "hr": 25}], "error": None},
+        {"name": "weathersit.isin", "description": "isin(['Clear', ...])", "passed": False, "pass_rate": 0.99,
+         "min_pass_rate": 1.0, "failure_samples": [{"row": 7, "weathersit": "a|b`c"}], "error": None},
+        {"name": "temp.not_null", "description": "no missing values", "passed": True, "pass_rate": 1.0,
+         "min_pass_rate": 1.0, "failure_samples": [], "error": None},
+    ],
+}  # fmt: skip
+GATE = {
+    "eligible": False,
+    "model_name": "forkcast-demand",
+    "version": "4",
+    "run_id": "r4",
+    "verdict": {"reason": "rmse 60.1 vs production v3 54.8 (9.7% worse; at most 5.0% allowed)"},
+}
+METRICS = {
+    "test_rows": 1316,
+    "model": {"rmse": 54.7793, "mae": 35.776, "r2": 0.7657},
+    "baseline": {"rmse": 64.6923, "mae": 41.8164, "r2": 0.6732},
+}
+
+
+def write_outputs(root: Path, *, validation: dict | None = None, gate: dict | None = None) -> Path:
+    outputs = root / "outputs"
+    for name, data in (("validation/report.json", validation), ("registry/gate.json", gate)):
+        if data is not None:
+            (outputs / name).parent.mkdir(parents=True, exist_ok=True)
+            (outputs / name).write_text(json.dumps(data))
+    if validation is not None:
+        (outputs / "validation" / "report.md").write_text("# Data validation\n")
+    (outputs / "evaluation").mkdir(parents=True, exist_ok=True)
+    (outputs / "evaluation" / "metrics.json").write_text(json.dumps(METRICS))
+    return outputs
+
+
+def test_a_failed_validation_shows_each_failed_check_with_samples(tmp_path: Path) -> None:
+    summary = ci_report.job_summary(write_outputs(tmp_path, validation=VALIDATION))
+    assert summary.startswith("## Forkcast pipeline: data validation failed")
+    assert "| 100 | 2 / 3 | 66.7% | 97 (97.00%) |" in summary
+    assert "`hr.in_range`" in summary
+    assert "'hr': 25" in summary
+    assert "| 100 | 2 / 3 |" in summary
+    assert "temp.not_null" not in summary  # passing checks stay in the full report
+    assert "Not run: the pipeline stopped before it. Nothing will be released." in summary
+    table_rows = [line for line in summary.splitlines() if line.startswith("| `weathersit.isin`")]
+    assert len(table_rows) == 1
+    assert table_rows[0].count(" | ") == 4  # the value's | and ` cannot break the table
+    assert "a\\|b'c" in table_rows[0]
+    assert "Not computed: the pipeline stopped before evaluation" in summary  # no figures of an earlier run
+
+
+def test_a_committed_report_without_this_runs_markdown_is_not_shown_as_this_runs_verdict(tmp_path: Path) -> None:
+    outputs = write_outputs(tmp_path, validation=VALIDATION)
+    (outputs / "validation" / "report.md").unlink()  # a fresh checkout: only the committed JSON
+    summary = ci_report.job_summary(outputs)
+    assert "Not run in this run" in summary
+    assert "hr.in_range" not in summary
+
+
+def test_a_rejected_model_says_why_and_that_nothing_is_released(tmp_path: Path) -> None:
+    outputs = write_outputs(tmp_path, validation={**VALIDATION, "passed": True, "checks": []}, gate=GATE)
+    summary = ci_report.job_summary(outputs)
+    assert summary.startswith("## Forkcast pipeline: the quality gate rejected the model")
+    assert "REJECTED: nothing will be released" in summary
+    assert "9.7% worse" in summary
+    assert "| model | 54.78 | 35.78 | 0.766 |" in summary
+    assert ci_report.gate_outputs(outputs) == "eligible=false\n"
+    assert ci_report.gate_outputs(tmp_path / "nothing") is None
+
+
+def test_the_gate_output_fails_when_the_pipeline_stopped_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_outputs(tmp_path, validation=VALIDATION)
+    assert main(["job-summary", "--outputs"]) == 1
+    assert "pipeline stopped before the register stage" in capsys.readouterr().err
+    assert main(["job-summary"]) == 0
+    assert "data validation failed" in capsys.readouterr().out
+
+
+def test_the_comment_carries_its_marker_and_both_diffs(tmp_path: Path) -> None:
+    outputs = write_outputs(
+        tmp_path, validation={**VALIDATION, "passed": True, "checks": []}, gate={**GATE, "eligible": True}
+    )
+    body = ci_report.pull_request_comment("origin/main", "PARAMS-TABLE\n", "METRICS-TABLE\n", outputs)
+    assert body.startswith(ci_report.COMMENT_MARKER)
+    assert body.count(ci_report.COMMENT_MARKER) == 1
+    assert "Compared with `origin/main`" in body
+    assert body.index("PARAMS-TABLE") < body.index("METRICS-TABLE") < body.index("Data validation: passed")
+
+
+@pytest.mark.integration
+def test_dvc_diffs_against_a_base_commit(project: Path) -> None:
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("learning_rate: 0.1", "learning_rate: 0.05"))
+    metrics = project / "outputs" / "evaluation" / "metrics.json"
+    data = json.loads(metrics.read_text())
+    data["model"]["rmse"] += 1.5
+    metrics.write_text(json.dumps(data))
+
+    params_diff = ci_report.dvc_diff("params", "HEAD", cwd=project)
+    metrics_diff = ci_report.dvc_diff("metrics", "HEAD", cwd=project)
+
+    assert "train.hist_gradient_boosting.learning_rate" in params_diff
+    assert "0.05" in params_diff
+    assert "model.rmse" in metrics_diff
+    assert "1.5" in metrics_diff
+    run_ok(["git", "checkout", "--", "."], project)
+    assert ci_report.dvc_diff("params", "HEAD", cwd=project) == "No params changed against `HEAD`.\n"
+    assert "unknown Git revision" in ci_report.dvc_diff("params", "no-such-branch", cwd=project)

@@ -1,0 +1,531 @@
+"""The GitHub Actions workflows, proven without GitHub.
+
+Three real checkers (the workflow schema, actionlint with shellcheck, zizmor) and structural rules
+for what the release line promises; then `act` runs the pipeline workflow, and the release workflow
+through the staging smoke tests, on this machine, with local stand-ins for the actions it cannot download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from forkcast.config import Params
+from forkcast.data.features import FEATURES
+from forkcast.data.prepare import build_features, load_raw
+from forkcast.model.onnx import columns_of_frame
+from forkcast.model.train import TrainedModel
+from forkcast.serving.inference_log import InferenceLog
+
+from ..conftest import BIN, ROOT, free_port, make_project, run_ok, tool_env
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+ACTIONS = ROOT / ".github" / "actions"
+STAND_INS = ROOT / "tests" / "workflows" / "stand-ins"
+SHA_PIN = re.compile(r"^(?P<action>[\w.-]+/[\w.-]+)@(?P<sha>[0-9a-f]{40})$")
+PIPELINE_INPUTS = {"data.dvc", "params.yaml", "src/**", "dvc.yaml", "uv.lock"}
+
+# Every write permission of every job, and why; anything else is read-only.
+WRITE_PERMISSIONS = {
+    ("pipeline.yml", "pipeline"): {"pull-requests"},  # the one pipeline comment
+    ("pipeline.yml", "release"): {"contents", "packages"},  # handed to the release workflow
+    ("rollback.yml", "rollback"): {"contents", "packages"},
+    ("release.yml", "build"): {"packages"},  # push the image
+    ("release.yml", "production"): {"contents", "packages"},  # the GitHub Release; tag the digest
+    ("monitor.yml", "drift"): {"issues", "actions"},  # the one drift issue; dispatch retraining
+    ("health.yml", "probe"): {"issues"},  # the one health issue
+}
+
+
+def load(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the key `on` as True.
+    if True in document:
+        document["on"] = document.pop(True)
+    return document
+
+
+def workflow_files() -> list[Path]:
+    return sorted(WORKFLOWS.glob("*.yml"))
+
+
+def action_files() -> list[Path]:
+    return sorted([*ACTIONS.glob("*/action.yml"), *STAND_INS.glob("*/action.yml")])
+
+
+def jobs() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path in workflow_files():
+        for name, job in load(path)["jobs"].items():
+            yield path.name, name, job
+
+
+def steps_of(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for job in document.get("jobs", {}).values():
+        yield from job.get("steps", [])
+    yield from document.get("runs", {}).get("steps", [])
+
+
+def remote_actions() -> set[str]:
+    """Every `owner/action@ref` the workflows and composite actions use."""
+    found = set()
+    for path in [*workflow_files(), *ACTIONS.glob("*/action.yml")]:
+        for step in steps_of(load(path)):
+            uses = step.get("uses", "")
+            if uses and not uses.startswith("./"):
+                found.add(uses)
+    return found
+
+
+def tool(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, check=False)
+
+
+# ---- the three checkers, each shown able to fail ---------------------------------------------------
+
+
+def test_workflows_and_actions_match_githubs_schemas() -> None:
+    for schema, files in (("vendor.github-workflows", workflow_files()), ("vendor.github-actions", action_files())):
+        result = tool([str(BIN / "check-jsonschema"), "--builtin-schema", schema, *map(str, files)])
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_catches_a_misspelt_key(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text((WORKFLOWS / "ci.yml").read_text().replace("runs-on:", "run-on:", 1))
+    result = tool([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(broken)])
+    assert result.returncode != 0
+
+
+def test_actionlint_with_shellcheck_finds_nothing() -> None:
+    assert shutil.which("shellcheck", path=str(BIN)), "shellcheck must be installed for actionlint's script checks"
+    result = tool([str(BIN / "jactionlint")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    scripts = tool([str(BIN / "shellcheck"), *map(str, sorted((ROOT / "deploy" / "targets").glob("*.sh")))])
+    assert scripts.returncode == 0, scripts.stdout
+
+
+def test_actionlint_catches_a_bad_expression_and_a_shell_bug(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / ".github", repo / ".github")
+    release = repo / ".github" / "workflows" / "release.yml"
+    text = release.read_text()
+    text = text.replace("needs.build.outputs.image }}", "needs.build.outputs.imag }}", 1)
+    text = text.replace(
+        'cat outputs/smoke/adhoc/report.md >> "$GITHUB_STEP_SUMMARY"', "cat $REPORT >> $GITHUB_STEP_SUMMARY"
+    )
+    release.write_text(text)
+    result = tool([str(BIN / "jactionlint"), str(release)], cwd=repo)
+    assert result.returncode != 0
+    assert "imag" in result.stdout
+    assert "shellcheck" in result.stdout
+
+
+def test_zizmor_finds_nothing_of_medium_severity_or_above() -> None:
+    result = tool([str(BIN / "zizmor"), "--offline", "--min-severity", "medium", "--strict-collection", ".github"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_catches_template_injection_and_an_unpinned_action(tmp_path: Path) -> None:
+    github = tmp_path / ".github"
+    shutil.copytree(ROOT / ".github", github)
+    pipeline = github / "workflows" / "pipeline.yml"
+    text = pipeline.read_text().replace(
+        'forkcast pr-report --base "origin/$BASE_REF"', 'forkcast pr-report --base "origin/${{ github.head_ref }}"'
+    )
+    text = re.sub(r"actions/upload-artifact@[0-9a-f]{40}", "actions/upload-artifact@v4", text)
+    pipeline.write_text(text)
+    result = tool([str(BIN / "zizmor"), "--offline", "--min-severity", "medium", str(github)])
+    assert result.returncode != 0
+    assert "template-injection" in result.stdout
+    assert "unpinned-uses" in result.stdout
+
+
+# ---- what the release line promises ----------------------------------------------------------------
+
+
+def test_production_waits_for_approval_after_stagings_smoke_tests() -> None:
+    release = load(WORKFLOWS / "release.yml")["jobs"]
+    assert release["staging"]["environment"] == "staging"
+    assert release["production"]["environment"] == "production"
+    assert "staging" in release["production"]["needs"]
+    staging_steps = [step.get("name") for step in release["staging"]["steps"]]
+    assert staging_steps.index("Smoke tests") > staging_steps.index("Deploy")
+    smoke = next(step for step in release["staging"]["steps"] if step.get("name") == "Smoke tests")
+    assert "if" not in smoke  # a failing smoke test fails the job, so production never starts
+    assert "continue-on-error" not in smoke
+    assert any(step.get("name") == "Post-deploy smoke tests" for step in release["production"]["steps"])
+
+
+def test_production_deploys_the_digest_the_build_job_pushed_and_never_rebuilds() -> None:
+    release = load(WORKFLOWS / "release.yml")["jobs"]
+    for environment in ("staging", "production"):
+        job = release[environment]
+        deploy = next(step for step in job["steps"] if step.get("uses") == "./.github/actions/deploy")
+        assert deploy["with"]["image"] == "${{ needs.build.outputs.image }}"
+        assert deploy["with"]["bento"] == "${{ needs.build.outputs.bento }}"
+        scripts = " ".join(step.get("run", "") for step in job["steps"])
+        for rebuild in (r"forkcast build\b", r"bentoml build\b", r"buildx build\b", r"docker build\b"):
+            assert not re.search(rebuild, scripts), f"{environment} rebuilds: {rebuild}"
+    build_scripts = " ".join(step.get("run", "") for step in release["build"]["steps"])
+    assert "docker buildx build --push" in build_scripts
+    assert "steps.pushed.outputs.image" in release["build"]["outputs"]["image"]
+    promote = " ".join(step.get("run", "") for step in release["production"]["steps"])
+    assert 'imagetools create --tag "${IMAGE%@*}:production" "$IMAGE"' in promote  # a tag on the same digest
+    assert release["production"]["needs"] == ["build", "staging", "approval"]
+
+
+def test_the_pipeline_runs_on_changes_to_data_params_and_code() -> None:
+    triggers = load(WORKFLOWS / "pipeline.yml")["on"]
+    assert triggers["push"]["branches"] == ["main"]
+    for event in ("push", "pull_request"):
+        assert set(triggers[event]["paths"]) >= PIPELINE_INPUTS
+    assert "workflow_dispatch" in triggers
+    release_job = load(WORKFLOWS / "pipeline.yml")["jobs"]["release"]
+    assert release_job["uses"] == "./.github/workflows/release.yml"
+    assert "needs.pipeline.outputs.eligible == 'true'" in release_job["if"]
+    assert "github.event_name != 'pull_request'" in release_job["if"]
+
+
+def test_permissions_are_read_only_except_where_a_job_needs_more() -> None:
+    for path in workflow_files():
+        assert load(path)["permissions"] == {"contents": "read"}, path.name
+    for workflow, name, job in jobs():
+        permissions = job.get("permissions", {})
+        writes = {scope for scope, level in permissions.items() if level == "write"}
+        assert writes == WRITE_PERMISSIONS.get((workflow, name), set()), f"{workflow}:{name}"
+
+
+def test_every_action_is_pinned_to_a_commit_and_has_a_stand_in() -> None:
+    stand_ins = {path.name for path in STAND_INS.iterdir() if path.is_dir()}
+    for uses in remote_actions():
+        match = SHA_PIN.match(uses)
+        assert match, f"{uses} is not pinned to a commit SHA"
+        name = match["action"].split("/")[1]
+        assert name == "checkout" or name in stand_ins, f"{uses} has no stand-in under {STAND_INS}"
+    for path in [*workflow_files(), *ACTIONS.glob("*/action.yml")]:
+        for line in path.read_text().splitlines():
+            if re.search(r"uses: [\w.-]+/[\w.-]+@", line):
+                assert re.search(r"@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), f"{path.name}: {line.strip()}"
+
+
+def test_hygiene_rules_hold_in_every_job() -> None:
+    for workflow, name, job in jobs():
+        where = f"{workflow}:{name}"
+        if "uses" in job:  # a call of a reusable workflow: its own jobs carry the rules
+            continue
+        assert isinstance(job.get("timeout-minutes"), int), where
+        assert job["runs-on"].startswith("${{ vars.FORKCAST_RUNNER_"), where
+        assert job["runs-on"].endswith("|| 'ubuntu-latest' }}"), where
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("actions/checkout@"):
+                assert step["with"]["persist-credentials"] is False, where
+    for path in [*workflow_files(), *ACTIONS.glob("*/action.yml")]:
+        document = load(path)
+        assert "pull_request_target" not in (document.get("on") or {}), path.name
+        for step in steps_of(document):
+            # Values reach scripts through env:, never pasted into them.
+            assert "${{" not in step.get("run", ""), f"{path.name}: {step.get('name')}"
+
+
+def test_deploys_are_serialised_and_never_cancelled() -> None:
+    release = load(WORKFLOWS / "release.yml")["jobs"]
+    for environment in ("staging", "production"):
+        concurrency = release[environment]["concurrency"]
+        assert concurrency["group"] == f"deploy-{environment}-${{{{ github.repository }}}}"
+        assert concurrency["cancel-in-progress"] is False
+    # The pipeline cancels superseded pull-request runs only; runs on main have a group each (their run id),
+    # so one waiting at the approval does not hold back the next push.
+    concurrency = load(WORKFLOWS / "pipeline.yml")["concurrency"]
+    assert concurrency["cancel-in-progress"] == "${{ github.event_name == 'pull_request' }}"
+    assert concurrency["group"] == "pipeline-${{ github.event_name == 'pull_request' && github.ref || github.run_id }}"
+
+
+def test_pull_requests_from_forks_skip_what_needs_secrets_with_a_message() -> None:
+    pipeline = load(WORKFLOWS / "pipeline.yml")["jobs"]["pipeline"]
+    assert "head.repo.full_name != github.repository" in pipeline["env"]["NO_SECRETS"]
+    assert "dependabot[bot]" in pipeline["env"]["NO_SECRETS"]
+    scripts = {step.get("name"): step.get("run", "") for step in pipeline["steps"]}
+    for name in ("Fetch the data (DVC)", "Run the pipeline (dvc repro)", "Comment on the pull request"):
+        assert '"$NO_SECRETS" = true' in scripts[name]
+        assert "::notice::pull requests from forks and Dependabot get" in scripts[name]
+
+
+def test_fetching_the_data_without_secrets_falls_back_to_the_repositorys_remote(tmp_path: Path) -> None:
+    """The step's own script, run with a fake `make` and `dvc`: which remote it pulls from, and what it says."""
+    script = next(
+        step["run"]
+        for step in load(WORKFLOWS / "pipeline.yml")["jobs"]["pipeline"]["steps"]
+        if step.get("name") == "Fetch the data (DVC)"
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, status in (("make", "$MAKE_STATUS"), ("dvc", "0")):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "$CALLS"\nexit {status}\n')
+        (bin_dir / name).chmod(0o755)
+
+    def fetch(**env: str) -> tuple[subprocess.CompletedProcess[str], str]:
+        calls = tmp_path / "calls"
+        calls.unlink(missing_ok=True)
+        variables = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "MAKE_STATUS": "0", **env}
+        result = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", script], env=variables, capture_output=True, text=True, check=False
+        )
+        return result, calls.read_text() if calls.exists() else ""
+
+    result, calls = fetch(DVC_REMOTE="s3remote", NO_SECRETS="false")
+    assert (result.returncode, calls) == (0, "dvc pull --remote s3remote data.dvc feed.dvc\n")
+    result, calls = fetch(DVC_REMOTE="", NO_SECRETS="true")
+    assert (result.returncode, calls) == (0, "make data\n")
+    assert "::notice::pull requests from forks and Dependabot get no secrets" in result.stdout
+    result, _ = fetch(DVC_REMOTE="", NO_SECRETS="true", MAKE_STATUS="1")
+    assert result.returncode == 1
+    assert "::error::this commit's data is not in the repository's own DVC remote" in result.stdout
+
+
+def test_production_is_refused_unless_the_environment_requires_a_reviewer() -> None:
+    """GitHub creates a missing environment without protection: the release checks before production starts."""
+    release = load(WORKFLOWS / "release.yml")["jobs"]
+    assert "approval" in release["production"]["needs"]
+    guard = release["approval"]
+    assert guard["permissions"] == {"actions": "read"}
+    assert any("forkcast check-approval" in step.get("run", "") for step in guard["steps"])
+    for caller in (
+        load(WORKFLOWS / "pipeline.yml")["jobs"]["release"],
+        load(WORKFLOWS / "rollback.yml")["jobs"]["rollback"],
+    ):
+        assert caller["permissions"]["actions"] == "read"  # a called workflow gets no more than its caller job
+
+
+def test_the_production_tag_moves_only_after_the_post_deploy_smoke_tests() -> None:
+    steps = [step.get("name") for step in load(WORKFLOWS / "release.yml")["jobs"]["production"]["steps"]]
+    assert steps.index("Post-deploy smoke tests") < steps.index("Tag the digest `production` (no rebuild)")
+    assert steps.index("Tag the digest `production` (no rebuild)") < steps.index("Publish the release manifest")
+
+
+def test_monitoring_runs_nightly_and_on_demand_and_keeps_one_issue() -> None:
+    monitor = load(WORKFLOWS / "monitor.yml")
+    assert monitor["on"]["schedule"][0]["cron"].split()[2:] == ["*", "*", "*"]  # every day
+    assert "workflow_dispatch" in monitor["on"]
+    steps = {step.get("name"): step for step in monitor["jobs"]["drift"]["steps"]}
+    drift = steps["Drift report"]["run"]
+    for status, verdict in (("0", "no-drift"), ("1", "drift"), ("3", "no-data")):
+        assert f'{status}) echo "verdict={verdict}"' in drift  # the drift command's documented exit codes
+    assert '*) exit "$status"' in drift  # anything else (2 a usage error, 4 the job failed) fails the job
+    assert "--marker forkcast-drift" in steps["Drift issue"]["run"]
+    assert "no-data" not in steps["Drift issue"]["if"]  # no data is not news: no issue
+    assert "vars.FORKCAST_RETRAIN_ON_DRIFT == 'true'" in steps["Retrain"]["if"]
+    assert "gh workflow run pipeline.yml" in steps["Retrain"]["run"]
+    health = load(WORKFLOWS / "health.yml")
+    assert "schedule" in health["on"]
+    probe = {step.get("name"): step for step in health["jobs"]["probe"]["steps"]}
+    assert "forkcast probe --url" in probe["Probe"]["run"]
+    assert "--marker forkcast-health" in probe["Health issue"]["run"]
+
+
+def test_every_deploy_target_follows_the_seam() -> None:
+    targets = sorted((ROOT / "deploy" / "targets").glob("*.sh"))
+    assert {path.stem for path in targets} >= {"runner", "local"}
+    for path in targets:
+        assert os.access(path, os.X_OK), path
+        text = path.read_text()
+        assert text.startswith("#!/usr/bin/env bash\n")
+        assert "set -euo pipefail" in text
+        assert '"url=' in text  # the one line it prints on stdout
+
+
+def test_an_unknown_deploy_target_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    deploy = load(ACTIONS / "deploy" / "action.yml")["runs"]["steps"][0]
+    env = tool_env(TARGET="kubernetes-someday", ENVIRONMENT="staging", GITHUB_OUTPUT=str(tmp_path / "out"))
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", deploy["run"]], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "unknown deploy target 'kubernetes-someday'" in result.stdout
+    assert "local,runner" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+# ---- act runs the workflows on this machine --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Act:
+    project: Path
+    artifacts: Path
+    cache: Path
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(BIN / "act"), *args, "-P", "ubuntu-latest=-self-hosted", "--no-cache-server"]
+        command += ["--action-cache-path", str(self.cache), "--env", f"FORKCAST_ACT_ARTIFACTS={self.artifacts}"]
+        for uses in sorted(remote_actions()):
+            action = SHA_PIN.match(uses)
+            assert action
+            if not action["action"].endswith("/checkout"):
+                command += ["--local-repository", f"{uses}={STAND_INS / action['action'].split('/')[1]}"]
+        env = {k: v for k, v in tool_env().items() if k != "PYTHONDONTWRITEBYTECODE"}  # no bytecode pass per job
+        result = subprocess.run(command, cwd=self.project, env=env, capture_output=True, text=True, check=False)
+        (self.cache.parent / f"act-{len(list(self.cache.parent.glob('act-*.log')))}.log").write_text(result.stdout)
+        return result
+
+    def release_to_staging(self) -> subprocess.CompletedProcess[str]:
+        """The release workflow's build and staging jobs; production waits for an approval act cannot give."""
+        try:
+            return self.run(
+                "workflow_call", "-W", ".github/workflows/release.yml", "-j", "staging",
+                "--var", "FORKCAST_DEPLOY_TARGET=local",
+            )  # fmt: skip
+        finally:
+            self.stop_servers()
+
+    def stop_servers(self) -> None:
+        """act deletes a job's workspace when it ends; a local deploy it started keeps serving from there."""
+        for process in Path("/proc").glob("[0-9]*"):
+            try:
+                cwd = os.readlink(process / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(str(self.cache)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(process.name), signal.SIGTERM)
+
+
+def tail(result: subprocess.CompletedProcess[str], lines: int = 60) -> str:
+    return "\n".join((result.stdout + result.stderr).splitlines()[-lines:])
+
+
+def succeeded_jobs(result: subprocess.CompletedProcess[str]) -> set[str]:
+    return set(re.findall(r"^\[[^/\]]+/([^\]]+)\] 🏁  Job succeeded$", result.stdout, re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def act(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Act]:
+    """A fresh clone whose local deployments use free ports, and an act cache and artifact store of its own."""
+    root = tmp_path_factory.mktemp("act")
+    project = make_project(root / "project")
+    params = project / "params.yaml"
+    text = params.read_text()
+    text = re.sub(r"staging_port: \d+", f"staging_port: {free_port()}", text)
+    params.write_text(re.sub(r"production_port: \d+", f"production_port: {free_port()}", text))
+    run_ok(["git", "commit", "-qam", "free ports for this machine"], project)
+    runner = Act(project, root / "artifacts", root / "cache")
+    yield runner
+    runner.stop_servers()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_act_runs_the_pipeline_workflow(act: Act) -> None:
+    result = act.run("push", "-W", ".github/workflows/pipeline.yml", "-j", "pipeline")
+
+    assert result.returncode == 0, tail(result)
+    assert succeeded_jobs(result) == {"Validate, train, evaluate, gate"}
+    assert "Summary - ## Forkcast pipeline: eligible for release" in result.stdout
+    assert "::set-output:: eligible=true" in result.stdout
+    kept = act.artifacts / "pipeline-outputs"
+    for output in ("registry/gate.json", "model/model.joblib", "prepared/test.parquet", "validation/report.json"):
+        assert (kept / output).exists(), output
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_act_runs_the_release_through_the_staging_smoke_tests(act: Act) -> None:
+    if not (act.artifacts / "pipeline-outputs").exists():
+        pytest.fail("runs after test_act_runs_the_pipeline_workflow, which keeps the pipeline's outputs")
+    result = act.release_to_staging()
+
+    assert result.returncode == 0, tail(result)
+    assert succeeded_jobs(result) == {"Build the bento and its image", "Deploy to staging and smoke-test"}
+    assert "Promote to production" not in result.stdout  # production waits for its approval
+    assert "Smoke tests: PASSED" in result.stdout
+    assert re.search(r"pass  known answers: 50 golden cases", result.stdout)
+    release = act.artifacts / "release"
+    built = (release / "build" / "build.json").read_text()
+    assert (release / "release" / "bento.bento").stat().st_size > 0
+    args = (release / "release" / "image.args").read_text().splitlines()
+    assert args[args.index("--tag") + 1].startswith("ghcr.io/nektos/act:v1-")  # act's stand-in repository name
+    assert f"dev.forkcast.bento={yaml.safe_load(built)['bento']}" in args
+    # The one step GitHub runs and act cannot: no container engine here, so the local target skips it.
+    assert "Run Main Build and push the image" not in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_failing_smoke_test_stops_the_release_before_production(act: Act) -> None:
+    params = act.project / "params.yaml"
+    original = params.read_text()
+    params.write_text(re.sub(r"p95_budget_ms: [\d.]+", "p95_budget_ms: 0.001", original))  # no server is that fast
+    try:
+        result = act.release_to_staging()
+    finally:
+        params.write_text(original)
+    assert result.returncode != 0
+    assert "❌  Failure - Main Smoke tests" in result.stdout
+    assert "FAIL  latency budget" in result.stdout
+    assert "Smoke tests: FAILED" in result.stdout  # the report still reaches the job summary
+    assert succeeded_jobs(result) == {"Build the bento and its image"}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_broken_pipeline_step_fails_the_pipeline_workflow(act: Act) -> None:
+    params = act.project / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("  learning_rate:", "  learning_rat:"))
+    try:
+        result = act.run("push", "-W", ".github/workflows/pipeline.yml", "-j", "pipeline")
+    finally:
+        params.write_text(original)
+    assert result.returncode != 0
+    assert "❌  Failure - Main Run the pipeline (dvc repro)" in result.stdout
+    assert "learning_rat" in result.stdout  # the message names the typo
+    assert "::set-output:: eligible" not in result.stdout  # so the release job does not start
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_act_runs_the_nightly_drift_job_on_a_fixture_log(
+    act: Act, trained: TrainedModel, dataset: Path, params: Params
+) -> None:
+    """December traffic, logged by the real writer with the default model's answers, outside the project (act copies
+    only tracked files): the job builds its reference, finds the drift, and would open the one issue."""
+    december = build_features(load_raw(dataset), params.data)
+    december = december[december["month"] == 12].head(24 * 14)
+    base = act.project.parent / "fixture-log"  # FORKCAST_INFERENCE_LOG: production logs under base/production
+    sink = base / "production"
+    log = InferenceLog(str(sink), environment="production", flush_seconds=3600)
+    predictions = trained.pipeline.predict(december[list(FEATURES)])
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    for day in range(14):
+        rows = slice(day * 24, day * 24 + 24)
+        log.append(f"req-{day}", "1", columns_of_frame(december.iloc[rows]), predictions[rows], timestamp=now)
+    log.append("smoke-0", "1", columns_of_frame(december.iloc[:1]), predictions[:1], timestamp=now)
+    log.close()
+
+    result = act.run(
+        "schedule", "-W", ".github/workflows/monitor.yml", "-j", "drift",
+        "--var", f"FORKCAST_INFERENCE_LOG={base}", "--var", "FORKCAST_DRIFT_ISSUES=dry-run",
+    )  # fmt: skip
+
+    assert result.returncode == 0, tail(result)
+    assert "::set-output:: verdict=drift" in result.stdout
+    assert "Summary - ## Drift: production: **DRIFT**" in result.stdout
+    assert "336 records (1 smoke-test and probe records dropped)" in result.stdout
+    assert "POST /repos/nektos/act/issues  (dry run: not sent)" in result.stdout
+    assert '"title": "Input drift in production"' in result.stdout
+    assert "Run Main Retrain" not in result.stdout  # retraining is opt-in (FORKCAST_RETRAIN_ON_DRIFT)
+    kept = act.artifacts / "drift-report" / "production"
+    assert (kept / "report.html").stat().st_size > 100_000
+    assert json.loads((kept / "drift.json").read_text())["verdict"] == "drift"

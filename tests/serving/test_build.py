@@ -1,0 +1,114 @@
+"""Building the bento: which model gets in, and when a build is reused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from forkcast import atomic, paths
+from forkcast.model.train import TrainedModel, save
+from forkcast.serving import build
+from forkcast.serving.build import BuildError, ModelSource
+
+from ..conftest import ROOT, Built
+
+
+def version_of(source: ModelSource, golden: pd.DataFrame, tmp_path: Path, code: Path = ROOT / "src") -> str:
+    resolved = build.resolve_bentofile(ROOT / "bentofile.yaml", {"model_version": "7"}, tmp_path)
+    return build.bento_version(source, golden, resolved, code)
+
+
+def test_the_same_model_and_code_give_the_same_tag_and_any_change_a_new_one(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    golden = pd.DataFrame({"hr": [1, 2], "expected": [3.0, 4.0]})
+    source = ModelSource(trained.pipeline, b"pipeline", trained.onnx, {"model_version": "7", "run_id": "r"})
+    tag = version_of(source, golden, tmp_path)
+    assert tag.startswith("v7-")
+    # The same registered model loaded from MLflow pickles differently; its ONNX export is the same bytes.
+    assert (
+        version_of(ModelSource(trained.pipeline, b"re-pickled", trained.onnx, source.lineage), golden, tmp_path) == tag
+    )
+    assert version_of(source, golden.assign(expected=[3.0, 4.5]), tmp_path) != tag
+    other_run = ModelSource(trained.pipeline, b"pipeline", trained.onnx, {"model_version": "7", "run_id": "s"})
+    assert version_of(other_run, golden, tmp_path) != tag
+    code = tmp_path / "src"
+    shutil.copytree(ROOT / "src", code)
+    assert version_of(source, golden, tmp_path, code) == tag
+    with (code / "forkcast" / "service.py").open("a") as service:
+        service.write("\n# a change to the serving code\n")
+    assert version_of(source, golden, tmp_path, code) != tag
+
+
+def write_outputs(trained: TrainedModel, eligible: bool = True) -> None:
+    save(trained, paths.MODEL_PICKLE, paths.MODEL_ONNX, paths.MODEL_METADATA)
+    metrics = {"rmse": 50.0, "mae": 30.0, "r2": 0.8}
+    atomic.write_json(paths.METRICS_JSON, {"model": metrics})
+    gate = {
+        "eligible": eligible, "model_name": "forkcast-demand", "version": "5", "run_id": "abc",
+        "model_trained_at": trained.metadata["trained_at"],
+    }  # fmt: skip
+    atomic.write_json(paths.GATE_JSON, gate)
+
+
+def test_the_pipeline_model_is_built_with_its_lineage(
+    trained: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_outputs(trained)
+    source = build.from_pipeline_outputs()
+    assert source.lineage["model_version"] == "5"
+    assert source.lineage["run_id"] == "abc"
+    assert source.lineage["data_hash"] == trained.metadata["data_hash"]
+    assert source.lineage["metrics"] == {"test_rmse": 50.0, "test_mae": 30.0, "test_r2": 0.8}
+    assert source.onnx == trained.onnx
+
+
+def test_a_model_the_gate_rejected_needs_force(
+    trained: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_outputs(trained, eligible=False)
+    with pytest.raises(BuildError, match="the quality gate rejected model version 5"):
+        build.from_pipeline_outputs()
+    assert build.from_pipeline_outputs(force=True).lineage["gate"] == "rejected"
+
+
+def test_a_verdict_on_another_model_is_refused(
+    trained: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_outputs(trained)
+    retrained = {**trained.metadata, "trained_at": "2031-01-01T00:00:00+00:00"}  # train ran again, register not
+    atomic.write_json(paths.MODEL_METADATA, retrained)
+    with pytest.raises(BuildError, match=r"judged another model.*the register stage has not run since training"):
+        build.from_pipeline_outputs()
+
+
+def test_missing_outputs_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BuildError, match=r"missing pipeline outputs: outputs/model/model.joblib, .*gate.json"):
+        build.from_pipeline_outputs()
+
+
+def test_the_built_bento_carries_the_lineage_as_labels(built: Built) -> None:
+    description = build.describe(built.tag)
+    for key in ("model_version", "run_id", "data_hash", "git_commit", "gate"):
+        assert description.labels[key] == str(built.lineage[key])
+    assert description.model == f"forkcast-demand:{built.tag.split(':')[1]}"
+    assert "FORKCAST_MODEL_TAG" not in os.environ  # the build set it for itself only
+    with pytest.raises(BuildError, match="no bento forkcast:v0-missing"):
+        build.describe("forkcast:v0-missing")
+
+
+def test_golden_cases_span_the_test_period_with_the_pipelines_answers(trained: TrainedModel, built: Built) -> None:
+    golden = atomic.read_json(built.golden)
+    assert len(golden["records"]) == len(golden["expected"]) == 50
+    assert {record["month"] for record in golden["records"]} >= {11, 12}
+    frame = pd.DataFrame(golden["records"])
+    predicted = trained.pipeline.predict(frame).clip(min=0)
+    assert predicted.tolist() == pytest.approx(golden["expected"], abs=1e-6)

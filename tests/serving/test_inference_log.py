@@ -1,0 +1,177 @@
+"""The inference log: every record lands once, in readable Parquet, locally and on S3."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from forkcast.data.features import FEATURES
+from forkcast.serving import inference_log
+from forkcast.serving.contract import EXAMPLE_RECORD
+from forkcast.serving.inference_log import InferenceLog
+
+from ..conftest import BIN, free_port, tool_env
+
+
+def columns(count: int, **change: Any) -> dict[str, list[Any]]:
+    record = {**EXAMPLE_RECORD, **change}
+    return {name: [record[name]] * count for name in FEATURES}
+
+
+def test_concurrent_appends_are_all_written_exactly_once(tmp_path: Path) -> None:
+    log = InferenceLog(str(tmp_path / "log"), environment="test", flush_seconds=0.05)
+
+    def client(number: int) -> None:
+        for request in range(200):
+            size = 1 + request % 3
+            log.append(f"{number}-{request}", "4", columns(size, hr=request % 24), np.full(size, float(request)))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+
+    table = inference_log.read(str(tmp_path / "log")).to_pandas()
+    expected_rows = 8 * sum(1 + r % 3 for r in range(200))
+    assert len(table) == expected_rows == log.rows_written
+    assert not table.duplicated(["request_id", "position"]).any()
+    assert table.groupby("request_id")["position"].max().max() == 2
+    assert set(table["environment"]) == {"test"}
+    assert set(table["model_version"]) == {"4"}
+    one = table[table["request_id"] == "3-23"].iloc[0]
+    assert (one["hr"], one["prediction"]) == (23, 23.0)
+
+
+def test_files_are_partitioned_by_date_leaving_no_temporary_files(tmp_path: Path) -> None:
+    log = InferenceLog(str(tmp_path), flush_seconds=3600)
+    day_one = dt.datetime(2026, 3, 1, 23, 59, tzinfo=dt.UTC)
+    log.append("a", "1", columns(2), np.array([1.0, 2.0]), timestamp=day_one)
+    log.append("b", "1", columns(1), np.array([3.0]), timestamp=day_one + dt.timedelta(minutes=2))
+    assert log.flush() == 3
+    log.close()
+    partitions = sorted(path.name for path in tmp_path.iterdir())
+    assert partitions == ["date=2026-03-01", "date=2026-03-02"]
+    assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
+    since = inference_log.read(str(tmp_path), since=dt.datetime(2026, 3, 2, tzinfo=dt.UTC)).to_pandas()
+    assert since["request_id"].tolist() == ["b"]
+
+
+def test_a_windowed_read_opens_only_the_days_of_the_window(tmp_path: Path) -> None:
+    log = InferenceLog(str(tmp_path), flush_seconds=3600)
+    log.append("new", "1", columns(1), np.array([1.0]), timestamp=dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC))
+    log.close()
+    old_day = tmp_path / "date=2026-01-15"
+    old_day.mkdir()
+    (old_day / "part-broken.parquet").write_bytes(b"not parquet")  # an old damaged file
+
+    window = inference_log.read(str(tmp_path), since=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    assert window.column("request_id").to_pylist() == ["new"]
+    assert window.schema.names == inference_log.SCHEMA.names  # no partition column leaks out
+    with pytest.raises(pa.ArrowInvalid, match="part-broken"):
+        inference_log.read(str(tmp_path))  # reading everything does meet it
+
+
+def test_reading_a_log_that_does_not_exist_yet_gives_no_rows(tmp_path: Path) -> None:
+    assert inference_log.read(str(tmp_path / "nothing")).num_rows == 0
+
+
+def test_a_failed_write_keeps_the_rows_for_the_next_attempt(tmp_path: Path) -> None:
+    sink = tmp_path / "sink"
+    sink.write_text("a file where the log directory should be")
+    log = InferenceLog(str(sink), flush_seconds=3600)
+    log.append("r1", "1", columns(3), np.zeros(3))
+    with pytest.raises(NotADirectoryError, match="Cannot create directory"):
+        log.flush()
+    sink.unlink()
+    log.append("r2", "1", columns(1), np.zeros(1))
+    assert log.flush() == 4
+    log.close()
+    assert inference_log.read(str(sink)).to_pandas()["request_id"].tolist() == ["r1", "r1", "r1", "r2"]
+
+
+def test_at_shutdown_rows_the_sink_refuses_are_spilled_locally(tmp_path: Path) -> None:
+    sink = tmp_path / "sink"
+    sink.write_text("not a directory")
+    spill = tmp_path / "spill"
+    log = InferenceLog(str(sink), flush_seconds=3600, spill_dir=spill)
+    log.append("r1", "1", columns(2), np.zeros(2))
+    log.close()
+    assert inference_log.read(str(spill)).num_rows == 2
+    with pytest.raises(RuntimeError, match="closed"):
+        log.append("r2", "1", columns(1), np.zeros(1))
+
+
+def test_a_day_that_fails_is_retried_without_writing_the_other_day_twice(tmp_path: Path) -> None:
+    log = InferenceLog(str(tmp_path), flush_seconds=3600)
+    before_midnight = dt.datetime(2026, 3, 1, 23, 59, tzinfo=dt.UTC)
+    log.append("a", "1", columns(2), np.zeros(2), timestamp=before_midnight)
+    log.append("b", "1", columns(1), np.zeros(1), timestamp=before_midnight + dt.timedelta(minutes=2))
+    blocker = tmp_path / "date=2026-03-02"
+    blocker.write_text("a file where the second day's directory should be")
+    with pytest.raises(FileExistsError, match="non-directory entry exists"):
+        log.flush()
+    assert log.rows_written == 2  # the first day made it
+    blocker.unlink()
+    assert log.flush() == 1
+    log.close()
+    table = inference_log.read(str(tmp_path)).to_pandas()
+    assert sorted(table["request_id"]) == ["a", "a", "b"]
+
+
+@pytest.fixture
+def s3_sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real S3-compatible server (moto) with an empty bucket."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                request = urllib.request.Request(f"{endpoint}/inference", method="PUT")
+                urllib.request.urlopen(request, timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield "s3://inference/production"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_the_log_goes_to_s3_when_configured(s3_sink: str) -> None:
+    log = InferenceLog(s3_sink, flush_seconds=0.05)
+    for request in range(50):
+        log.append(f"r{request}", "2", columns(2), np.array([1.0, 2.0]))
+    log.close()
+    table = inference_log.read(s3_sink).to_pandas()
+    assert len(table) == 100
+    assert table["request_id"].nunique() == 50

@@ -18,7 +18,7 @@ from forkcast.serving import deploy
 from ..conftest import Built, free_port
 from ..serving.test_serving import Server, serve
 
-# What BentoML 1.4 serves at /metrics (read off a running service; see forkcast/probe.py).
+# What BentoML 1.4 serves at /metrics (read off a running service; see forkcast/monitoring/probe.py).
 BENTOML_FAMILIES = {
     "bentoml_service_request_total": "counter",
     "bentoml_service_request_duration_seconds": "histogram",

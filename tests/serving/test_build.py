@@ -39,7 +39,7 @@ def test_the_same_model_and_code_give_the_same_tag_and_any_change_a_new_one(
     code = tmp_path / "src"
     shutil.copytree(ROOT / "src", code)
     assert version_of(source, golden, tmp_path, code) == tag
-    with (code / "forkcast" / "service.py").open("a") as service:
+    with (code / "forkcast" / "serving" / "service.py").open("a") as service:
         service.write("\n# a change to the serving code\n")
     assert version_of(source, golden, tmp_path, code) != tag
 

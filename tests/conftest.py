@@ -1,4 +1,9 @@
-"""Shared fixtures: the real dataset (pulled from the project's DVC remote), params, project copies."""
+"""Shared fixtures: the example datasets (pulled from the project's DVC remote), params, project copies.
+
+The `example` fixture is the bike data, unless a test is marked `datasets`: then it runs once per example
+dataset (the bike rentals and the electricity demand of examples/electricity), and every fixture built on it
+(params, splits, the trained model, the bento) follows.
+"""
 
 from __future__ import annotations
 
@@ -16,22 +21,57 @@ from typing import Any
 import joblib
 import pandas as pd
 import pytest
+import yaml
 
 from forkcast.config import Params, load_params
+from forkcast.data import declaration
+from forkcast.data.declaration import Dataset
 from forkcast.data.prepare import Splits, build_features, load_raw, split_by_time
 from forkcast.model.train import TrainedModel, train
 from forkcast.serving import build
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASET = ROOT / "data" / "bikeshare_hourly.csv"
 BIN = Path(sys.executable).parent  # the environment's console scripts: dvc, forkcast, mlflow
+ELECTRICITY = ROOT / "examples" / "electricity"
 
 # What a fresh clone holds: the tracked files a project copy needs (data comes from `dvc pull`).
 PROJECT_FILES = (
-    "src", "pyproject.toml", "params.yaml", "dvc.yaml", "dvc.lock", "data.dvc", "feed.dvc", ".gitignore",
-    "bentofile.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/storage", "Makefile", "README.md",
-    "outputs/evaluation/metrics.json", "outputs/validation/report.json", "uv.lock", ".github", "deploy",
+    "src", "pyproject.toml", "params.yaml", "dataset.yaml", "dvc.yaml", "dvc.lock", "data.dvc", "feed.dvc",
+    ".gitignore", "bentofile.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/storage", "Makefile",
+    "README.md", "outputs/evaluation/metrics.json", "outputs/validation/report.json", "uv.lock", ".github", "deploy",
+    "bin", "examples",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example dataset: its declaration, its data file here, and what pulls it from the DVC remote."""
+
+    name: str
+    declaration: Path
+    data: Path
+    dvc_file: str
+
+    @property
+    def dataset(self) -> Dataset:
+        return declaration.load(self.declaration)
+
+
+EXAMPLES = {
+    "bikes": Example("bikes", ROOT / "dataset.yaml", ROOT / "data" / "bikeshare_hourly.csv", "data.dvc"),
+    "electricity": Example(
+        "electricity",
+        ELECTRICITY / "dataset.yaml",
+        ELECTRICITY / "victoria_electricity_2014_halfhourly.csv",
+        "examples/electricity/victoria_electricity_2014_halfhourly.csv.dvc",
+    ),
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `datasets` run once per example dataset."""
+    if "example" in metafunc.fixturenames and metafunc.definition.get_closest_marker("datasets"):
+        metafunc.parametrize("example", list(EXAMPLES), indirect=True, scope="session")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -76,35 +116,49 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def dataset() -> Path:
-    """The real hourly data, fetched from the repository's DVC remote when a fresh clone lacks it."""
-    if not DATASET.exists():
-        run_ok(["dvc", "pull", "data.dvc", "feed.dvc"], ROOT)
-    return DATASET
+def pull(example: Example) -> Path:
+    """The example's data, fetched from the repository's DVC remote when a fresh clone lacks it."""
+    if not example.data.exists():
+        run_ok(["dvc", "pull", example.dvc_file, *(["feed.dvc"] if example.name == "bikes" else [])], ROOT)
+    return example.data
 
 
 @pytest.fixture(scope="session")
-def raw_text(dataset: Path) -> pd.DataFrame:
+def example(request: pytest.FixtureRequest) -> Example:
+    """The bike data, or each example dataset in turn for tests marked `datasets`."""
+    chosen = EXAMPLES[getattr(request, "param", "bikes")]
+    pull(chosen)
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def data_file(example: Example) -> Path:
+    """The example's real data file."""
+    return example.data
+
+
+@pytest.fixture(scope="session")
+def raw_text(data_file: Path) -> pd.DataFrame:
     """The raw data as text, the way the validate stage reads it."""
-    return pd.read_csv(dataset, dtype=str)
+    return pd.read_csv(data_file, dtype=str)
 
 
 @pytest.fixture(scope="session")
-def params() -> Params:
-    """The committed settings, as the pipeline runs them."""
-    return load_params(ROOT / "params.yaml")
+def params(example: Example) -> Params:
+    """The committed settings with the example's declaration, as the pipeline runs them."""
+    return load_params(ROOT / "params.yaml").model_copy(update={"dataset": example.dataset})
 
 
 @pytest.fixture(scope="session")
-def splits(dataset: Path, params: Params) -> Splits:
-    return split_by_time(build_features(load_raw(dataset), params.data), params.split)
+def splits(data_file: Path, params: Params) -> Splits:
+    data = params.dataset
+    return split_by_time(build_features(load_raw(data_file, data), data), params.split)
 
 
 @pytest.fixture(scope="session")
 def trained(splits: Splits, params: Params) -> TrainedModel:
-    """The default model, trained once per session on the real data."""
-    return train(params, splits.as_dict(), data_hash="abc.dir")
+    """The default model, trained once per session (per example) on the real data."""
+    return train(params, splits.as_dict(), params.dataset.inputs(), data_hash="abc.dir")
 
 
 @dataclass(frozen=True)
@@ -140,6 +194,15 @@ def built(trained: TrainedModel, splits: Splits, params: Params, tmp_path_factor
     return Built(tag, output_dir, lineage)
 
 
+def model_source(trained: TrainedModel, params: Params, lineage: dict[str, Any]) -> build.ModelSource:
+    """`trained` as the build takes a model: pickled, with its ONNX export, input contract and lineage."""
+    pipeline_bytes = io.BytesIO()
+    joblib.dump(trained.pipeline, pipeline_bytes)
+    return build.ModelSource(
+        trained.pipeline, pipeline_bytes.getvalue(), trained.onnx, params.dataset.inputs(), lineage
+    )
+
+
 def build_bento(
     trained: TrainedModel,
     splits: Splits,
@@ -150,10 +213,8 @@ def build_bento(
     output_dir: Path,
 ) -> str:
     """Build `trained` into a bento of the session's store from this checkout's bentofile and code; its tag."""
-    pipeline_bytes = io.BytesIO()
-    joblib.dump(trained.pipeline, pipeline_bytes)
-    source = build.ModelSource(trained.pipeline, pipeline_bytes.getvalue(), trained.onnx, lineage)
-    golden = build.golden_cases(trained.pipeline, splits.test, golden_cases)
+    source = model_source(trained, params, lineage)
+    golden = build.golden_cases(source, splits.test, golden_cases)
     result = build.build(
         source, golden, params, bentofile=ROOT / "bentofile.yaml", source_dir=ROOT / "src", output_dir=output_dir
     )
@@ -164,8 +225,8 @@ def make_project(copy: Path) -> Path:
     """A fresh clone of the project at `copy`: a git repository on main with its data pulled."""
     for name in PROJECT_FILES:
         source, target = ROOT / name, copy / name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        if source.is_dir():  # data DVC pulled here is not part of a clone
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.csv"))
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
@@ -176,16 +237,28 @@ def make_project(copy: Path) -> Path:
     return copy
 
 
+def with_ports(project: Path) -> tuple[int, int]:
+    """Give the project's local staging and production free ports (tests run side by side); the ports."""
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    ports = free_port(), free_port()
+    params["serve"] |= {"staging_port": ports[0], "production_port": ports[1]}
+    params["smoke"]["p95_budget_ms"] = 10_000  # the budget's check has its own test; no timing assertions here
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    return ports
+
+
 @pytest.fixture
-def project(tmp_path: Path, dataset: Path) -> Path:
+def project(tmp_path: Path, example: Example) -> Path:
     """A fresh clone of the project in a temporary directory: a git repository with its data pulled."""
     return make_project(tmp_path / "project")
 
 
 @pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run commands in an empty directory with the project's params: outputs land there."""
+    """Run commands in an empty directory with the project's params and declaration: outputs land there."""
     shutil.copy(ROOT / "params.yaml", tmp_path)
+    shutil.copy(ROOT / "dataset.yaml", tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

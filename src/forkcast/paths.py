@@ -11,6 +11,7 @@ VALIDATION_MD = VALIDATION_DIR / "report.md"
 
 PREPARED_DIR = OUTPUTS / "prepared"
 SPLITS = ("train", "validation", "test")
+PREPARED_INPUTS = PREPARED_DIR / "inputs.json"  # the model's input contract, as prepared
 
 MODEL_DIR = OUTPUTS / "model"
 MODEL_PICKLE = MODEL_DIR / "model.joblib"
@@ -20,7 +21,7 @@ MODEL_METADATA = MODEL_DIR / "metadata.json"
 EVALUATION_DIR = OUTPUTS / "evaluation"
 METRICS_JSON = EVALUATION_DIR / "metrics.json"
 PREDICTIONS_CSV = EVALUATION_DIR / "predictions.csv"
-ERROR_BY_HOUR_CSV = EVALUATION_DIR / "error_by_hour.csv"
+ERROR_BY_CYCLE_CSV = EVALUATION_DIR / "error_by_cycle.csv"  # through the natural cycle: the day of hourly data
 ERROR_BY_MONTH_CSV = EVALUATION_DIR / "error_by_month.csv"
 
 REGISTRY_DIR = OUTPUTS / "registry"

@@ -17,6 +17,7 @@ from forkcast import paths
 
 if TYPE_CHECKING:
     from forkcast.config import Params
+    from forkcast.data.declaration import Inputs
 
 
 # config is imported only inside commands: building its pydantic models costs half a second `--help` need not pay.
@@ -59,6 +60,16 @@ def require(*files: Path) -> None:
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise fail(f"missing input {', '.join(missing)}: run the earlier stages first (`dvc repro`)", EXIT_USAGE)
+
+
+def read_inputs() -> Inputs:
+    """The model's input contract as the prepare stage wrote it."""
+    from forkcast.data.declaration import read_inputs as read
+
+    require(paths.PREPARED_INPUTS)
+    inputs = read(paths.PREPARED_INPUTS)
+    assert inputs is not None  # required just above
+    return inputs
 
 
 def read_splits() -> dict[str, Any]:

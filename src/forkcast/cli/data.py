@@ -1,4 +1,4 @@
-"""The data's commands: validate, prepare, and new data arriving from the feed."""
+"""The data's commands: what the declaration derives, validate, prepare, and new data arriving from the feed."""
 
 from __future__ import annotations
 
@@ -23,8 +23,16 @@ app = typer.Typer()
 
 
 @app.command()
+def dataset(params_file: ParamsOption = PARAMS_FILE) -> None:
+    """Show what dataset.yaml declares and what is derived from it: features, contract, baseline, checks."""
+    from forkcast.data.describe import describe
+
+    typer.echo(describe(load_params(params_file).dataset))
+
+
+@app.command()
 def validate(
-    data: Annotated[Path | None, typer.Option(help="CSV to check (default: data.raw in params.yaml).")] = None,
+    data: Annotated[Path | None, typer.Option(help="CSV to check (default: `file` in dataset.yaml).")] = None,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Check the raw data against the schema; write a JSON and Markdown report; exit 1 below the threshold."""
@@ -32,10 +40,10 @@ def validate(
     from forkcast.data.validation import validate_file, write_report
 
     params = load_params(params_file)
-    source = data or params.data.raw
+    source = data or params.dataset.file
     with step(f"validate {source}"):
         try:
-            report = validate_file(source, params.validate_, params.data.start_date)
+            report = validate_file(source, params.validate_, params.dataset)
         except ConfigError as exc:
             raise fail(str(exc), EXIT_USAGE) from exc
         write_report(report, paths.VALIDATION_JSON, paths.VALIDATION_MD)
@@ -59,19 +67,23 @@ def prepare(params_file: ParamsOption = PARAMS_FILE) -> None:
     from forkcast.data.prepare import build_features, drop_failing_rows, read_table, split_by_time, write_splits
 
     params = load_params(params_file)
-    require(params.data.raw)
+    data = params.dataset
+    require(data.file)
     with step("prepare"):
         try:
-            raw, dropped = drop_failing_rows(read_table(params.data.raw))
-            splits = split_by_time(build_features(raw, params.data), params.split)
+            raw, dropped = drop_failing_rows(read_table(data.file), data)
+            splits = split_by_time(build_features(raw, data), params.split)
         except (ValueError, KeyError, pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
-            raise fail(f"cannot prepare {params.data.raw}: {exc}", EXIT_CHECK_FAILED) from exc
-        write_splits(splits, {name: paths.prepared_split(name) for name in paths.SPLITS})
+            raise fail(f"cannot prepare {data.file}: {exc}", EXIT_CHECK_FAILED) from exc
+        write_splits(
+            splits, {name: paths.prepared_split(name) for name in paths.SPLITS}, data.inputs(), paths.PREPARED_INPUTS
+        )
     if dropped:
         typer.echo(f"dropped {dropped:,} rows that fail a check the validation tolerated (see its report)")
+    periods = data.time.frequency.periods
     for name, frame in splits.items():
         start, end = frame["timestamp"].min(), frame["timestamp"].max()
-        typer.echo(f"{name:>10}: {len(frame):>6,} rows  {start:%Y-%m-%d} .. {end:%Y-%m-%d}")
+        typer.echo(f"{name:>10}: {len(frame):>6,} {periods}  {start:%Y-%m-%d} .. {end:%Y-%m-%d}")
 
 
 @app.command("new-data")
@@ -80,9 +92,9 @@ def new_data(
         str | None, typer.Option(help="Keep the feed up to the end of this month (YYYY-MM), e.g. 2011-02.")
     ] = None,
     next_month: Annotated[bool, typer.Option("--next-month", help="Append the month after the latest one.")] = False,
-    feed: Annotated[Path, typer.Option(help="The full upstream feed to take months from.")] = Path(
-        "feed/bikeshare_2011_hourly.csv"
-    ),
+    feed: Annotated[
+        Path | None, typer.Option(help="The full upstream feed to take months from (default: `feed` in dataset.yaml).")
+    ] = None,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Simulate new data arriving: rewrite the training data from the feed, month by month."""
@@ -91,8 +103,15 @@ def new_data(
     params = load_params(params_file)
     if (through is None) == (not next_month):
         raise fail("give exactly one of --through YYYY-MM or --next-month", EXIT_USAGE)
+    source = feed or params.dataset.feed
+    if source is None:
+        raise fail(
+            "no feed to take months from: put the full history under feed/ (`dvc add feed`) and name it as `feed` "
+            "in dataset.yaml, or pass --feed FILE",
+            EXIT_USAGE,
+        )
     try:
-        message = arrive(feed, params.data.raw, params.data.start_date, through)
+        message = arrive(source, params.dataset.file, params.dataset.time, through)
     except ArrivalError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
     typer.echo(message)

@@ -1,33 +1,38 @@
 """Simulate new data arriving: the training data grows month by month from an upstream feed.
 
-The feed (`feed/`, tracked by `feed.dvc`) stands in for the system new hours come
-from. `arrive` rewrites the training data as the feed's rows up to the end of a
+The feed (declared as `feed` in dataset.yaml, under `feed/`, tracked by `feed.dvc`) stands in for the system
+new rows come from. `arrive` rewrites the training data as the feed's rows up to the end of a
 month, byte for byte, so `dvc add data` then changes `data.dvc` exactly as a real
 data push would.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from pathlib import Path
 
 import pandas as pd
 
 from forkcast import atomic
-from forkcast.data.schema import date_of_day
+from forkcast.data.calendar import timestamps
+from forkcast.data.declaration import TimeAxis
 
 
 class ArrivalError(Exception):
     """The requested month cannot be taken from the feed."""
 
 
-def _months(path: Path, start_date: dt.date) -> pd.Series:
+def _months(path: Path, time: TimeAxis) -> pd.Series:
     try:
-        days = pd.read_csv(path, usecols=["day"])["day"]
-        dates = date_of_day(days, start_date)
+        table = pd.read_csv(path, usecols=list(time.columns), dtype=str)
+        dates = timestamps(table, time)
     except (ValueError, TypeError, pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
-        raise ArrivalError(f"cannot read the days of {path}: {exc}") from exc
+        raise ArrivalError(f"cannot read the times of {path}: {exc}") from exc
+    if dates.isna().any():
+        line = int(dates.isna().to_numpy().argmax()) + 2
+        raise ArrivalError(
+            f"{path} line {line} has no valid time ({time.describe()}): run `forkcast validate --data {path}`"
+        )
     months: pd.Series = dates.dt.to_period("M")
     return months
 
@@ -41,15 +46,15 @@ def _parse_month(text: str) -> pd.Period:
         raise ArrivalError(f"--through {text} is not a month") from exc
 
 
-def arrive(feed: Path, data: Path, start_date: dt.date, through: str | None) -> str:
+def arrive(feed: Path, data: Path, time: TimeAxis, through: str | None) -> str:
     """Write the feed's rows up to the end of month `through` (or the month after `data`'s last) to `data`."""
     if not feed.exists():
         raise ArrivalError(f"feed {feed} not found: run `dvc pull feed.dvc` first")
-    feed_months = _months(feed, start_date)
+    feed_months = _months(feed, time)
     if through is None:
         if not data.exists():
             raise ArrivalError(f"{data} does not exist yet: start with --through YYYY-MM")
-        last = _months(data, start_date).max()
+        last = _months(data, time).max()
         later = feed_months[feed_months > last]
         if later.empty:
             raise ArrivalError(f"the feed has no month after {last}: the data already holds all of it")

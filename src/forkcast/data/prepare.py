@@ -1,13 +1,15 @@
 """The prepare stage: typed features and a chronological train/validation/test split.
 
-The split is by whole days in time order, so the model is always evaluated on
-hours that come after everything it was trained on, as it will be in production.
-The columns that leak the target (`casual`, `registered`) are dropped here.
+Each row gets its time (from the declared time column) and the declared calendar and hook features; only the
+features and the target are kept, so the columns that leak the target never reach the model. The split is by
+whole days in time order, so the model is always evaluated on periods that come after everything it was trained
+on, as it will be in production. Beside the splits, `inputs.json` records the model's input contract
+(`declaration.Inputs`): training stores it with the model, and the service builds its request contract from it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import importlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,9 +19,10 @@ import pandas as pd
 import pandera.pandas as pa
 
 from forkcast import atomic
-from forkcast.config import DataParams, SplitParams
-from forkcast.data.features import FEATURES
-from forkcast.data.schema import Features, RawHourly, date_of_day
+from forkcast.config import SplitParams
+from forkcast.data import calendar
+from forkcast.data.declaration import Dataset, Inputs
+from forkcast.data.schema import features_schema, raw_schema
 
 
 @dataclass(frozen=True)
@@ -43,35 +46,65 @@ def read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, skipinitialspace=True)  # as the validate stage reads it: " clear" is "clear"
 
 
-def load_raw(path: Path) -> pd.DataFrame:
+def load_raw(path: Path, dataset: Dataset) -> pd.DataFrame:
     """The raw table, typed; rows that fail a check (tolerated by `validate.min_pass_rate`) are dropped."""
-    return drop_failing_rows(read_table(path))[0]
+    return drop_failing_rows(read_table(path), dataset)[0]
 
 
-def drop_failing_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def drop_failing_rows(table: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFrame, int]:
+    schema = raw_schema(dataset)
     try:
-        return RawHourly.validate(table, lazy=True), 0
+        return schema.validate(table, lazy=True), 0
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases
         whole_table = cases[cases["index"].isna()]
         if not whole_table.empty:
-            problems = sorted({f"{row.column}: {row.check} ({row.failure_case})" for row in whole_table.itertuples()})
+            problems = sorted({_problem(row.column, row.check, row.failure_case) for row in whole_table.itertuples()})
             raise UnusableDataError(f"problems no row filter can fix: {'; '.join(problems)}") from exc
         failing = set(cases["index"].astype(int))
-        return RawHourly.validate(table.drop(index=list(failing))), len(failing)
+        return schema.validate(table.drop(index=list(failing))), len(failing)
 
 
-def add_timestamp(raw: pd.DataFrame, start_date: dt.date) -> pd.Series:
-    return date_of_day(raw["day"], start_date) + pd.to_timedelta(raw["hr"], unit="h")
+def _problem(column: object, check: object, case: object) -> str:
+    """One whole-table problem in words (pandera reports a missing column as its check on the table)."""
+    if check == "column_in_dataframe":
+        return f"column '{case}' is missing"
+    where = f"column '{column}'" if isinstance(column, str) else "the table"
+    return f"{where}: {check} ({case})"
 
 
-def build_features(raw: pd.DataFrame, data: DataParams) -> pd.DataFrame:
+def build_features(raw: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
     """Model inputs plus `timestamp` and the target, sorted in time."""
-    timestamp = add_timestamp(raw, data.start_date)
-    table = raw.assign(timestamp=timestamp, month=timestamp.dt.month)
-    features = Features.validate(table[list(FEATURES)])
-    prepared = pd.concat([table[["timestamp"]], features, table[[data.target]]], axis=1)
+    stamps = calendar.timestamps(raw, dataset.time)
+    table = pd.concat([raw, calendar.calendar_features(stamps, dataset)], axis=1).assign(timestamp=stamps)
+    if dataset.hook:
+        table = pd.concat([table, run_hook(dataset, table)], axis=1)
+    features = features_schema(dataset).validate(table[list(dataset.feature_names)])
+    prepared = pd.concat([table[["timestamp"]], features, table[[dataset.target]]], axis=1)
     return prepared.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def run_hook(dataset: Dataset, table: pd.DataFrame) -> pd.DataFrame:
+    """The columns the declared hook adds (those declared with `source: hook`), for the rows of `table`."""
+    hooked = [name for name, column in dataset.columns.items() if column.source == "hook"]
+    module_name, _, function_name = (dataset.hook or "").partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise UnusableDataError(f"cannot load the hook {dataset.hook}: {exc}") from exc
+    try:
+        added = function(table.copy())
+    except Exception as exc:  # the forker's code: say whose it is, never crash the stage without a word
+        raise UnusableDataError(f"the hook {dataset.hook} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(added, pd.DataFrame):
+        raise UnusableDataError(f"the hook {dataset.hook} must return a DataFrame, not {type(added).__name__}")
+    missing = [name for name in hooked if name not in added.columns]
+    if missing or len(added) != len(table):
+        raise UnusableDataError(
+            f"the hook {dataset.hook} must return one row per input row with the columns {hooked}"
+            + (f"; it lacks {missing}" if missing else f"; it returned {len(added)} rows for {len(table)}")
+        )
+    return added[hooked].set_axis(table.index)
 
 
 def split_by_time(prepared: pd.DataFrame, split: SplitParams) -> Splits:
@@ -95,9 +128,10 @@ def split_by_time(prepared: pd.DataFrame, split: SplitParams) -> Splits:
     )
 
 
-def write_splits(splits: Splits, path_of: dict[str, Path]) -> None:
+def write_splits(splits: Splits, path_of: dict[str, Path], inputs: Inputs, inputs_path: Path) -> None:
     for name, frame in splits.items():
         atomic.write_atomic(path_of[name], partial(_to_parquet, frame))
+    atomic.write_json(inputs_path, inputs.model_dump(mode="json"))
 
 
 def _to_parquet(frame: pd.DataFrame, path: Path) -> None:

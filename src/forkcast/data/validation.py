@@ -1,17 +1,17 @@
-"""The validate stage: run every check of the raw-data schema and write a report.
+"""The validate stage: run every check of the raw-data schema (derived from `dataset.yaml`) and write a report.
 
-Unlike `RawHourly.validate`, which stops at the first broken type, this runs each
-check on its own and measures the share of rows that pass it, so the report shows
-every problem at once. A check passes when its pass rate reaches its tolerance
-(`validate.min_pass_rate` in params.yaml); the stage passes when the share of
+Unlike pandera's `schema.validate`, which stops at the first broken type, this runs each check on its own and
+measures the share of rows that pass it, so the report shows every problem at once. A value that is missing or of
+the wrong type fails its type check and every other check that reads it; columns the declaration does not know
+are reported, with a hint when one looks like a missing declared column under another name. A check passes when
+its pass rate reaches its tolerance (`validate.min_pass_rate` in params.yaml); the stage passes when the share of
 passing checks reaches `validate.min_share_of_checks_passed`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import difflib
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,9 @@ import pandera.pandas as pa
 
 from forkcast import atomic
 from forkcast.config import ConfigError, ValidateParams
-from forkcast.data.schema import RawHourly, month_matches_day
+from forkcast.data import calendar
+from forkcast.data.declaration import ColumnType, Dataset
+from forkcast.data.schema import RowCheck, raw_schema, row_checks, value_checks
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class ValidationReport:
     checks: list[CheckResult]
     rows_passing_all_checks: int
     min_share_of_checks_passed: float
+    time: dict[str, Any] | None = None  # the span of the times, and the periods missing in it (`time_coverage`)
 
     @property
     def checks_passed(self) -> int:
@@ -92,6 +95,7 @@ class ValidationReport:
                 "rows_passing_all_checks": self.rows_passing_all_checks,
                 "share_of_rows_passed": round(self.share_of_rows_passed, 6),
             },
+            "time": self.time,
             "checks": [check.to_dict() for check in self.checks],
         }
 
@@ -142,57 +146,70 @@ def read_raw(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, skipinitialspace=True)
 
 
-def _coerce(raw: pd.Series, dtype: str) -> tuple[pd.Series, pd.Series]:
-    """Return the coerced column and a mask of values that are present but not of the type."""
-    if dtype.startswith("str"):
+def coerce(raw: pd.Series, kind: ColumnType) -> tuple[pd.Series, pd.Series]:
+    """The column as its declared type, and a mask of values that are present but not of that type."""
+    if kind == "str":
         return raw, pd.Series(False, index=raw.index)
     numbers = pd.to_numeric(raw, errors="coerce")
-    bad = raw.notna() & numbers.isna()
-    if dtype.startswith("int"):
-        fractional = numbers.notna() & (numbers != np.floor(numbers))
-        bad |= fractional
-        numbers = numbers.where(~fractional)
-    return numbers, bad
+    bad = raw.notna() & ~np.isfinite(numbers.fillna(0.0))  # text, and "inf"
+    bad |= raw.notna() & numbers.isna()
+    if kind == "int":
+        bad |= numbers.notna() & (numbers != np.floor(numbers))
+    return numbers.where(~bad), bad
 
 
-def validate_table(table: pd.DataFrame, params: ValidateParams, start_date: dt.date, source: str) -> ValidationReport:
-    schema = RawHourly.to_schema()
-    unknown = sorted(set(params.min_pass_rate) - set(check_names(schema)))
+def validate_table(table: pd.DataFrame, params: ValidateParams, dataset: Dataset, source: str) -> ValidationReport:
+    """Run every check of the declared schema on `table` (read as text), each on its own."""
+    known_checks = check_names(dataset)
+    unknown = sorted(set(params.min_pass_rate) - set(known_checks))
     if unknown:
         raise ConfigError(
             f"params.yaml: validate.min_pass_rate names unknown checks {unknown}; "
-            f"known checks: {', '.join(check_names(schema))}"
+            f"known checks: {', '.join(known_checks)}"
         )
+    schema = raw_schema(dataset)
     checker = _Checker(table, params)
     if len(table):
         checker.add("table.not_empty", "the file has at least one data row", pd.Series(True, index=table.index))
     else:
         checker.add_error("table.not_empty", "the file has at least one data row", "the file has a header but no rows")
-    coerced = pd.DataFrame(index=table.index)
+    hints = lookalikes(table, dataset)
+    _known_columns(checker, table, dataset, hints)
 
-    for name, column in schema.columns.items():
+    coerced = pd.DataFrame(index=table.index)
+    usable: dict[str, pd.Series] = {}  # per column: the rows whose value is present and of the declared type
+    for name, column in dataset.file_columns.items():
+        pandera_column = schema.columns[name]
         if name not in table.columns:
-            checker.add_error(f"{name}.present", f"column '{name}' exists", f"column '{name}' is missing")
-            for suffix, description in _column_checks(column):
+            hint = _hint_for_missing(name, hints)
+            checker.add_error(f"{name}.present", f"column '{name}' exists", f"column '{name}' is missing{hint}")
+            for suffix, description in _column_checks(pandera_column, column.type):
                 checker.add_error(f"{name}.{suffix}", description, f"column '{name}' is missing")
             continue
         checker.add(f"{name}.present", f"column '{name}' exists", pd.Series(True, index=table.index))
         raw = table[name]
         checker.add(f"{name}.not_null", "no missing values", raw.notna(), [name])
-        values, wrong_type = _coerce(raw, str(column.dtype))
-        checker.add(f"{name}.dtype", f"values are {column.dtype}", ~wrong_type, [name])
+        values, wrong_type = coerce(raw, column.type)
+        checker.add(f"{name}.dtype", f"values are {_TYPE_WORDS[column.type]}", ~wrong_type, [name])
         coerced[name] = values
-        for check in column.checks:
+        usable[name] = values.notna()
+        for check in pandera_column.checks:
             try:
                 output = check(values.dropna()).check_output
-            except Exception as exc:  # a custom check may raise on odd data: report it, never crash
+            except Exception as exc:  # a check may raise on odd data: report it, never crash
                 checker.add_error(f"{name}.{check.name}", check.error or check.name, f"the check raised {exc!r}")
                 continue
-            outcome = _per_row(output, values.index)
+            # A missing or mistyped value is not one of the allowed values: it fails here too.
+            outcome = _per_row(output, values.index) & usable[name]
             checker.add(f"{name}.{check.name}", check.error or check.name, outcome, [name])
 
-    complete = coerced.notna().all(axis=1)  # rows with a missing or mistyped value fail those checks
-    _table_checks(checker, schema, coerced, complete, start_date)
+    key = list(dataset.unique_key)
+    unique = RowCheck(
+        "rows.one_per_period", f"no two rows share the same {' and '.join(key)}", tuple(key),
+        lambda df: ~df.duplicated(subset=key, keep=False),
+    )  # fmt: skip
+    for check in [unique, *row_checks(dataset)]:
+        _row_check(checker, check=check, coerced=coerced, usable=usable)
 
     return ValidationReport(
         source=source,
@@ -200,60 +217,148 @@ def validate_table(table: pd.DataFrame, params: ValidateParams, start_date: dt.d
         checks=checker.results,
         rows_passing_all_checks=int((~checker.row_failed).sum()) if len(table) else 0,
         min_share_of_checks_passed=params.min_share_of_checks_passed,
+        time=time_coverage(coerced, dataset) if len(table) else None,
     )
 
 
-def _column_checks(column: pa.Column) -> list[tuple[str, str]]:
-    return [("not_null", "no missing values"), ("dtype", f"values are {column.dtype}")] + [
+_TYPE_WORDS = {"int": "whole numbers", "float": "finite numbers", "str": "text"}
+
+
+def _column_checks(column: pa.Column, kind: ColumnType) -> list[tuple[str, str]]:
+    return [("not_null", "no missing values"), ("dtype", f"values are {_TYPE_WORDS[kind]}")] + [
         (check.name, check.error or check.name) for check in column.checks
     ]
 
 
-def _table_checks(
-    checker: _Checker, schema: pa.DataFrameSchema, coerced: pd.DataFrame, complete: pd.Series, start_date: dt.date
+def _row_check(
+    checker: _Checker,
+    *,
+    check: RowCheck,
+    coerced: pd.DataFrame,
+    usable: dict[str, pd.Series],
 ) -> None:
-    unique = list(schema.unique or [])
-    row_checks: list[tuple[str, str, Callable[[pd.DataFrame], pd.Series]]] = [
-        (
-            "rows.one_per_hour",
-            f"no two rows share the same {' and '.join(unique)}",
-            lambda df: ~df.duplicated(subset=unique, keep=False),
-        ),
-        *[(f"rows.{c.name}", (c.description or c.name).strip(), c) for c in schema.checks],
-        (
-            "rows.month_matches_day",
-            f"the month name agrees with the date of `day` (day 1 = {start_date})",
-            lambda df: month_matches_day(df, start_date),
-        ),
-    ]
-    for name, description, run in row_checks:
+    name, description, columns = check.name, check.description, check.columns
+    missing = [column for column in columns if column not in usable]
+    if missing:
+        checker.add_error(name, description, f"needs the missing column(s) {', '.join(missing)}")
+        return
+    try:
+        outcome = check.run(coerced)
+    except Exception as exc:  # a rule may raise on odd data: report it, never crash
+        checker.add_error(name, description, f"the check raised {type(exc).__name__}: {exc}")
+        return
+    vouched = pd.Series(True, index=coerced.index)
+    for column in columns:  # a row with a missing or mistyped value in a column the check reads fails it
+        vouched &= usable[column]
+    checker.add(
+        name, description, _per_row(getattr(outcome, "check_output", outcome), coerced.index) & vouched, list(columns)
+    )
+
+
+def _known_columns(checker: _Checker, table: pd.DataFrame, dataset: Dataset, hints: dict[str, list[str]]) -> None:
+    description = "every column of the file is declared in dataset.yaml"
+    unknown = [str(name) for name in table.columns if name not in dataset.file_columns]
+    if not unknown:
+        checker.add("table.known_columns", description, pd.Series(True, index=table.index))
+        return
+    fits = [f"'{name}' could be {' or '.join(repr(m) for m in hints[name])}" for name in unknown if hints.get(name)]
+    problem = f"the declaration does not know the column(s) {', '.join(repr(name) for name in unknown)}"
+    if fits:
+        problem += f" ({'; '.join(fits)} under another name)"
+    problem += ": declare them (role: ignored to keep them out of the model) or rename them"
+    tolerance = checker.tolerance("table.known_columns")
+    checker.results.append(CheckResult("table.known_columns", description, len(table), 0, tolerance, error=problem))
+
+
+def lookalikes(table: pd.DataFrame, dataset: Dataset) -> dict[str, list[str]]:
+    """For each undeclared column, the missing declared columns it may be: a similar name, or values that fit."""
+    missing = [name for name in dataset.file_columns if name not in table.columns]
+    found: dict[str, list[str]] = {}
+    for name in (str(column) for column in table.columns if column not in dataset.file_columns):
+        matches = [
+            declared for declared in missing if _similar(name, declared) or _fits(table[name], dataset, declared)
+        ]
+        if matches:
+            found[name] = matches
+    return found
+
+
+def _similar(name: str, declared: str) -> bool:
+    return difflib.SequenceMatcher(None, name.lower(), declared.lower()).ratio() >= 0.75
+
+
+def _fits(raw: pd.Series, dataset: Dataset, declared: str) -> bool:
+    """The values are of the declared column's type and within its values, nearly all of them."""
+    column = dataset.columns[declared]
+    values, _ = coerce(raw, column.type)
+    present = values.dropna()
+    if len(raw) == 0 or len(present) < 0.95 * len(raw):
+        return False
+    for check in value_checks(column):
         try:
-            outcome = run(coerced)
-        except (KeyError, pa.errors.SchemaError) as exc:  # pandera wraps a check's KeyError
-            checker.add_error(name, description, f"needs a missing column: {exc}")
-            continue
-        except Exception as exc:  # a custom check may raise on odd data: report it, never crash
-            checker.add_error(name, description, f"the check raised {exc!r}")
-            continue
-        outcome = _per_row(getattr(outcome, "check_output", outcome), coerced.index)
-        checker.add(name, description, outcome | ~complete)
+            passing = _per_row(check(present).check_output, present.index)
+        except Exception:
+            return False
+        if passing.mean() < 0.95:
+            return False
+    return True
+
+
+def _hint_for_missing(name: str, hints: dict[str, list[str]]) -> str:
+    candidates = [column for column, declared in hints.items() if name in declared]
+    if not candidates:
+        return ""
+    listed = " or ".join(repr(column) for column in candidates)
+    return f"; the file's {listed} could be it under another name: rename it, or correct the declaration"
+
+
+def time_coverage(coerced: pd.DataFrame, dataset: Dataset, shown: int = 5) -> dict[str, Any] | None:
+    """The span of the data's times, how many periods it should hold, and its gaps (the longest first)."""
+    if any(column not in coerced.columns for column in dataset.time.columns):
+        return None
+    stamps = calendar.timestamps(coerced, dataset.time).dropna()
+    if stamps.empty:
+        return None
+    frequency = dataset.time.frequency
+    step = pd.Timedelta(minutes=frequency.minutes)
+    distinct = pd.Series(stamps.unique()).sort_values(ignore_index=True)
+    first, last = distinct.iloc[0], distinct.iloc[-1]
+    expected = int((last - first) / step) + 1
+    coverage: dict[str, Any] = {
+        "first": first.isoformat(), "last": last.isoformat(), "frequency": frequency.period,
+        "expected_periods": expected, "periods": len(distinct), "missing_periods": max(expected - len(distinct), 0),
+    }  # fmt: skip
+    jumps = distinct.diff()
+    starts = jumps[jumps > step].index
+    gaps = [
+        {
+            "after": distinct.iloc[position - 1].isoformat(),
+            "before": distinct.iloc[position].isoformat(),
+            "missing": int(jumps.iloc[position] / step) - 1,
+        }
+        for position in starts
+    ]
+    coverage["gaps"] = len(gaps)
+    coverage["longest_gaps"] = sorted(gaps, key=lambda gap: -gap["missing"])[:shown]
+    return coverage
 
 
 def _per_row(output: Any, index: pd.Index) -> pd.Series:
-    """A check's outcome for every row: a scalar outcome (a check on the whole column) applies to all."""
+    """A check's outcome for every row (False where it has none); a scalar outcome applies to all."""
     if isinstance(output, pd.Series):
-        return output.reindex(index, fill_value=True).astype(bool)
+        return output.reindex(index, fill_value=False).fillna(False).astype(bool)
     return pd.Series(bool(output), index=index)
 
 
-def check_names(schema: pa.DataFrameSchema | None = None) -> list[str]:
+def check_names(dataset: Dataset) -> list[str]:
     """Every check the report lists, in report order (also the keys of `validate.min_pass_rate`)."""
-    schema = schema or RawHourly.to_schema()
-    names = ["table.not_empty"]
-    for name, column in schema.columns.items():
-        names += [f"{name}.present"] + [f"{name}.{suffix}" for suffix, _ in _column_checks(column)]
-    names += ["rows.one_per_hour"] + [f"rows.{c.name}" for c in schema.checks] + ["rows.month_matches_day"]
-    return names
+    schema = raw_schema(dataset)
+    names = ["table.not_empty", "table.known_columns"]
+    for name, column in dataset.file_columns.items():
+        names += [f"{name}.present"] + [
+            f"{name}.{suffix}" for suffix, _ in _column_checks(schema.columns[name], column.type)
+        ]
+    return [*names, "rows.one_per_period", *(check.name for check in row_checks(dataset))]
 
 
 def unreadable_report(source: str, problem: str, params: ValidateParams) -> ValidationReport:
@@ -261,7 +366,7 @@ def unreadable_report(source: str, problem: str, params: ValidateParams) -> Vali
     return ValidationReport(source, 0, [result], 0, params.min_share_of_checks_passed)
 
 
-def validate_file(path: Path, params: ValidateParams, start_date: dt.date) -> ValidationReport:
+def validate_file(path: Path, params: ValidateParams, dataset: Dataset) -> ValidationReport:
     try:
         table = read_raw(path)
     except FileNotFoundError:
@@ -270,7 +375,7 @@ def validate_file(path: Path, params: ValidateParams, start_date: dt.date) -> Va
         return unreadable_report(str(path), f"{path} is empty: no header, no rows", params)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         return unreadable_report(str(path), f"{path} is not a readable CSV: {exc}".strip(), params)
-    return validate_table(table, params, start_date, str(path))
+    return validate_table(table, params, dataset, str(path))
 
 
 def render_markdown(report: ValidationReport) -> str:
@@ -287,6 +392,8 @@ def render_markdown(report: ValidationReport) -> str:
         f"| {report.rows_passing_all_checks:,} ({report.share_of_rows_passed:.2%}) |",
         "",
     ]
+    if report.time:
+        lines += [coverage_line(report.time), ""]
     failed = report.failed_checks
     if failed:
         lines += ["## Failed checks", ""]
@@ -313,6 +420,22 @@ def render_markdown(report: ValidationReport) -> str:
         rule = check.description.replace("|", "\\|")
         lines.append(f"| `{check.name}` | {rule} | {check.pass_rate:.2%} | {check.min_pass_rate:.2%} | {status} |")
     return "\n".join(lines) + "\n"
+
+
+def coverage_line(time: dict[str, Any]) -> str:
+    """`Times: 2011-01-01 00:00 to 2011-12-31 23:00, 8,645 of 8,760 hours; 115 missing in 30 gaps (longest: ...)`."""
+    periods = f"{time['frequency']}s"
+    line = (
+        f"Times: {time['first'][:16].replace('T', ' ')} to {time['last'][:16].replace('T', ' ')}, "
+        f"{time['periods']:,} of {time['expected_periods']:,} {periods}"
+    )
+    if not time["missing_periods"]:
+        return line + ", none missing."
+    longest = time["longest_gaps"][0]
+    return (
+        f"{line}; {time['missing_periods']:,} missing in {time['gaps']:,} gap(s), the longest "
+        f"{longest['missing']:,} {periods} after {longest['after'][:16].replace('T', ' ')}."
+    )
 
 
 def _sample_table(samples: list[dict[str, Any]]) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forkcast.config import GateParams, Params
+from forkcast.config import GateParams, HistGradientBoostingParams, Params, TrackingParams
 from forkcast.data.prepare import Splits
 from forkcast.model.evaluate import evaluate
 from forkcast.model.registry import CANDIDATE, PRODUCTION, judge, promote, save_gate, track_and_register
@@ -95,7 +95,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def good_model(splits: Splits, params: Params) -> TrainedModel:
-    return train(params, splits.as_dict(), data_hash="d41d8cd98f00b204e9800998ecf8427e.dir")
+    return train(params, splits.as_dict(), params.dataset.inputs(), data_hash="d41d8cd98f00b204e9800998ecf8427e.dir")
 
 
 LINEAGE = {
@@ -106,11 +106,12 @@ LINEAGE = {
 
 
 def register(params: Params, model: TrainedModel, splits: Splits, tmp_path: Path):  # type: ignore[no-untyped-def]
-    evaluation = evaluate(model.pipeline, splits.train, splits.test, params.data.target)
+    inputs = params.dataset.inputs()
+    evaluation = evaluate(model.pipeline, splits.train, splits.test, inputs, params.dataset.seasonal_keys)
     report = tmp_path / "report.json"
     report.write_text('{"passed": true}')
     return track_and_register(
-        params=params, pipeline=model.pipeline, test=splits.test, evaluation=evaluation.metrics,
+        params=params, pipeline=model.pipeline, inputs=inputs, test=splits.test, evaluation=evaluation.metrics,
         metadata=model.metadata, lineage=LINEAGE, artifacts=[report], local_dir=tmp_path / ".mlflow",
     )  # fmt: skip
 
@@ -118,13 +119,20 @@ def register(params: Params, model: TrainedModel, splits: Splits, tmp_path: Path
 @pytest.mark.slow
 @pytest.mark.integration
 def test_runs_versions_aliases_and_the_gate_on_a_real_server(
-    mlflow_server: str, good_model: TrainedModel, splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_server: str,
+    good_model: TrainedModel,
+    splits: Splits,
+    params: Params,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import mlflow
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    params = Params.model_validate({"tracking": {"experiment": "registry-test", "registered_model": "demand-test"}})
+    params = params.model_copy(
+        update={"tracking": TrackingParams(experiment="registry-test", registered_model="demand-test")}
+    )
     name = params.tracking.registered_model
 
     first = register(params, good_model, splits, tmp_path)
@@ -155,10 +163,11 @@ def test_runs_versions_aliases_and_the_gate_on_a_real_server(
 
     # Production is v1; a much worse model is registered but refused, and says by how much.
     promote(tmp_path / ".mlflow", params, first.version)
-    worse_params = Params.model_validate(
-        {**params.model_dump(by_alias=True), "train": {"hist_gradient_boosting": {"max_iter": 2}}}
+    weak = params.train.model_copy(update={"hist_gradient_boosting": HistGradientBoostingParams(max_iter=2)})
+    worse_params = params.model_copy(update={"train": weak})
+    worse = register(
+        worse_params, train(worse_params, splits.as_dict(), params.dataset.inputs(), None), splits, tmp_path
     )
-    worse = register(worse_params, train(worse_params, splits.as_dict(), None), splits, tmp_path)
     assert not worse.verdict.eligible
     assert worse.verdict.production_version == first.version
     assert "worse" in worse.verdict.reason
@@ -178,11 +187,11 @@ def test_runs_versions_aliases_and_the_gate_on_a_real_server(
 @pytest.mark.slow
 @pytest.mark.integration
 def test_default_tracking_is_a_local_store_with_no_server(
-    good_model: TrainedModel, splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    good_model: TrainedModel, splits: Splits, params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    registration = register(Params(), good_model, splits, tmp_path)
+    registration = register(params, good_model, splits, tmp_path)
     assert registration.tracking_uri.startswith("sqlite:///")
     assert (tmp_path / ".mlflow" / "mlflow.db").exists()
     assert list((tmp_path / ".mlflow" / "artifacts").rglob("MLmodel"))

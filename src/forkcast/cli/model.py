@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,11 +13,15 @@ from forkcast.cli.common import (
     ParamsOption,
     fail,
     load_params,
+    read_inputs,
     read_splits,
     require,
     step,
     tracking_errors,
 )
+
+if TYPE_CHECKING:
+    from forkcast.data.declaration import Inputs
 
 app = typer.Typer()
 
@@ -30,17 +34,17 @@ def train(params_file: ParamsOption = PARAMS_FILE) -> None:
     from forkcast.model.train import train as fit_model
 
     params = load_params(params_file)
-    splits = read_splits()
-    with step(f"train {params.train.model}"):
+    splits, inputs = read_splits(), read_inputs()
+    with step(f"train {params.train.model} on {len(splits['train']):,} {inputs.frequency.periods}"):
         try:
-            model = fit_model(params, splits, lineage.data_hash(paths.DATA_DVC))
+            model = fit_model(params, splits, inputs, lineage.data_hash(paths.DATA_DVC))
         except OnnxMismatchError as exc:
             raise fail(str(exc), EXIT_CHECK_FAILED) from exc
         save(model, paths.MODEL_PICKLE, paths.MODEL_ONNX, paths.MODEL_METADATA)
     validation = model.metadata["metrics"]["validation"]
     typer.echo(
-        f"validation RMSE {validation['rmse']:.1f}, MAE {validation['mae']:.1f}, R² {validation['r2']:.3f}; "
-        f"ONNX matches within {model.metadata['onnx_max_abs_difference_on_test']:.2g}"
+        f"validation RMSE {inputs.quantity(validation['rmse'])}, MAE {inputs.quantity(validation['mae'])}, "
+        f"R² {validation['r2']:.3f}; ONNX matches within {model.metadata['onnx_max_gap_on_test']:.2g}"
     )
 
 
@@ -53,20 +57,22 @@ def evaluate(params_file: ParamsOption = PARAMS_FILE) -> None:
 
     params = load_params(params_file)
     require(paths.MODEL_PICKLE)
-    splits = read_splits()
+    splits, inputs = read_splits(), read_inputs()
     with step("evaluate"):
-        evaluation = score(load_pipeline(paths.MODEL_PICKLE), splits["train"], splits["test"], params.data.target)
-        save(evaluation, paths.METRICS_JSON, paths.PREDICTIONS_CSV, paths.ERROR_BY_HOUR_CSV, paths.ERROR_BY_MONTH_CSV)
-    typer.echo(_metrics_table(evaluation.metrics))
+        pipeline = load_pipeline(paths.MODEL_PICKLE)
+        evaluation = score(pipeline, splits["train"], splits["test"], inputs, params.dataset.seasonal_keys)
+        save(evaluation, paths.METRICS_JSON, paths.PREDICTIONS_CSV, paths.ERROR_BY_CYCLE_CSV, paths.ERROR_BY_MONTH_CSV)
+    typer.echo(metrics_table(evaluation.metrics, inputs))
 
 
-def _metrics_table(metrics: dict[str, Any]) -> str:
+def metrics_table(metrics: dict[str, Any], inputs: Inputs) -> str:
+    from forkcast.data.declaration import figure
     from forkcast.summary import versus_baseline
 
-    model, baseline = metrics["model"], metrics["baseline"]
-    lines = [f"{'test set':<22}{'RMSE':>8}{'MAE':>8}{'R²':>8}"]
-    for label, values in (("model", model), ("seasonal baseline", baseline)):
-        lines.append(f"{label:<22}{values['rmse']:>8.1f}{values['mae']:>8.1f}{values['r2']:>8.3f}")
+    periods = f"{metrics['test_rows']:,} {inputs.frequency.periods}"
+    lines = [f"{'test set, ' + periods:<28}{'RMSE':>9}{'MAE':>9}{'R²':>8}   ({inputs.target.unit})"]
+    for label, values in (("model", metrics["model"]), ("seasonal baseline", metrics["baseline"])):
+        lines.append(f"{label:<28}{figure(values['rmse']):>9}{figure(values['mae']):>9}{values['r2']:>8.3f}")
     lines.append(f"RMSE {versus_baseline(metrics['rmse_improvement_over_baseline'])}")
     return "\n".join(lines)
 
@@ -89,6 +95,7 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
         registration = track_and_register(
             params=params,
             pipeline=load_pipeline(paths.MODEL_PICKLE),
+            inputs=read_inputs(),
             test=test,
             evaluation=atomic.read_json(paths.METRICS_JSON),
             metadata=atomic.read_json(paths.MODEL_METADATA),

@@ -1,4 +1,4 @@
-"""The model: one scikit-learn Pipeline from raw feature columns to predicted rentals.
+"""The model: one scikit-learn Pipeline from the declared features to the predicted target.
 
 The whole fitted pipeline (preprocessing included) is the artifact that gets
 tracked, exported and served, so training and serving cannot drift apart.
@@ -16,7 +16,7 @@ from sklearn.preprocessing import OneHotEncoder
 from threadpoolctl import threadpool_limits
 
 from forkcast.config import TrainParams
-from forkcast.data.features import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from forkcast.data.declaration import Inputs, Target
 
 
 def build_regressor(params: TrainParams) -> HistGradientBoostingRegressor | RandomForestRegressor:
@@ -26,24 +26,25 @@ def build_regressor(params: TrainParams) -> HistGradientBoostingRegressor | Rand
     return RandomForestRegressor(random_state=params.seed, n_jobs=params.threads, **hyperparameters)
 
 
-def build_pipeline(params: TrainParams) -> Pipeline:
-    preprocess = ColumnTransformer(
-        [
-            ("categorical", OneHotEncoder(handle_unknown="ignore"), list(CATEGORICAL_FEATURES)),
-            ("numeric", "passthrough", list(NUMERIC_FEATURES)),
-        ]
+def build_pipeline(params: TrainParams, inputs: Inputs) -> Pipeline:
+    """Text features one-hot encoded, numbers as they are, then the regressor."""
+    steps = (
+        [("categorical", OneHotEncoder(handle_unknown="ignore"), list(inputs.categorical))]
+        if inputs.categorical
+        else []
     )
-    return Pipeline([("preprocess", preprocess), ("regressor", build_regressor(params))])
+    steps += [("numeric", "passthrough", list(inputs.numeric))] if inputs.numeric else []
+    return Pipeline([("preprocess", ColumnTransformer(steps)), ("regressor", build_regressor(params))])
 
 
-def fit(params: TrainParams, train: pd.DataFrame, target: str) -> Pipeline:
-    pipeline = build_pipeline(params)
+def fit(params: TrainParams, train: pd.DataFrame, inputs: Inputs) -> Pipeline:
+    pipeline = build_pipeline(params, inputs)
     with threadpool_limits(limits=params.threads):  # OpenMP threads of HistGradientBoosting
-        pipeline.fit(train[list(FEATURES)], train[target])
+        pipeline.fit(train[list(inputs.names)], train[inputs.target.name])
     return pipeline
 
 
-def predict(pipeline: Pipeline, frame: pd.DataFrame) -> pd.Series:
-    """Predicted rentals per hour; demand is never negative."""
-    predictions = pipeline.predict(frame[list(FEATURES)]).clip(min=0.0)
+def predict(pipeline: Pipeline, frame: pd.DataFrame, target: Target) -> pd.Series:
+    """Predicted target per row, within the target's declared range (demand is never negative)."""
+    predictions = target.clip(pipeline.predict(frame[list(pipeline.feature_names_in_)]))
     return pd.Series(predictions, index=frame.index, name="prediction")

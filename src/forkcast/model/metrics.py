@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
-PROFILE_KEYS = ["workingday", "hr"]
 
 
 def regression_metrics(actual: pd.Series, predicted: pd.Series | np.ndarray) -> dict[str, float]:
@@ -21,8 +21,9 @@ def regression_metrics(actual: pd.Series, predicted: pd.Series | np.ndarray) -> 
     return {name: round(value, 4) for name, value in metrics.items()}
 
 
-def seasonal_baseline(train: pd.DataFrame, target: str, frame: pd.DataFrame) -> pd.Series:
-    """Mean training demand for the same hour on the same kind of day (working or not)."""
-    profile = train.groupby(PROFILE_KEYS)[target].mean().rename("baseline")
-    joined = frame[PROFILE_KEYS].join(profile, on=PROFILE_KEYS)["baseline"]
+def seasonal_baseline(train: pd.DataFrame, target: str, frame: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+    """The mean training target of the rows with the same values of `keys` (the declared seasonal keys: the same
+    hour on the same kind of day, say); the overall training mean where training never saw those values."""
+    profile = train.groupby(list(keys))[target].mean().rename("baseline")
+    joined = frame[list(keys)].join(profile, on=list(keys))["baseline"]
     return joined.fillna(train[target].mean())

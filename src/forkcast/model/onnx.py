@@ -1,5 +1,9 @@
 """The pipeline in ONNX: its export (one input per column), and the runner that training's check and the
-service both feed the same way."""
+service both feed the same way.
+
+Nothing here names a feature: the export reads the pipeline's own columns (text ones become string inputs), and
+the runner reads the ONNX graph's inputs, so both follow the declaration the model was trained from.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,26 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from forkcast.data.features import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
-
 Columns = Mapping[str, Sequence[Any]]
 
 
-def columns_of(records: Sequence[Any]) -> dict[str, list[Any]]:
+def columns_of(records: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]]:
     """Column lists from records with one attribute per feature (pydantic models)."""
-    return {name: [getattr(record, name) for record in records] for name in FEATURES}
+    return {name: [getattr(record, name) for record in records] for name in names}
 
 
-def columns_of_frame(frame: pd.DataFrame) -> dict[str, list[Any]]:
-    return {name: frame[name].tolist() for name in FEATURES}
+def columns_of_frame(frame: pd.DataFrame, names: Sequence[str]) -> dict[str, list[Any]]:
+    return {name: frame[name].tolist() for name in names}
+
+
+def categorical_columns(pipeline: Pipeline) -> list[str]:
+    """The pipeline's one-hot encoded (text) columns, as its preprocessing step lists them."""
+    return [
+        str(column)
+        for name, _, columns in pipeline.named_steps["preprocess"].transformers_
+        if name == "categorical"
+        for column in columns
+    ]
 
 
 class OnnxModel:
@@ -35,13 +47,17 @@ class OnnxModel:
         options.intra_op_num_threads = 1  # one thread per worker: workers are the parallelism
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self._inputs = [
+            (node.name, object if node.type == "tensor(string)" else np.float32) for node in self._session.get_inputs()
+        ]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [name for name, _ in self._inputs]
 
     def predict(self, columns: Columns) -> np.ndarray:
-        feeds: dict[str, np.ndarray] = {
-            name: np.asarray(columns[name], dtype=np.float32).reshape(-1, 1) for name in NUMERIC_FEATURES
-        }
-        for name in CATEGORICAL_FEATURES:
-            feeds[name] = np.asarray(columns[name], dtype=object).reshape(-1, 1)
+        """Raw predictions (before any clipping) for the columns, one value per row."""
+        feeds = {name: np.asarray(columns[name], dtype=kind).reshape(-1, 1) for name, kind in self._inputs}
         return np.asarray(self._session.run(None, feeds)[0], dtype=np.float64).ravel()
 
 
@@ -67,8 +83,11 @@ def to_onnx_bytes(pipeline: Pipeline) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    inputs = [(name, FloatTensorType([None, 1])) for name in NUMERIC_FEATURES]
-    inputs += [(name, StringTensorType([None, 1])) for name in CATEGORICAL_FEATURES]
+    text = set(categorical_columns(pipeline))
+    inputs = [
+        (str(name), StringTensorType([None, 1]) if name in text else FloatTensorType([None, 1]))
+        for name in pipeline.feature_names_in_
+    ]
     with _integer_missing_value_flags():
         model = convert_sklearn(pipeline, initial_types=inputs)
     return bytes(model.SerializeToString())
@@ -76,10 +95,23 @@ def to_onnx_bytes(pipeline: Pipeline) -> bytes:
 
 def predict_onnx(model: bytes, frame: pd.DataFrame) -> np.ndarray:
     """ONNX Runtime's predictions (before clipping), fed exactly as the service feeds it."""
-    return OnnxModel(model).predict(columns_of_frame(frame))
+    runner = OnnxModel(model)
+    return runner.predict(columns_of_frame(frame, runner.input_names))
 
 
-def max_abs_difference(pipeline: Pipeline, model: bytes, frame: pd.DataFrame) -> float:
-    """Largest gap between scikit-learn and ONNX Runtime predictions (before clipping)."""
-    expected = pipeline.predict(frame[list(FEATURES)])
-    return float(np.max(np.abs(predict_onnx(model, frame) - expected))) if len(frame) else 0.0
+def gap(served: Any, expected: Any) -> float:
+    """How far two predictions of the same rows are apart, at worst: |served - expected| / max(1, |expected|).
+
+    An absolute difference below 1 and a relative one above: ONNX Runtime scores in float32, whose rounding grows
+    with the values, so one tolerance fits a target counted in units and one counted in millions alike.
+    """
+    served, expected = np.asarray(served, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    if not served.size:
+        return 0.0
+    return float(np.max(np.abs(served - expected) / np.maximum(1.0, np.abs(expected))))
+
+
+def onnx_gap(pipeline: Pipeline, model: bytes, frame: pd.DataFrame) -> float:
+    """The gap between scikit-learn's and ONNX Runtime's predictions of `frame` (before clipping)."""
+    expected = pipeline.predict(frame[list(pipeline.feature_names_in_)]) if len(frame) else []
+    return gap(predict_onnx(model, frame), expected) if len(frame) else 0.0

@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 
 from forkcast import atomic
 from forkcast.config import GateParams, Params
-from forkcast.data.features import FEATURES
+from forkcast.data.declaration import Inputs, Target
 from forkcast.model.estimator import predict
 from forkcast.model.metrics import regression_metrics
 
@@ -149,7 +149,7 @@ def _trusted_types(pipeline: Pipeline) -> list[str]:
 
 
 def production_metrics(
-    client: MlflowClient, name: str, test: pd.DataFrame, target: str
+    client: MlflowClient, name: str, test: pd.DataFrame, target: Target
 ) -> tuple[str | None, dict[str, float] | None]:
     """Score the production model on the same test rows as the candidate."""
     import mlflow
@@ -163,7 +163,7 @@ def production_metrics(
             return None, None
         raise
     production = mlflow.sklearn.load_model(f"models:/{name}@{PRODUCTION}")
-    return str(version.version), regression_metrics(test[target], predict(production, test))
+    return str(version.version), regression_metrics(test[target.name], predict(production, test, target))
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,7 @@ def track_and_register(
     *,
     params: Params,
     pipeline: Pipeline,
+    inputs: Inputs,
     test: pd.DataFrame,
     evaluation: dict[str, Any],
     metadata: dict[str, Any],
@@ -196,7 +197,7 @@ def track_and_register(
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
     client = MlflowClient()
     name = params.tracking.registered_model
-    target = params.data.target
+    target = inputs.target
     commit = lineage.get("git_commit") or "unknown"
     tags = {
         "git_commit": commit,
@@ -205,11 +206,11 @@ def track_and_register(
         # dvc.lock is read while `register` runs: its own entry, if any, is the previous run's.
         **{f"dvc_stage.{s}": digest for s, digest in lineage.get("stage_hashes", {}).items() if s != "register"},
     }
-    example = test[list(FEATURES)].head(5)
+    example = test[list(inputs.names)].head(5)
     with warnings.catch_warnings():
         # The inputs are integers on purpose: the service rejects missing values instead of encoding them.
         warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values")
-        signature = infer_signature(example, predict(pipeline, example).to_numpy())
+        signature = infer_signature(example, predict(pipeline, example, target).to_numpy())
     with mlflow.start_run(run_name=f"{params.train.model}-{commit[:7]}", tags=tags) as run:
         mlflow.log_params(flat_params(params))
         mlflow.log_metrics(_flat_metrics(evaluation, metadata))

@@ -13,10 +13,11 @@ from sklearn.pipeline import Pipeline
 
 from forkcast import atomic
 from forkcast.config import Params
+from forkcast.data.declaration import Inputs
 from forkcast.model import lineage
 from forkcast.model.estimator import fit, predict
 from forkcast.model.metrics import regression_metrics
-from forkcast.model.onnx import max_abs_difference, to_onnx_bytes
+from forkcast.model.onnx import onnx_gap, to_onnx_bytes
 
 
 class OnnxMismatchError(Exception):
@@ -30,17 +31,19 @@ class TrainedModel:
     metadata: dict[str, Any]
 
 
-def train(params: Params, splits: dict[str, pd.DataFrame], data_hash: str | None) -> TrainedModel:
-    target = params.data.target
-    pipeline = fit(params.train, splits["train"], target)
-    validation_metrics = regression_metrics(splits["validation"][target], predict(pipeline, splits["validation"]))
+def train(params: Params, splits: dict[str, pd.DataFrame], inputs: Inputs, data_hash: str | None) -> TrainedModel:
+    """Fit on the training split; the metadata carries the input contract (`inputs`) the service will enforce."""
+    target = inputs.target
+    pipeline = fit(params.train, splits["train"], inputs)
+    validation = splits["validation"]
+    validation_metrics = regression_metrics(validation[target.name], predict(pipeline, validation, target))
 
     onnx_model = to_onnx_bytes(pipeline)
-    gap = max_abs_difference(pipeline, onnx_model, splits["test"])
+    gap = onnx_gap(pipeline, onnx_model, splits["test"])
     if gap > params.train.onnx_tolerance:
         raise OnnxMismatchError(
-            f"ONNX predictions differ from scikit-learn by up to {gap:.4g} on the test set "
-            f"(train.onnx_tolerance is {params.train.onnx_tolerance})"
+            f"ONNX predictions differ from scikit-learn by up to {gap:.3g} (|difference| / max(1, |prediction|)) on "
+            f"the test set; train.onnx_tolerance is {params.train.onnx_tolerance:g}"
         )
     metadata = {
         "model_type": params.train.model,
@@ -48,10 +51,11 @@ def train(params: Params, splits: dict[str, pd.DataFrame], data_hash: str | None
         "hyperparameters": params.train.hyperparameters(),
         "seed": params.train.seed,
         "features": list(pipeline.feature_names_in_),
-        "target": target,
+        "target": target.name,
+        "inputs": inputs.model_dump(mode="json"),
         "splits": {name: _describe(frame) for name, frame in splits.items()},
         "metrics": {"validation": validation_metrics},
-        "onnx_max_abs_difference_on_test": gap,
+        "onnx_max_gap_on_test": gap,
         "data_hash": data_hash,
         "git_commit": lineage.git_commit(),
         "libraries": lineage.library_versions(),

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from forkcast import atomic, paths
+from forkcast.config import Params
+from forkcast.data.prepare import Splits
 from forkcast.model.train import TrainedModel, save
 from forkcast.serving import build
 from forkcast.serving.build import BuildError, ModelSource
@@ -18,24 +20,29 @@ from ..conftest import ROOT, Built
 
 
 def version_of(source: ModelSource, golden: pd.DataFrame, tmp_path: Path, code: Path = ROOT / "src") -> str:
-    resolved = build.resolve_bentofile(ROOT / "bentofile.yaml", {"model_version": "7"}, tmp_path)
+    resolved = build.resolve_bentofile(ROOT / "bentofile.yaml", {"model_version": "7"}, source.inputs, tmp_path)
     return build.bento_version(source, golden, resolved, code)
 
 
 def test_the_same_model_and_code_give_the_same_tag_and_any_change_a_new_one(
-    trained: TrainedModel, tmp_path: Path
+    trained: TrainedModel, params: Params, tmp_path: Path
 ) -> None:
+    inputs = params.dataset.inputs()
     golden = pd.DataFrame({"hr": [1, 2], "expected": [3.0, 4.0]})
-    source = ModelSource(trained.pipeline, b"pipeline", trained.onnx, {"model_version": "7", "run_id": "r"})
+    source = ModelSource(trained.pipeline, b"pipeline", trained.onnx, inputs, {"model_version": "7", "run_id": "r"})
     tag = version_of(source, golden, tmp_path)
     assert tag.startswith("v7-")
     # The same registered model loaded from MLflow pickles differently; its ONNX export is the same bytes.
-    assert (
-        version_of(ModelSource(trained.pipeline, b"re-pickled", trained.onnx, source.lineage), golden, tmp_path) == tag
-    )
+    repickled = ModelSource(trained.pipeline, b"re-pickled", trained.onnx, inputs, source.lineage)
+    assert version_of(repickled, golden, tmp_path) == tag
     assert version_of(source, golden.assign(expected=[3.0, 4.5]), tmp_path) != tag
-    other_run = ModelSource(trained.pipeline, b"pipeline", trained.onnx, {"model_version": "7", "run_id": "s"})
+    other_run = ModelSource(trained.pipeline, b"pipeline", trained.onnx, inputs, {"model_version": "7", "run_id": "s"})
     assert version_of(other_run, golden, tmp_path) != tag
+    wider = inputs.model_copy(update={"dataset": "renamed"})  # a change to the contract is a new bento
+    assert (
+        version_of(ModelSource(trained.pipeline, b"pipeline", trained.onnx, wider, source.lineage), golden, tmp_path)
+        != tag
+    )
     code = tmp_path / "src"
     shutil.copytree(ROOT / "src", code)
     assert version_of(source, golden, tmp_path, code) == tag
@@ -66,6 +73,9 @@ def test_the_pipeline_model_is_built_with_its_lineage(
     assert source.lineage["data_hash"] == trained.metadata["data_hash"]
     assert source.lineage["metrics"] == {"test_rmse": 50.0, "test_mae": 30.0, "test_r2": 0.8}
     assert source.onnx == trained.onnx
+    assert source.inputs.names == tuple(trained.metadata["features"])  # the contract it was trained with
+    test = trained.metadata["splits"]["test"]
+    assert source.lineage["test_period"] == {"start": test["start"], "end": test["end"]}
 
 
 def test_a_model_the_gate_rejected_needs_force(
@@ -105,10 +115,26 @@ def test_the_built_bento_carries_the_lineage_as_labels(built: Built) -> None:
         build.describe("forkcast:v0-missing")
 
 
-def test_golden_cases_span_the_test_period_with_the_pipelines_answers(trained: TrainedModel, built: Built) -> None:
+@pytest.mark.datasets
+def test_golden_cases_span_the_test_period_with_the_pipelines_answers(
+    trained: TrainedModel, built: Built, splits: Splits, params: Params
+) -> None:
     golden = atomic.read_json(built.golden)
     assert len(golden["records"]) == len(golden["expected"]) == 50
-    assert {record["month"] for record in golden["records"]} >= {11, 12}
     frame = pd.DataFrame(golden["records"])
-    predicted = trained.pipeline.predict(frame).clip(min=0)
+    assert list(frame.columns) == list(params.dataset.feature_names)
+    test_rows = splits.test[list(params.dataset.feature_names)]
+    assert frame.iloc[0].tolist() == test_rows.iloc[0].tolist()  # from the first test row ...
+    assert frame.iloc[-1].tolist() == test_rows.iloc[-1].tolist()  # ... to the last
+    predicted = params.dataset.inputs().target.clip(trained.pipeline.predict(frame))
     assert predicted.tolist() == pytest.approx(golden["expected"], abs=1e-6)
+    assert golden["inputs"] == params.dataset.inputs().model_dump(mode="json")  # the smoke tests' contract
+
+
+@pytest.mark.datasets
+def test_the_bento_describes_its_dataset(built: Built, params: Params) -> None:
+    import bentoml
+
+    bento = bentoml.bentos.get(built.tag)
+    assert bento.info.labels["dataset"] == params.dataset.name
+    assert f"{params.dataset.target} ({params.dataset.unit}) per {params.dataset.time.frequency.period}" in bento.doc

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from forkcast.config import Params
 from forkcast.data.prepare import Splits
@@ -19,7 +18,7 @@ from forkcast.model.train import TrainedModel
 from forkcast.serving import build, deploy, inference_log
 from forkcast.serving.deploy import DeployError, Deployment
 
-from ..conftest import Built, build_bento, free_port, run, run_ok
+from ..conftest import Built, build_bento, free_port, run, run_ok, with_ports
 
 
 def staging(bento: str = "forkcast:v3-abc", smoke: dict[str, object] | None = None) -> Deployment:
@@ -121,7 +120,9 @@ def test_a_service_that_cannot_start_fails_the_deploy_and_the_previous_one_comes
 ) -> None:
     monkeypatch.chdir(tmp_path)
     port = free_port()
-    with pytest.raises(DeployError, match=r"failed to start(.|\n)*forkcast-demand:v0-missing could not be found"):
+    with pytest.raises(
+        DeployError, match=r"while starting(.|\n)*no model forkcast-demand:v0-missing in the BentoML store"
+    ):
         deploy.start("staging", built.tag, "forkcast-demand:v0-missing", port, str(tmp_path))
     assert deploy.load("staging") is None  # nothing was running before: nothing is left running
     assert deploy.port_is_free(port)
@@ -138,16 +139,6 @@ def test_a_service_that_cannot_start_fails_the_deploy_and_the_previous_one_comes
         assert deploy.is_ready(restored.url)
     finally:
         deploy.stop("staging")
-
-
-def with_ports(project: Path) -> tuple[int, int]:
-    params_file = project / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    ports = free_port(), free_port()
-    params["serve"] |= {"staging_port": ports[0], "production_port": ports[1]}
-    params["smoke"]["p95_budget_ms"] = 10_000  # the budget's check has its own test; no timing assertions here
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    return ports
 
 
 @pytest.mark.slow

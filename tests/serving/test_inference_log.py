@@ -14,21 +14,31 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from forkcast.data.features import FEATURES
+from forkcast.data.declaration import Feature, Inputs, Target, load
 from forkcast.serving import inference_log
-from forkcast.serving.contract import EXAMPLE_RECORD
 from forkcast.serving.inference_log import InferenceLog
 
-from ..conftest import BIN, free_port, tool_env
+from ..conftest import BIN, EXAMPLES, ROOT, free_port, tool_env
+
+INPUTS = load(ROOT / "dataset.yaml").inputs()
+SCHEMA = inference_log.log_schema(INPUTS)
+RECORD = {
+    "season": 4, "hr": 8, "holiday": 0, "weekday": 3, "workingday": 1, "weathersit": "clear",
+    "temp": 0.3, "atemp": 0.31, "hum": 0.6, "windspeed": 0.15, "month": 12,
+}  # fmt: skip
 
 
 def columns(count: int, **change: Any) -> dict[str, list[Any]]:
-    record = {**EXAMPLE_RECORD, **change}
-    return {name: [record[name]] * count for name in FEATURES}
+    record = {**RECORD, **change}
+    return {name: [record[name]] * count for name in INPUTS.names}
+
+
+def read(sink: str | Path, **options: Any) -> Any:
+    return inference_log.read(str(sink), schema=SCHEMA, **options)
 
 
 def test_concurrent_appends_are_all_written_exactly_once(tmp_path: Path) -> None:
-    log = InferenceLog(str(tmp_path / "log"), environment="test", flush_seconds=0.05)
+    log = InferenceLog(str(tmp_path / "log"), INPUTS, environment="test", flush_seconds=0.05)
 
     def client(number: int) -> None:
         for request in range(200):
@@ -42,7 +52,7 @@ def test_concurrent_appends_are_all_written_exactly_once(tmp_path: Path) -> None
         thread.join()
     log.close()
 
-    table = inference_log.read(str(tmp_path / "log")).to_pandas()
+    table = read(tmp_path / "log").to_pandas()
     expected_rows = 8 * sum(1 + r % 3 for r in range(200))
     assert len(table) == expected_rows == log.rows_written
     assert not table.duplicated(["request_id", "position"]).any()
@@ -54,7 +64,7 @@ def test_concurrent_appends_are_all_written_exactly_once(tmp_path: Path) -> None
 
 
 def test_files_are_partitioned_by_date_leaving_no_temporary_files(tmp_path: Path) -> None:
-    log = InferenceLog(str(tmp_path), flush_seconds=3600)
+    log = InferenceLog(str(tmp_path), INPUTS, flush_seconds=3600)
     day_one = dt.datetime(2026, 3, 1, 23, 59, tzinfo=dt.UTC)
     log.append("a", "1", columns(2), np.array([1.0, 2.0]), timestamp=day_one)
     log.append("b", "1", columns(1), np.array([3.0]), timestamp=day_one + dt.timedelta(minutes=2))
@@ -63,33 +73,34 @@ def test_files_are_partitioned_by_date_leaving_no_temporary_files(tmp_path: Path
     partitions = sorted(path.name for path in tmp_path.iterdir())
     assert partitions == ["date=2026-03-01", "date=2026-03-02"]
     assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
-    since = inference_log.read(str(tmp_path), since=dt.datetime(2026, 3, 2, tzinfo=dt.UTC)).to_pandas()
+    since = read(tmp_path, since=dt.datetime(2026, 3, 2, tzinfo=dt.UTC)).to_pandas()
     assert since["request_id"].tolist() == ["b"]
 
 
 def test_a_windowed_read_opens_only_the_days_of_the_window(tmp_path: Path) -> None:
-    log = InferenceLog(str(tmp_path), flush_seconds=3600)
+    log = InferenceLog(str(tmp_path), INPUTS, flush_seconds=3600)
     log.append("new", "1", columns(1), np.array([1.0]), timestamp=dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC))
     log.close()
     old_day = tmp_path / "date=2026-01-15"
     old_day.mkdir()
     (old_day / "part-broken.parquet").write_bytes(b"not parquet")  # an old damaged file
 
-    window = inference_log.read(str(tmp_path), since=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    window = read(tmp_path, since=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
     assert window.column("request_id").to_pylist() == ["new"]
-    assert window.schema.names == inference_log.SCHEMA.names  # no partition column leaks out
+    assert window.schema.names == SCHEMA.names  # no partition column leaks out
     with pytest.raises(pa.ArrowInvalid, match="part-broken"):
-        inference_log.read(str(tmp_path))  # reading everything does meet it
+        read(tmp_path)  # reading everything does meet it
 
 
 def test_reading_a_log_that_does_not_exist_yet_gives_no_rows(tmp_path: Path) -> None:
-    assert inference_log.read(str(tmp_path / "nothing")).num_rows == 0
+    assert read(tmp_path / "nothing").num_rows == 0
+    assert inference_log.read(str(tmp_path / "nothing")).schema.names[-1] == "prediction"  # no features asked
 
 
 def test_a_failed_write_keeps_the_rows_for_the_next_attempt(tmp_path: Path) -> None:
     sink = tmp_path / "sink"
     sink.write_text("a file where the log directory should be")
-    log = InferenceLog(str(sink), flush_seconds=3600)
+    log = InferenceLog(str(sink), INPUTS, flush_seconds=3600)
     log.append("r1", "1", columns(3), np.zeros(3))
     with pytest.raises(NotADirectoryError, match="Cannot create directory"):
         log.flush()
@@ -97,23 +108,23 @@ def test_a_failed_write_keeps_the_rows_for_the_next_attempt(tmp_path: Path) -> N
     log.append("r2", "1", columns(1), np.zeros(1))
     assert log.flush() == 4
     log.close()
-    assert inference_log.read(str(sink)).to_pandas()["request_id"].tolist() == ["r1", "r1", "r1", "r2"]
+    assert read(sink).to_pandas()["request_id"].tolist() == ["r1", "r1", "r1", "r2"]
 
 
 def test_at_shutdown_rows_the_sink_refuses_are_spilled_locally(tmp_path: Path) -> None:
     sink = tmp_path / "sink"
     sink.write_text("not a directory")
     spill = tmp_path / "spill"
-    log = InferenceLog(str(sink), flush_seconds=3600, spill_dir=spill)
+    log = InferenceLog(str(sink), INPUTS, flush_seconds=3600, spill_dir=spill)
     log.append("r1", "1", columns(2), np.zeros(2))
     log.close()
-    assert inference_log.read(str(spill)).num_rows == 2
+    assert read(spill).num_rows == 2
     with pytest.raises(RuntimeError, match="closed"):
         log.append("r2", "1", columns(1), np.zeros(1))
 
 
 def test_a_day_that_fails_is_retried_without_writing_the_other_day_twice(tmp_path: Path) -> None:
-    log = InferenceLog(str(tmp_path), flush_seconds=3600)
+    log = InferenceLog(str(tmp_path), INPUTS, flush_seconds=3600)
     before_midnight = dt.datetime(2026, 3, 1, 23, 59, tzinfo=dt.UTC)
     log.append("a", "1", columns(2), np.zeros(2), timestamp=before_midnight)
     log.append("b", "1", columns(1), np.zeros(1), timestamp=before_midnight + dt.timedelta(minutes=2))
@@ -125,8 +136,35 @@ def test_a_day_that_fails_is_retried_without_writing_the_other_day_twice(tmp_pat
     blocker.unlink()
     assert log.flush() == 1
     log.close()
-    table = inference_log.read(str(tmp_path)).to_pandas()
+    table = read(tmp_path).to_pandas()
     assert sorted(table["request_id"]) == ["a", "a", "b"]
+
+
+def test_the_log_has_a_column_per_feature_typed_as_declared(tmp_path: Path) -> None:
+    """Whole numbers stay whole (and are not cut to a byte), numbers are floats, text is text."""
+    inputs = Inputs(
+        dataset="stores",
+        features=(
+            Feature(name="store", type="int", min=0, max=100_000),
+            Feature(name="price", type="float", min=0),
+            Feature(name="region", type="str", categories=("north", "south")),
+        ),
+        target=Target(name="sold", type="int", unit="units"),
+        frequency={"minutes": 1_440},  # type: ignore[arg-type]
+    )
+    log = InferenceLog(str(tmp_path), inputs, flush_seconds=3600)
+    log.append("r", "1", {"store": [99_999], "price": [2.5], "region": ["south"]}, np.array([7.0]))
+    log.close()
+    schema = inference_log.log_schema(inputs)
+    assert {name: str(schema.field(name).type) for name in inputs.names} == {
+        "store": "int64", "price": "float", "region": "string",
+    }  # fmt: skip
+    row = inference_log.read(str(tmp_path), schema=schema).to_pylist()[0]
+    assert (row["store"], row["price"], row["region"], row["prediction"]) == (99_999, 2.5, "south", 7.0)
+    electricity = inference_log.log_schema(EXAMPLES["electricity"].dataset.inputs())
+    assert str(electricity.field("WorkDay").type) == "int64"
+    assert str(electricity.field("minute_of_day").type) == "int64"
+    assert str(electricity.field("Temperature").type) == "float"
 
 
 @pytest.fixture
@@ -168,10 +206,10 @@ def s3_sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 @pytest.mark.integration
 def test_the_log_goes_to_s3_when_configured(s3_sink: str) -> None:
-    log = InferenceLog(s3_sink, flush_seconds=0.05)
+    log = InferenceLog(s3_sink, INPUTS, flush_seconds=0.05)
     for request in range(50):
         log.append(f"r{request}", "2", columns(2), np.array([1.0, 2.0]))
     log.close()
-    table = inference_log.read(s3_sink).to_pandas()
+    table = read(s3_sink).to_pandas()
     assert len(table) == 100
     assert table["request_id"].nunique() == 50

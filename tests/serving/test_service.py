@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import itertools
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -15,12 +16,13 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from forkcast.data.features import FEATURES
+from forkcast.config import Params
 from forkcast.data.prepare import Splits
 from forkcast.model.estimator import predict
+from forkcast.model.onnx import gap
 from forkcast.model.train import TrainedModel
 from forkcast.serving import build, inference_log
-from forkcast.serving.contract import EXAMPLE_RECORD, MAX_RECORDS
+from forkcast.serving.contract import MAX_RECORDS
 
 from ..conftest import Built
 
@@ -29,7 +31,7 @@ MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"
 
 @functools.cache
 def asgi_app(model: str) -> Any:
-    """One app per session (bentoml registers its Prometheus metrics once per process), serving `model`."""
+    """One app per model and session, serving `model`."""
     sys.modules.pop("forkcast.serving.service", None)  # it reads the model's tag when imported
     os.environ[MODEL_TAG_ENV] = model
     try:
@@ -39,8 +41,20 @@ def asgi_app(model: str) -> Any:
     return service.Forecaster.to_asgi()
 
 
+def _forget_bentoml_metrics() -> None:
+    """bentoml registers its request metrics in the process-wide Prometheus registry as an app starts; the app of
+    another example's model, started later in this process, must be able to register them again (a server runs one
+    app, so this is a test's concern only)."""
+    from prometheus_client import REGISTRY
+
+    for collector, names in list(REGISTRY._collector_to_names.items()):
+        if any(name.startswith("bentoml_") for name in names):
+            REGISTRY.unregister(collector)
+
+
 def start(built: Built, log_dir: Path, monkeypatch: pytest.MonkeyPatch, backend: str = "onnx") -> TestClient:
     """A client whose `with` block starts a fresh service instance (it reads its settings then) and stops it."""
+    _forget_bentoml_metrics()
     monkeypatch.setenv("FORKCAST_INFERENCE_LOG", str(log_dir))
     monkeypatch.setenv("FORKCAST_ENVIRONMENT", "test")
     monkeypatch.setenv("FORKCAST_BACKEND", backend)
@@ -53,8 +67,14 @@ def client(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         yield client
 
 
-def records_of(splits: Splits) -> list[dict[str, Any]]:
-    return list(splits.test[list(FEATURES)].to_dict(orient="records"))
+def records_of(splits: Splits, params: Params) -> list[dict[str, Any]]:
+    return list(splits.test[list(params.dataset.feature_names)].to_dict(orient="records"))
+
+
+@pytest.fixture
+def record(splits: Splits, params: Params) -> dict[str, Any]:
+    """A valid record: a real test row."""
+    return records_of(splits, params)[0]
 
 
 def serve_all(client: TestClient, records: list[dict[str, Any]]) -> np.ndarray:
@@ -66,62 +86,92 @@ def serve_all(client: TestClient, records: list[dict[str, Any]]) -> np.ndarray:
     return np.asarray(served)
 
 
-def test_served_predictions_match_the_pipeline_on_the_whole_test_set(
-    client: TestClient, trained: TrainedModel, splits: Splits, built: Built
-) -> None:
-    expected = predict(trained.pipeline, splits.test).to_numpy()
-    served = serve_all(client, records_of(splits))
-    assert client.post("/metadata", json={}).json()["backend"] == "onnx"
-    assert len(served) == len(splits.test)
-    assert np.max(np.abs(served - expected)) <= 0.01  # train.onnx_tolerance
+@pytest.mark.datasets
+class TestEveryDataset:
+    def test_served_predictions_match_the_pipeline_on_the_whole_test_set(
+        self, client: TestClient, trained: TrainedModel, splits: Splits, params: Params
+    ) -> None:
+        expected = predict(trained.pipeline, splits.test, params.dataset.inputs().target).to_numpy()
+        served = serve_all(client, records_of(splits, params))
+        assert client.post("/metadata", json={}).json()["backend"] == "onnx"
+        assert len(served) == len(splits.test)
+        assert gap(served, expected) <= params.train.onnx_tolerance
+
+    def test_the_scikit_learn_fallback_gives_identical_predictions(
+        self, built: Built, trained: TrainedModel, splits: Splits, params: Params, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        with start(built, tmp_path / "log", monkeypatch, backend="scikit-learn") as client:
+            assert client.post("/metadata", json={}).json()["backend"] == "scikit-learn"
+            served = serve_all(client, records_of(splits, params))
+        expected = predict(trained.pipeline, splits.test, params.dataset.inputs().target).to_numpy()
+        np.testing.assert_array_equal(served, expected)
+
+    def test_metadata_carries_the_lineage_and_the_contract(
+        self, client: TestClient, built: Built, params: Params
+    ) -> None:
+        info = client.post("/metadata", json={}).json()
+        for key in ("model_version", "run_id", "data_hash", "git_commit", "trained_at"):
+            assert info[key] == built.lineage[key]
+        assert info["bento_model"].endswith(built.tag.split(":")[1])
+        assert info["metrics"] == built.lineage["metrics"]
+        dataset = params.dataset
+        assert info["features"] == list(dataset.feature_names)
+        assert (info["dataset"], info["target"], info["unit"]) == (dataset.name, dataset.target, dataset.unit)
+        assert info["frequency"] == dataset.time.frequency.period
+        assert info["inputs"]["features"][0]["name"] == dataset.feature_names[0]
+        golden = json.loads(built.golden.read_text())
+        assert info["example"] == golden["records"][0]  # a real, valid record to copy
+        response = client.post("/predict", json={"records": [info["example"]]})
+        assert response.status_code == 200
+
+    def test_the_openapi_document_describes_every_field(self, client: TestClient, params: Params) -> None:
+        document = client.get("/docs.json").json()
+        text = str(document)
+        for name in params.dataset.feature_names:
+            assert f"'{name}'" in text
+
+    def test_one_call_scores_many_records_in_order(self, client: TestClient, splits: Splits, params: Params) -> None:
+        rows = records_of(splits, params)[:5]
+        together = client.post("/predict", json={"records": rows}).json()["predictions"]
+        alone = [client.post("/predict", json={"records": [row]}).json()["predictions"][0] for row in rows]
+        assert together == pytest.approx(alone)
+
+    def test_bad_requests_get_a_400_naming_the_field(
+        self, client: TestClient, record: dict[str, Any], params: Params
+    ) -> None:
+        first = params.dataset.feature_names[0]
+        leaking_or_target = (params.dataset.columns_with("leaking") or (params.dataset.target,))[0]
+        cases: list[tuple[Any, str]] = [
+            ({"records": [{k: v for k, v in record.items() if k != first}]}, first),
+            ({"records": [{**record, leaking_or_target: 3}]}, leaking_or_target),
+            ({"records": [{**record, first: "May"}]}, first),
+            ({"records": []}, "records"),
+            ({"records": [record] * (MAX_RECORDS + 1)}, "records"),
+            ({"rows": [record]}, "records"),
+            ([record], ""),  # not an object: the body itself is wrong
+        ]
+        for body, field in cases:
+            response = client.post("/predict", json=body)
+            assert response.status_code == 400, (body, response.text)
+            locations = [[str(part) for part in error["loc"]] for error in response.json()["detail"]]
+            assert any(location[-1:] == [field] if field else location == [] for location in locations), locations
 
 
-def test_the_scikit_learn_fallback_gives_identical_predictions(
-    built: Built, trained: TrainedModel, splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with start(built, tmp_path / "log", monkeypatch, backend="scikit-learn") as client:
-        assert client.post("/metadata", json={}).json()["backend"] == "scikit-learn"
-        served = serve_all(client, records_of(splits))
-    np.testing.assert_array_equal(served, predict(trained.pipeline, splits.test).to_numpy())
-
-
-def test_metadata_carries_the_lineage_of_the_build(client: TestClient, built: Built) -> None:
-    info = client.post("/metadata", json={}).json()
-    for key in ("model_version", "run_id", "data_hash", "git_commit", "trained_at"):
-        assert info[key] == built.lineage[key]
-    assert info["bento_model"].endswith(built.tag.split(":")[1])
-    assert info["metrics"] == built.lineage["metrics"]
-    assert info["features"] == list(FEATURES)
-
-
-def test_one_call_scores_one_or_many_records_in_order(client: TestClient) -> None:
-    night, rush = {**EXAMPLE_RECORD, "hr": 3}, {**EXAMPLE_RECORD, "hr": 8}
+@pytest.mark.bikes
+def test_the_morning_rush_outdraws_3_am(client: TestClient, record: dict[str, Any]) -> None:
+    weekday = {**record, "weekday": 3, "holiday": 0, "workingday": 1}
+    night, rush = {**weekday, "hr": 3}, {**weekday, "hr": 8}
     both = client.post("/predict", json={"records": [night, rush]}).json()["predictions"]
-    alone = client.post("/predict", json={"records": [rush]}).json()["predictions"]
-    assert len(both) == 2
-    assert both[1] == pytest.approx(alone[0])
-    assert both[0] < both[1]  # 3 am is quieter than the morning rush on a working day
+    assert both[0] < both[1]
 
 
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"records": [{**EXAMPLE_RECORD, "hr": 25}]}, "hr"),
-        ({"records": [{**EXAMPLE_RECORD, "weathersit": "sunny"}]}, "weathersit"),
-        ({"records": [{k: v for k, v in EXAMPLE_RECORD.items() if k != "temp"}]}, "temp"),
-        ({"records": [{**EXAMPLE_RECORD, "casual": 3}]}, "casual"),
-        ({"records": [{**EXAMPLE_RECORD, "month": "May"}]}, "month"),
-        ({"records": []}, "records"),
-        ({"records": [EXAMPLE_RECORD] * (MAX_RECORDS + 1)}, "records"),
-        ({"rows": [EXAMPLE_RECORD]}, "records"),
-        ([EXAMPLE_RECORD], ""),  # not an object: the body itself is wrong
-    ],
-)
-def test_bad_requests_get_a_400_naming_the_field(client: TestClient, body: Any, field: str) -> None:
-    response = client.post("/predict", json=body)
-    assert response.status_code == 400
-    locations = [[str(part) for part in error["loc"]] for error in response.json()["detail"]]
-    assert any(location[-1:] == [field] if field else location == [] for location in locations), locations
+@pytest.mark.bikes
+def test_bad_bike_fields_are_named(client: TestClient, record: dict[str, Any]) -> None:
+    for change, field in (({"hr": 25}, "hr"), ({"weathersit": "sunny"}, "weathersit"), ({"month": "May"}, "month")):
+        response = client.post("/predict", json={"records": [{**record, **change}]})
+        assert response.status_code == 400
+        assert [str(part) for part in response.json()["detail"][0]["loc"]] == ["records", "0", field]
 
 
 def test_malformed_json_and_other_media_types_are_refused_not_crashed(client: TestClient) -> None:
@@ -134,28 +184,33 @@ def test_malformed_json_and_other_media_types_are_refused_not_crashed(client: Te
     assert undecodable.status_code == 415
 
 
-def test_a_caller_request_id_is_kept(client: TestClient) -> None:
-    response = client.post("/predict", json={"records": [EXAMPLE_RECORD]}, headers={"x-request-id": "abc-123"})
+def test_a_caller_request_id_is_kept(client: TestClient, record: dict[str, Any]) -> None:
+    response = client.post("/predict", json={"records": [record]}, headers={"x-request-id": "abc-123"})
     assert response.json()["request_id"] == "abc-123"
     assert response.headers["x-request-id"] == "abc-123"
 
 
+@pytest.mark.datasets
 def test_every_prediction_is_in_the_inference_log_after_shutdown(
-    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    built: Built, splits: Splits, params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes = [1, 3, 1, 10]
+    rows = records_of(splits, params)
     with start(built, tmp_path / "log", monkeypatch) as client:
-        answers = [
-            client.post("/predict", json={"records": [{**EXAMPLE_RECORD, "hr": h} for h in range(n)]}).json()
-            for n in sizes
-        ]
+        answers = [client.post("/predict", json={"records": rows[:n]}).json() for n in sizes]
         client.post("/predict", json={"records": []})  # rejected: not logged
-    logged = inference_log.read(str(tmp_path / "log")).to_pandas()
+    schema = inference_log.log_schema(params.dataset.inputs())
+    logged = inference_log.read(str(tmp_path / "log"), schema=schema).to_pandas()
     assert len(logged) == sum(sizes)
     assert set(logged["environment"]) == {"test"}
     assert set(logged["model_version"]) == {"7"}
     last = logged[logged["request_id"] == answers[-1]["request_id"]].sort_values("position")
-    assert last["hr"].tolist() == list(range(10))
+    for feature in params.dataset.features:  # every feature, typed as declared
+        expected = [row[feature.name] for row in rows[:10]]
+        if feature.type == "float":
+            np.testing.assert_allclose(last[feature.name], expected, rtol=1e-6)
+        else:
+            assert last[feature.name].tolist() == expected
     np.testing.assert_allclose(last["prediction"], answers[-1]["predictions"], rtol=1e-6)
 
 

@@ -10,11 +10,23 @@ from pathlib import Path
 import pytest
 
 from forkcast import atomic
+from forkcast.config import Params
+from forkcast.data.declaration import load
+from forkcast.data.prepare import Splits
 from forkcast.serving import smoke
-from forkcast.serving.contract import EXAMPLE_RECORD
 from forkcast.serving.smoke import Golden, GoldenError
 
-GOLDEN = {"model_version": "3", "tolerance": 0.01, "records": [EXAMPLE_RECORD], "expected": [12.5]}
+from ..conftest import ROOT
+
+INPUTS = load(ROOT / "dataset.yaml").inputs()
+RECORD = {
+    "season": 4, "hr": 8, "holiday": 0, "weekday": 3, "workingday": 1, "weathersit": "clear",
+    "temp": 0.3, "atemp": 0.31, "hum": 0.6, "windspeed": 0.15, "month": 12,
+}  # fmt: skip
+GOLDEN = {
+    "model_version": "3", "tolerance": 0.01, "records": [RECORD], "expected": [12.5],
+    "inputs": INPUTS.model_dump(mode="json"),
+}  # fmt: skip
 
 
 class AlwaysHello(http.server.BaseHTTPRequestHandler):
@@ -63,6 +75,32 @@ def test_known_answers_that_cannot_be_read_are_reported_not_crashed(tmp_path: Pa
     atomic.write_json(tmp_path / "short.json", {**GOLDEN, "expected": []})
     with pytest.raises(GoldenError, match="as many expected values as records"):
         Golden.read(tmp_path / "short.json")
-    atomic.write_json(tmp_path / "partial.json", {"records": [EXAMPLE_RECORD]})
+    atomic.write_json(tmp_path / "partial.json", {"records": [RECORD]})
     with pytest.raises(GoldenError, match="model_version"):
         Golden.read(tmp_path / "partial.json")
+
+
+def test_known_answers_without_their_contract_are_refused(tmp_path: Path) -> None:
+    atomic.write_json(tmp_path / "old.json", {k: v for k, v in GOLDEN.items() if k != "inputs"})
+    with pytest.raises(GoldenError, match="inputs"):
+        Golden.read(tmp_path / "old.json")
+
+
+@pytest.mark.datasets
+def test_the_bad_requests_are_made_from_the_contract(params: Params, splits: Splits) -> None:
+    inputs = params.dataset.inputs()
+    record = splits.test[list(inputs.names)].head(1).to_dict(orient="records")[0]
+    cases = {label: (body, field) for label, body, field in smoke.bad_requests(record, inputs)}
+    body, field = cases["missing field"]
+    assert field == inputs.names[0]
+    assert field not in body["records"][0]
+    body, field = cases["extra field"]
+    assert field == inputs.target.name
+    body, field = cases["out of range"]
+    feature = inputs.feature(field)
+    value = body["records"][0][field]
+    allowed = feature.categories or ()
+    assert value not in allowed
+    assert feature.max is None or value > feature.max
+    body, field = cases["wrong type"]
+    assert type(body["records"][0][field]) is not type(record[field])

@@ -48,9 +48,7 @@ def build(
     try:
         with step("load the model"), tracking_errors():
             source = bento.from_mlflow_alias(params, alias) if alias else bento.from_pipeline_outputs(force=force)
-        golden = bento.golden_cases(
-            source.pipeline, pd.read_parquet(paths.prepared_split("test")), params.smoke.golden_cases
-        )
+        golden = bento.golden_cases(source, pd.read_parquet(paths.prepared_split("test")), params.smoke.golden_cases)
         with step("build the bento"):
             result = bento.build(source, golden, params)
     except bento.BuildError as exc:

@@ -26,9 +26,9 @@ import pandas as pd
 import yaml
 
 from forkcast import atomic, paths
-from forkcast.data.features import FEATURES
+from forkcast.data.declaration import Inputs
 from forkcast.serving.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV
-from forkcast.serving.predictor import EXPECTED, GOLDEN_FILE, ONNX_FILE, PIPELINE_FILE
+from forkcast.serving.predictor import EXPECTED, GOLDEN_FILE, INPUTS_FILE, ONNX_FILE, PIPELINE_FILE
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -63,7 +63,24 @@ class ModelSource:
     pipeline: Pipeline
     pipeline_bytes: bytes
     onnx: bytes | None
-    lineage: dict[str, Any]  # model_name, model_version, run_id, data_hash, git_commit, trained_at, metrics, gate
+    inputs: Inputs  # the input contract the model was trained with
+    # model_name, model_version, run_id, data_hash, git_commit, trained_at, metrics, gate, test_period
+    lineage: dict[str, Any]
+
+
+def inputs_of(metadata: dict[str, Any], where: str) -> Inputs:
+    """The input contract a model's metadata records (the train stage writes it)."""
+    if "inputs" not in metadata:
+        raise BuildError(
+            f"{where} records no input contract: the model predates dataset.yaml; retrain it (`dvc repro`)"
+        )
+    return Inputs.model_validate(metadata["inputs"])
+
+
+def test_period(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The first and last time of the model's test split, where its metadata says (the replay's default window)."""
+    test = (metadata.get("splits") or {}).get("test") or {}
+    return {"start": test["start"], "end": test["end"]} if test.get("start") and test.get("end") else None
 
 
 def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
@@ -90,6 +107,7 @@ def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
         pipeline=joblib.load(io.BytesIO(pipeline_bytes)),
         pipeline_bytes=pipeline_bytes,
         onnx=paths.MODEL_ONNX.read_bytes() if paths.MODEL_ONNX.exists() else None,
+        inputs=inputs_of(metadata, str(paths.MODEL_METADATA)),
         lineage={
             "model_name": gate["model_name"],
             "model_version": str(gate["version"]),
@@ -99,6 +117,7 @@ def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
             "trained_at": metadata.get("trained_at"),
             "metrics": {f"test_{key}": value for key, value in evaluation["model"].items()},
             "gate": "eligible" if gate["eligible"] else "rejected",
+            "test_period": test_period(metadata),
         },
     )
 
@@ -134,6 +153,7 @@ def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
         pipeline=pipeline,
         pipeline_bytes=buffer.getvalue(),
         onnx=onnx,
+        inputs=inputs_of(metadata, f"the metadata of {name} v{version.version}"),
         lineage={
             "model_name": name,
             "model_version": str(version.version),
@@ -143,26 +163,29 @@ def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
             "trained_at": metadata.get("trained_at"),
             "metrics": {key: value for key, value in run.data.metrics.items() if key.startswith("test_")},
             "gate": tags.get("gate", "unknown"),
+            "test_period": test_period(metadata),
         },
     )
 
 
-def golden_cases(pipeline: Pipeline, test: pd.DataFrame, count: int) -> pd.DataFrame:
+def golden_cases(source: ModelSource, test: pd.DataFrame, count: int) -> pd.DataFrame:
     """Rows spread evenly over the test period, with the pipeline's own (clipped) predictions."""
+    names = list(source.inputs.names)
     positions = np.unique(np.linspace(0, len(test) - 1, num=min(count, len(test))).round().astype(int))
-    golden = test.iloc[positions][list(FEATURES)].reset_index(drop=True)
-    golden[EXPECTED] = np.clip(pipeline.predict(golden[list(FEATURES)]), 0.0, None)
+    golden = test.iloc[positions][names].reset_index(drop=True)
+    golden[EXPECTED] = source.inputs.target.clip(source.pipeline.predict(golden[names]))
     return golden
 
 
 def bento_version(source: ModelSource, golden: pd.DataFrame, resolved_bentofile: Path, source_dir: Path) -> str:
     """`v<model version>-<digest>`: the digest covers everything in the bento, so a change anywhere
-    (model, golden cases, serving code, pinned packages) gives a new tag, and nothing else does."""
+    (model, golden cases, input contract, serving code, pinned packages) gives a new tag, and nothing else does."""
     digest = hashlib.sha256()
     digest.update(f"{source.lineage['model_version']}/{source.lineage.get('run_id')}".encode())
     # The ONNX bytes, where there are any, are the same whether the model came from the pipeline or MLflow.
     digest.update(source.onnx if source.onnx is not None else source.pipeline_bytes)
     digest.update(golden.to_csv(index=False).encode())
+    digest.update(source.inputs.model_dump_json().encode())
     digest.update(resolved_bentofile.read_bytes())
     for pattern in yaml.safe_load(resolved_bentofile.read_text()).get("include", []):
         for path in sorted(source_dir.glob(pattern)):
@@ -175,11 +198,13 @@ def pinned(packages: list[str]) -> list[str]:
     return [f"{name}=={importlib_metadata.version(name)}" if "=" not in name else name for name in packages]
 
 
-def resolve_bentofile(bentofile: Path, labels: dict[str, str], output_dir: Path) -> Path:
-    """`bentofile.yaml` with the packages pinned and the lineage labels added, as built."""
+def resolve_bentofile(bentofile: Path, labels: dict[str, str], inputs: Inputs, output_dir: Path) -> Path:
+    """`bentofile.yaml` with the packages pinned, the lineage labels added and the dataset described, as built."""
     options = yaml.safe_load(bentofile.read_text())
     options["python"]["packages"] = pinned(options["python"].get("packages", []))
-    options["labels"] = {**options.get("labels", {}), **labels}
+    options["labels"] = {**options.get("labels", {}), **labels, "dataset": inputs.dataset}
+    what = f"{inputs.dataset}: {inputs.target.name} ({inputs.target.unit}) per {inputs.frequency.period}"
+    options["description"] = f"{options.get('description', 'Forkcast').rstrip('.')}. {what}."
     resolved = output_dir / BENTOFILE.name
     atomic.write_text(resolved, yaml.safe_dump(options, sort_keys=False))
     return resolved
@@ -210,7 +235,7 @@ def build(
     if not bentofile.exists():
         raise BuildError(f"{bentofile} not found: run from the project's root directory")
     labels = {key: str(source.lineage.get(key) or "unknown") for key in LABEL_KEYS}
-    resolved = resolve_bentofile(bentofile, labels, output_dir)
+    resolved = resolve_bentofile(bentofile, labels, source.inputs, output_dir)
     version = bento_version(source, golden, resolved, source_dir)
     model_tag = f"{BENTO_MODEL_NAME}:{version}"
     bento_tag = f"{BENTO_NAME}:{version}"
@@ -258,19 +283,21 @@ def golden_of(bento_tag: str, tolerance: float) -> dict[str, Any]:
 
     model = bentoml.models.get(describe(bento_tag).model)
     golden = pd.read_parquet(Path(model.path) / GOLDEN_FILE)
+    inputs = Inputs.model_validate(atomic.read_json(Path(model.path) / INPUTS_FILE))
     return {
-        **golden_record(golden, str(model.info.metadata.get("model_version")), tolerance),
+        **golden_record(golden, str(model.info.metadata.get("model_version")), tolerance, inputs),
         "bento_model": str(model.tag),
     }
 
 
-def golden_record(golden: pd.DataFrame, model_version: str, tolerance: float) -> dict[str, Any]:
-    """Golden cases as the smoke tests read them (`smoke.Golden`)."""
+def golden_record(golden: pd.DataFrame, model_version: str, tolerance: float, inputs: Inputs) -> dict[str, Any]:
+    """Golden cases as the smoke tests read them (`smoke.Golden`), with the contract they test the requests of."""
     return {
         "model_version": model_version,
         "tolerance": tolerance,
-        "records": golden[list(FEATURES)].to_dict(orient="records"),
+        "records": golden[list(inputs.names)].to_dict(orient="records"),
         "expected": golden[EXPECTED].round(6).tolist(),
+        "inputs": inputs.model_dump(mode="json"),
     }
 
 
@@ -292,13 +319,16 @@ def _import_model(
         if source.onnx is not None:
             (directory / ONNX_FILE).write_bytes(source.onnx)
         golden.to_parquet(directory / GOLDEN_FILE, index=False)
+        atomic.write_json(directory / INPUTS_FILE, source.inputs.model_dump(mode="json"))
 
 
 def _write_outputs(
     result: BuildResult, source: ModelSource, golden: pd.DataFrame, params: Params, output_dir: Path
 ) -> None:
     golden_json = output_dir / GOLDEN_JSON.name
-    atomic.write_json(golden_json, golden_record(golden, source.lineage["model_version"], params.smoke.tolerance))
+    atomic.write_json(
+        golden_json, golden_record(golden, source.lineage["model_version"], params.smoke.tolerance, source.inputs)
+    )
     atomic.write_json(
         output_dir / BUILD_JSON.name,
         {

@@ -1,15 +1,22 @@
-"""The service's contract: what a caller sends, and what it gets back.
+"""The service's contract: what a caller sends, and what it gets back, derived from the model's inputs.
 
-The request model mirrors the training data's feature checks (see `schema.Features`),
-so a record the pipeline would have rejected is rejected at the door with a 4xx that
-names the field, instead of being scored.
+A request record has one field per feature, typed and bounded as `dataset.yaml` declared it when the model was
+trained (`declaration.Inputs`, stored with the model), and the declared rules that involve only features hold for
+every record. So a record the pipeline would have rejected is rejected at the door with a 400 that names the
+field, instead of being scored.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import keyword
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+
+from forkcast.data import expressions
+from forkcast.data.declaration import Feature, Inputs
 
 MAX_RECORDS = 1_000  # per request; more is a batch job, not a request
 BENTO_MODEL_NAME = "forkcast-demand"  # the model inside every bento
@@ -19,59 +26,96 @@ SMOKE_REQUEST_PREFIX = "smoke-"
 PROBE_REQUEST_PREFIX = "probe-"
 CHECK_REQUEST_PREFIXES = (SMOKE_REQUEST_PREFIX, PROBE_REQUEST_PREFIX)
 
-Weather = Literal["clear", "cloudy/misty", "light rain/snow", "heavy rain/snow"]
-UnitInterval = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
-EXAMPLE_RECORD = {
-    "season": 4,
-    "month": 12,
-    "hr": 8,
-    "holiday": 0,
-    "weekday": 3,
-    "workingday": 1,
-    "weathersit": "clear",
-    "temp": 0.3,
-    "atemp": 0.31,
-    "hum": 0.6,
-    "windspeed": 0.15,
-}
-
-
-class HourFeatures(BaseModel):
-    """One hour to predict. Weather values are normalised to 0-1, as in the training data."""
-
-    # strict: "8" is not an hour and true is not a 1 (a JSON integer still counts as a float).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    season: Annotated[int, Field(ge=1, le=4, description="1 winter, 2 spring, 3 summer, 4 fall")]
-    month: Annotated[int, Field(ge=1, le=12)]
-    hr: Annotated[int, Field(ge=0, le=23, description="hour of the day")]
-    holiday: Annotated[int, Field(ge=0, le=1)]
-    weekday: Annotated[int, Field(ge=0, le=6, description="0 is Sunday")]
-    workingday: Annotated[int, Field(ge=0, le=1, description="1 on a weekday (1-5) that is not a holiday")]
-    weathersit: Weather
-    temp: UnitInterval
-    atemp: UnitInterval
-    hum: UnitInterval
-    windspeed: UnitInterval
-
-    @field_validator("workingday")
-    @classmethod
-    def _is_weekday_and_not_holiday(cls, value: int, info: ValidationInfo) -> int:
-        weekday, holiday = info.data.get("weekday"), info.data.get("holiday")
-        if weekday is None or holiday is None:
-            return value  # already reported on those fields
-        expected = int(weekday not in (0, 6) and holiday == 0)
-        if value != expected:
-            raise ValueError(f"must be {expected} for weekday={weekday} and holiday={holiday}")
+def _one_of(categories: Sequence[Any]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in categories:
+            raise ValueError(f"Input should be one of {', '.join(map(str, categories))}")
         return value
 
+    return check
 
-Records = Annotated[list[HourFeatures], Field(min_length=1, max_length=MAX_RECORDS)]
+
+def field_type(feature: Feature) -> Any:
+    """The annotation of one feature's field: its type, and its range or categories."""
+    text = feature.description
+    if feature.type == "str":
+        return Annotated[Literal[tuple(feature.categories or ())], Field(description=text)]  # type: ignore[misc]
+    if feature.categories is not None:
+        # Literal would take true for 1 and 1.0 for 1: a strict int, then membership.
+        return Annotated[int, Field(description=text, json_schema_extra={"enum": list(feature.categories)}),
+                         AfterValidator(_one_of(feature.categories))]  # fmt: skip
+    if feature.type == "int":
+        return Annotated[int, Field(description=text, ge=feature.min, le=feature.max)]
+    return Annotated[float, Field(description=text, allow_inf_nan=False, ge=feature.min, le=feature.max)]
+
+
+def attribute_names(inputs: Inputs) -> list[str]:
+    """The record model's attribute per feature: its own name where Python allows it (the JSON keeps the name)."""
+    taken = set(dir(BaseModel))
+    return [
+        name if name.isidentifier() and not keyword.iskeyword(name) and name not in taken and not name.startswith("_")
+        else f"feature_{position}"
+        for position, name in enumerate(inputs.names)
+    ]  # fmt: skip
+
+
+def record_model(inputs: Inputs, example: dict[str, Any] | None = None) -> type[BaseModel]:
+    """One record to predict: a field per feature, in model order; anything else is refused."""
+    fields: dict[str, Any] = {
+        attribute: (field_type(feature), Field(alias=feature.name))
+        for attribute, feature in zip(attribute_names(inputs), inputs.features, strict=True)
+    }
+    # strict: "8" is not 8 and true is not 1 (a JSON integer still counts as a float).
+    config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True,
+        json_schema_extra={"example": example} if example else None,  # OpenAPI 3.0 (what BentoML serves)
+    )  # fmt: skip
+    model: type[BaseModel] = create_model("Record", __config__=config, __doc__=_record_doc(inputs), **fields)
+    return model
+
+
+def _record_doc(inputs: Inputs) -> str:
+    return (
+        f"One {inputs.frequency.period} of {inputs.dataset} to predict {inputs.target.name} ({inputs.target.unit}) for."
+    )
+
+
+def records_type(inputs: Inputs, example: dict[str, Any] | None = None) -> Any:
+    """The `records` of a request: 1 to MAX_RECORDS records that meet the declared rules on features."""
+    record = record_model(inputs, example)
+    attributes = dict(zip(inputs.names, attribute_names(inputs), strict=True))
+
+    def meet_the_rules(records: list[BaseModel]) -> list[BaseModel]:
+        if not inputs.rules:
+            return records
+        columns = {name: np.asarray([getattr(r, attribute) for r in records]) for name, attribute in attributes.items()}
+        for name, rule in inputs.rules.items():
+            broken = np.flatnonzero(~expressions.evaluate(rule, columns))
+            if broken.size:
+                first = int(broken[0])
+                shown = ", ".join(
+                    f"{column}={columns[column][first].item()!r}" for column in sorted(expressions.names(rule))
+                )
+                raise ValueError(
+                    f"record {first} ({shown}) breaks the rule {name}: {rule}"
+                    + (f" (and {broken.size - 1} more records)" if broken.size > 1 else "")
+                )
+        return records
+
+    return Annotated[list[record], Field(min_length=1, max_length=MAX_RECORDS), AfterValidator(meet_the_rules)]  # type: ignore[valid-type]
+
+
+def columns_of_records(records: Sequence[BaseModel], inputs: Inputs) -> dict[str, list[Any]]:
+    """Column lists, one per feature, from validated records."""
+    return {
+        name: [getattr(record, attribute) for record in records]
+        for name, attribute in zip(inputs.names, attribute_names(inputs), strict=True)
+    }
 
 
 class Predictions(BaseModel):
-    """Predicted rentals, one per record and in the same order."""
+    """Predicted target values, one per record and in the same order."""
 
     request_id: str
     model_version: str
@@ -90,6 +134,12 @@ class ModelInfo(BaseModel):
     trained_at: str | None
     metrics: dict[str, float]
     backend: Literal["onnx", "scikit-learn"]
-    onnx_max_abs_difference: float | None
+    onnx_max_gap: float | None  # ONNX vs the pipeline on the golden cases: |difference| / max(1, |value|)
+    dataset: str
+    target: str
+    unit: str
+    frequency: str  # what one record covers: hour, half-hour, day...
     features: list[str]
+    inputs: dict[str, Any]  # the whole contract (`declaration.Inputs`): types, ranges, categories, rules
+    example: dict[str, Any]  # one valid record (a golden case), for callers and probes
     max_records: int = MAX_RECORDS

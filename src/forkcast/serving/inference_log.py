@@ -2,7 +2,9 @@
 
 Layout: `SINK/date=YYYY-MM-DD/part-<time>-<pid>-<n>.parquet`, one row per predicted record
 (request id, position in the request, time, model version, environment, the features and the
-prediction). Hive-style date partitions let the drift job read only the window it needs.
+prediction). Hive-style date partitions let the drift job read only the window it needs. The feature columns
+and their types come from the model's input contract: whole numbers as int64, numbers as float32 (what ONNX
+Runtime scores with), text as strings.
 
 Requests only append to an in-memory buffer; a background thread writes it out every
 `flush_seconds` (5 s by default, or sooner when it grows large), so logging costs a request microseconds.
@@ -29,26 +31,27 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from forkcast.data.features import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from forkcast.data.declaration import Inputs
 
 log = logging.getLogger(__name__)
 
 SINK_ENV = "FORKCAST_INFERENCE_LOG"
 DEFAULT_SINK = "outputs/inference/local"
-INTEGER_FEATURES = ("season", "month", "hr", "holiday", "weekday", "workingday")
+PREDICTION = "prediction"
+_TYPES = {"int": pa.int64(), "float": pa.float32(), "str": pa.string()}
+_REQUEST_FIELDS = [
+    pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
+    pa.field("request_id", pa.string()),
+    pa.field("position", pa.int32()),
+    pa.field("model_version", pa.string()),
+    pa.field("environment", pa.string()),
+]
 
-SCHEMA = pa.schema(
-    [
-        pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
-        pa.field("request_id", pa.string()),
-        pa.field("position", pa.int32()),
-        pa.field("model_version", pa.string()),
-        pa.field("environment", pa.string()),
-        *(pa.field(name, pa.int8() if name in INTEGER_FEATURES else pa.float32()) for name in NUMERIC_FEATURES),
-        *(pa.field(name, pa.string()) for name in CATEGORICAL_FEATURES),
-        pa.field("prediction", pa.float32()),
-    ]
-)
+
+def log_schema(inputs: Inputs | None = None) -> pa.Schema:
+    """The log's columns: the request's, the features of `inputs` (none without), and the prediction."""
+    features = [pa.field(f.name, _TYPES[f.type]) for f in inputs.features] if inputs else []
+    return pa.schema([*_REQUEST_FIELDS, *features, pa.field(PREDICTION, pa.float32())])
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class InferenceLog:
     def __init__(
         self,
         sink: str,
+        inputs: Inputs,
         *,
         environment: str = "local",
         flush_seconds: float = 5.0,
@@ -84,6 +88,8 @@ class InferenceLog:
     ) -> None:
         self.sink = sink
         self.environment = environment
+        self.schema = log_schema(inputs)
+        self._features = inputs.names
         self._filesystem, self._root = resolve_sink(sink)
         self._flush_seconds = flush_seconds
         self._flush_rows = flush_rows
@@ -204,10 +210,10 @@ class InferenceLog:
             "model_version": per_row([request.model_version for request in batch]),
             "environment": [self.environment] * sum(sizes),
         }
-        for name in FEATURES:
+        for name in self._features:
             data[name] = [value for request in batch for value in request.columns[name]]
-        data["prediction"] = np.concatenate([request.predictions for request in batch]).astype(np.float32)
-        return pa.Table.from_pydict(data, schema=SCHEMA)
+        data[PREDICTION] = np.concatenate([request.predictions for request in batch]).astype(np.float32)
+        return pa.Table.from_pydict(data, schema=self.schema)
 
 
 def _utc_day(timestamp: dt.datetime) -> dt.date:
@@ -215,22 +221,30 @@ def _utc_day(timestamp: dt.datetime) -> dt.date:
     return timestamp.astimezone(dt.UTC).date()
 
 
-def read(sink: str, *, since: dt.datetime | None = None, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read the inference log (optionally only records at or after `since`).
+def read(
+    sink: str,
+    *,
+    schema: pa.Schema | None = None,
+    since: dt.datetime | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Read the inference log (optionally only records at or after `since`), with the columns of `schema`
+    (`log_schema(inputs)`; by default the request's columns and the prediction, no features).
 
     With `since`, only the `date=` partitions from that day on are opened: older files are neither read
     nor able to break the read.
     """
     filesystem, root = resolve_sink(sink)
-    if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
-        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(list(columns))
     partitioning = ds.partitioning(pa.schema([pa.field("date", pa.string())]), flavor="hive")
-    schema = SCHEMA.append(pa.field("date", pa.string()))
-    dataset = ds.dataset(root, filesystem=filesystem, format="parquet", schema=schema, partitioning=partitioning)
+    schema = schema or log_schema()
+    if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
+        return schema.empty_table() if columns is None else schema.empty_table().select(list(columns))
+    dated = schema.append(pa.field("date", pa.string()))
+    dataset = ds.dataset(root, filesystem=filesystem, format="parquet", schema=dated, partitioning=partitioning)
     predicate = None
     if since is not None:
         since_utc = since.astimezone(dt.UTC)
         predicate = (ds.field("date") >= since_utc.date().isoformat()) & (
             ds.field("timestamp") >= pa.scalar(since_utc, type=pa.timestamp("ms", tz="UTC"))
         )
-    return dataset.to_table(columns=list(columns) if columns else list(SCHEMA.names), filter=predicate)
+    return dataset.to_table(columns=list(columns) if columns else list(schema.names), filter=predicate)

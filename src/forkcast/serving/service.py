@@ -1,13 +1,16 @@
 """The prediction service (BentoML 1.4 class service), built into a bento by `forkcast build`.
 
 Endpoints (all JSON):
-- `POST /predict` with `{"records": [...]}`: 1 to 1,000 hours; bad input gets a 400 naming the field
+- `POST /predict` with `{"records": [...]}`: 1 to 1,000 records; bad input gets a 400 naming the field
 - `POST /metadata`: the model version, lineage and test metrics being served
 - `GET /readyz`, `/livez` (health), `/metrics` (Prometheus), `/docs.json` (OpenAPI)
 
 Runtime settings come from the environment, which `forkcast deploy` sets:
 `FORKCAST_INFERENCE_LOG` (a directory or s3:// URI), `FORKCAST_ENVIRONMENT` (a label in the log),
 `FORKCAST_BACKEND=scikit-learn` to bypass ONNX Runtime.
+
+The request's fields come from the model: its input contract (`inputs.json`, from `dataset.yaml` at training) is
+read from the model's directory when this module is imported, because the API's types are declared from it.
 """
 
 from __future__ import annotations
@@ -25,16 +28,27 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
-from forkcast.data.features import FEATURES
-from forkcast.model.onnx import columns_of
-from forkcast.serving import predictor
-from forkcast.serving.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV, ModelInfo, Predictions, Records
+from forkcast.serving import contract, predictor
+from forkcast.serving.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV, ModelInfo, Predictions
 from forkcast.serving.inference_log import DEFAULT_SINK, SINK_ENV, InferenceLog
 
 log = logging.getLogger("bentoml.forkcast")  # bentoml prints the INFO lines of its own loggers
 
 REQUEST_ID_HEADER = "x-request-id"
 JSON = b"application/json"
+
+MODEL = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{BENTO_MODEL_NAME}:latest"))
+
+
+def _contract(model: bentoml.models.BentoModel) -> predictor.Contract:
+    stored = model.stored
+    if stored is None:
+        raise RuntimeError(f"no model {model.tag} in the BentoML store: build the bento first (`forkcast build`)")
+    return predictor.contract(Path(stored.path))
+
+
+CONTRACT = _contract(MODEL)
+Records = contract.records_type(CONTRACT.inputs, CONTRACT.example)
 
 
 class JsonBodiesOnly:
@@ -102,7 +116,7 @@ class RecycleConnections:
     http={"cors": {"enabled": False}},
 )
 class Forecaster:
-    bento_model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{BENTO_MODEL_NAME}:latest"))
+    bento_model = MODEL
 
     def __init__(self) -> None:
         # Workers are the parallelism: more threads per worker oversubscribe the cores.
@@ -111,7 +125,7 @@ class Forecaster:
         lineage: dict[str, Any] = dict(stored.info.metadata)
         self.predictor = predictor.load(
             Path(stored.path),
-            onnx_tolerance=float(lineage.get("onnx_tolerance", 0.01)),
+            onnx_tolerance=float(lineage.get("onnx_tolerance", 0.001)),
             prefer_onnx=os.environ.get("FORKCAST_BACKEND", "onnx") != "scikit-learn",
         )
         self.info = ModelInfo(
@@ -124,11 +138,19 @@ class Forecaster:
             trained_at=lineage.get("trained_at"),
             metrics={str(key): float(value) for key, value in dict(lineage.get("metrics", {})).items()},
             backend=self.predictor.backend,
-            onnx_max_abs_difference=self.predictor.onnx_max_abs_difference,
-            features=list(FEATURES),
+            onnx_max_gap=self.predictor.onnx_max_gap,
+            dataset=CONTRACT.inputs.dataset,
+            target=CONTRACT.inputs.target.name,
+            unit=CONTRACT.inputs.target.unit,
+            frequency=CONTRACT.inputs.frequency.period,
+            features=list(CONTRACT.inputs.names),
+            inputs=CONTRACT.inputs.model_dump(mode="json"),
+            example=CONTRACT.example,
         )
         self.inference_log = InferenceLog(
-            os.environ.get(SINK_ENV, DEFAULT_SINK), environment=os.environ.get("FORKCAST_ENVIRONMENT", "local")
+            os.environ.get(SINK_ENV, DEFAULT_SINK),
+            CONTRACT.inputs,
+            environment=os.environ.get("FORKCAST_ENVIRONMENT", "local"),
         )
         log.info(
             "serving %s version %s with %s, code from %s",
@@ -142,10 +164,10 @@ class Forecaster:
         gc.freeze()
 
     @bentoml.api(route="/predict")
-    async def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:
-        """Predicted bike rentals for each hour in `records` (same order)."""
+    async def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:  # type: ignore[valid-type]
+        """The predicted target of each record in `records`, in the same order (see /metadata for its unit)."""
         request_id = ctx.request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        columns = columns_of(records)
+        columns = contract.columns_of_records(records, CONTRACT.inputs)
         if self.predictor.onnx is not None:
             predictions = self.predictor.predict(columns)  # microseconds: cheaper than a thread hop
         else:

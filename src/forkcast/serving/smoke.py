@@ -2,7 +2,8 @@
 
 Checks, in order: health, the metadata and response contract, known answers (golden test rows
 whose in-process predictions the service must reproduce), that bad requests get a 400 naming
-the field, and the p95 latency of single-record requests against a budget.
+the field, and the p95 latency of single-record requests against a budget. The bad requests are
+derived from the model's input contract, which the known answers carry.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx
 import numpy as np
 
 from forkcast import atomic
+from forkcast.data.declaration import Feature, Inputs
 from forkcast.serving.contract import SMOKE_REQUEST_PREFIX
 
 Check = Callable[[httpx.Client], str]  # returns a detail line; raises SmokeFailure when the check fails
@@ -56,6 +58,7 @@ class Golden:
     tolerance: float
     records: list[dict[str, Any]]
     expected: list[float]
+    inputs: Inputs  # the contract the records follow: the bad requests are made from it
     bento_model: str | None = None  # when known, the service must report serving exactly this model
 
     @classmethod
@@ -66,6 +69,7 @@ class Golden:
                 float(data["tolerance"]),
                 list(data["records"]),
                 [float(value) for value in data["expected"]],
+                Inputs.model_validate(data["inputs"]),
                 data.get("bento_model"),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -153,26 +157,20 @@ class SmokeSuite:
     def known_answers(self, client: httpx.Client) -> str:
         batch = _predictions(_post(client, "/predict", {"records": self.golden.records}), len(self.golden.records))
         single = _predictions(_post(client, "/predict", {"records": self.golden.records[-1:]}), 1)
-        gaps = np.abs(np.asarray(batch) - np.asarray(self.golden.expected))
+        expected = np.asarray(self.golden.expected)
+        gaps = np.abs(np.asarray(batch) - expected) / np.maximum(1.0, np.abs(expected))  # as `onnx.gap`
         worst = int(np.argmax(gaps))
         if gaps[worst] > self.golden.tolerance:
             raise SmokeFailure(
-                f"golden case {worst}: served {batch[worst]:.4f}, expected {self.golden.expected[worst]:.4f} "
-                f"(tolerance {self.golden.tolerance})"
+                f"golden case {worst}: served {batch[worst]:.6g}, expected {self.golden.expected[worst]:.6g} "
+                f"(tolerance {self.golden.tolerance:g} x max(1, |expected|))"
             )
-        if abs(single[0] - batch[-1]) > self.golden.tolerance:
-            raise SmokeFailure(f"the same record scored {single[0]:.4f} alone and {batch[-1]:.4f} in a batch")
-        return f"{len(batch)} golden cases within {self.golden.tolerance} (max gap {gaps.max():.2g})"
+        if abs(single[0] - batch[-1]) > self.golden.tolerance * max(1.0, abs(batch[-1])):
+            raise SmokeFailure(f"the same record scored {single[0]:.6g} alone and {batch[-1]:.6g} in a batch")
+        return f"{len(batch)} golden cases within {self.golden.tolerance:g} x max(1, |expected|) (max {gaps.max():.2g})"
 
     def bad_requests(self, client: httpx.Client) -> str:
-        record = self.golden.records[0]
-        cases: list[tuple[str, Any, str]] = [
-            ("missing field", {"records": [{k: v for k, v in record.items() if k != "hr"}]}, "hr"),
-            ("out of range", {"records": [{**record, "hum": 1.5}]}, "hum"),
-            ("wrong type", {"records": [{**record, "weathersit": 3}]}, "weathersit"),
-            ("extra field", {"records": [{**record, "bikers": 10}]}, "bikers"),
-            ("empty batch", {"records": []}, "records"),
-        ]
+        cases = bad_requests(self.golden.records[0], self.golden.inputs)
         for label, body, field_name in cases:
             response = _post(client, "/predict", body)
             if response.status_code != 400 or field_name not in response.text:
@@ -200,6 +198,40 @@ class SmokeSuite:
         if p95 > self.p95_budget_ms:
             raise SmokeFailure(f"{detail}: p95 is over the {self.p95_budget_ms:g} ms budget")
         return f"{detail} (budget p95 {self.p95_budget_ms:g} ms)"
+
+
+def bad_requests(record: dict[str, Any], inputs: Inputs) -> list[tuple[str, Any, str]]:
+    """Requests the contract must refuse with a 400 naming the field: (what is wrong, body, the field's name)."""
+    features = inputs.features
+    first = features[0].name
+    cases: list[tuple[str, Any, str]] = [
+        ("missing field", {"records": [{k: v for k, v in record.items() if k != first}]}, first)
+    ]
+    bounded = next((feature for feature in features if _beyond(feature) is not None), None)
+    if bounded is not None:
+        cases.append(("out of range", {"records": [{**record, bounded.name: _beyond(bounded)}]}, bounded.name))
+    text = next((feature for feature in features if feature.type == "str"), None)
+    mistyped, wrong = (text.name, 3) if text else (first, "not a number")
+    cases += [
+        ("wrong type", {"records": [{**record, mistyped: wrong}]}, mistyped),
+        ("extra field", {"records": [{**record, inputs.target.name: 10}]}, inputs.target.name),
+        ("empty batch", {"records": []}, "records"),
+    ]
+    return cases
+
+
+def _beyond(feature: Feature) -> int | float | str | None:
+    """A value just outside what the feature allows (None when anything goes)."""
+    if feature.categories is not None:
+        if feature.type == "str":
+            return "no such " + feature.name
+        return int(max(int(value) for value in feature.categories)) + 1
+    if feature.max is None and feature.min is None:
+        return None
+    span = (feature.max - feature.min) if feature.max is not None and feature.min is not None else 1.0
+    step = 1 if feature.type == "int" else max(span / 2, 0.5)
+    value = feature.max + step if feature.max is not None else (feature.min or 0) - step
+    return int(value) if feature.type == "int" else float(value)
 
 
 def run(url: str, suite: SmokeSuite, timeout: float = 10.0) -> SmokeReport:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +13,7 @@ import pytest
 
 from forkcast.cli import main
 
-from .conftest import BIN, ROOT, tool_env
+from .conftest import BIN, tool_env
 
 
 def test_help_lists_every_stage() -> None:
@@ -51,7 +51,7 @@ def break_data(project: Path, edit: str) -> Path:
             table.loc[10, "windspeed"] = "breezy"
         case "unknown weather":
             table.loc[10, "weathersit"] = "sandstorm"
-        case "duplicated hours":
+        case "duplicated rows":
             table = pd.concat([table, table.iloc[[10]]])
         case "out of range":
             table.loc[10, "temp"] = "3.5"
@@ -66,7 +66,7 @@ def break_data(project: Path, edit: str) -> Path:
         ("missing column", "hum.present"),
         ("text in a numeric column", "windspeed.dtype"),
         ("unknown weather", "weathersit.isin"),
-        ("duplicated hours", "rows.one_per_hour"),
+        ("duplicated rows", "rows.one_per_period"),
         ("out of range", "temp.in_range"),
     ],
 )
@@ -111,7 +111,7 @@ def test_new_data_rewrites_the_data_month_by_month(in_project: Path, capsys: pyt
     march = pd.read_csv(data)
     assert march["mnth"].unique().tolist() == ["Jan", "Feb", "March"]
     assert march.head(len(february)).equals(february)  # history is kept, the new month appended
-    feed = (in_project / "feed" / "bikeshare_2011_hourly.csv").read_bytes()
+    feed = (in_project / "feed" / "bikeshare_hourly.csv").read_bytes()
     assert feed.startswith(data.read_bytes())  # byte for byte the feed's own rows
     assert "dvc add data" in capsys.readouterr().out
 
@@ -195,9 +195,40 @@ def test_new_data_refuses_a_month_that_does_not_exist(in_project: Path, capsys: 
     ],
 )
 def test_serving_commands_say_what_is_missing(
-    args: list[str], words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    args: list[str], words: str, in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copy(ROOT / "params.yaml", tmp_path)
-    monkeypatch.chdir(tmp_path)
     assert main(args) == 2
     assert words in capsys.readouterr().err
+
+
+def test_dataset_shows_what_the_declaration_derives(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dataset"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("bike rentals: Hourly rentals")
+    assert "The model's inputs, in model order (also the fields of a request to /predict):" in out
+    assert re.search(r"^  month +int +1 to 12 +discrete +calendar: month of the year$", out, re.M)
+    assert "baseline  the mean bikers of the same workingday, hr in training" in out
+    assert "cycle     a day of 24 hours" in out
+    assert "* workingday_consistent" in out  # a rule on features: requests must meet it too
+
+
+def test_a_broken_declaration_stops_every_command_naming_its_key(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    declaration = in_tmp / "dataset.yaml"
+    declaration.write_text(
+        declaration.read_text().replace("seasonal_keys: [workingday, hr]", "seasonal_keys: [casual]")
+    )
+    for command in (["dataset"], ["validate"], ["prepare"], ["train"]):
+        assert main(command) == 2
+        assert "dataset.yaml: seasonal_keys names 'casual', which is not a feature" in capsys.readouterr().err
+    assert not (in_tmp / "outputs").exists()
+
+
+def test_new_data_without_a_feed_says_how_to_declare_one(in_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    declaration = in_project / "dataset.yaml"
+    declaration.write_text(re.sub(r"^feed: .*\n", "", declaration.read_text(), flags=re.M))
+    before = (in_project / "data" / "bikeshare_hourly.csv").read_bytes()
+    assert main(["new-data", "--next-month"]) == 2
+    assert "no feed to take months from" in capsys.readouterr().err
+    assert (in_project / "data" / "bikeshare_hourly.csv").read_bytes() == before

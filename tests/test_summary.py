@@ -8,6 +8,8 @@ import pytest
 from forkcast import atomic, paths
 from forkcast.summary import pipeline_summary, versus_baseline
 
+from .conftest import EXAMPLES, Example
+
 
 def test_the_baseline_comparison_says_worse_when_it_is() -> None:
     assert versus_baseline(0.153) == "15.3% better than the baseline"
@@ -98,6 +100,7 @@ def test_the_summary_says_what_runs_where_and_whether_its_smoke_tests_passed(
 
 def test_the_summary_ends_with_each_environments_drift_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    atomic.write_json(paths.PREPARED_INPUTS, EXAMPLES["bikes"].dataset.inputs().model_dump(mode="json"))
     drifted = {"verdict": "drift", "reasons": ["input drift: 6 of 11 features drifted"], "rows": {"in_window": 741}}
     quiet = {"verdict": "no production data yet", "reasons": ["no records"], "rows": {"in_window": 0}}
     atomic.write_json(paths.OUTPUTS / "drift" / "production" / "drift.json", drifted)
@@ -108,3 +111,23 @@ def test_the_summary_ends_with_each_environments_drift_verdict(tmp_path: Path, m
         "outputs/drift/production/report.html"
     ) in lines
     assert "drift (staging) no production data yet  -> outputs/drift/staging/summary.md" in lines
+
+
+@pytest.mark.datasets
+def test_the_summary_speaks_in_the_datasets_periods_and_unit(
+    example: Example, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    inputs = example.dataset.inputs()
+    atomic.write_json(paths.PREPARED_INPUTS, inputs.model_dump(mode="json"))
+    metrics = {"rmse": 0.3951, "mae": 0.3131, "r2": 0.663}
+    baseline = {"rmse": 0.5511, "mae": 0.4421, "r2": 0.344}
+    atomic.write_json(
+        paths.METRICS_JSON,
+        {"test_rows": 2_640, "model": metrics, "baseline": baseline, "rmse_improvement_over_baseline": 0.283},
+    )
+    text = pipeline_summary()
+    assert f"test set (2,640 {inputs.frequency.periods})" in text
+    assert f"in {inputs.target.unit}" in text
+    assert "0.395" in text  # a figure at its own scale, not 0.4
+    assert "28.3% better than the baseline" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from forkcast import atomic, paths
+from forkcast.data.declaration import Inputs, figure, read_inputs
 from forkcast.monitoring.drift import DRIFT, NO_DATA
 from forkcast.serving import deploy
 
@@ -17,6 +18,7 @@ def pipeline_summary() -> str:
     validation = atomic.read_json_if_exists(paths.VALIDATION_JSON)
     metrics = atomic.read_json_if_exists(paths.METRICS_JSON)
     gate = atomic.read_json_if_exists(paths.GATE_JSON)
+    inputs = read_inputs(paths.PREPARED_INPUTS)
     lines = ["", "Forkcast pipeline summary", "========================="]
     if validation:
         s = validation["summary"]
@@ -29,10 +31,12 @@ def pipeline_summary() -> str:
         lines.append("(validation failed: the figures below come from the last run that got past it)")
     if metrics:
         model, baseline = metrics["model"], metrics["baseline"]
+        unit = f"   in {inputs.target.unit}" if inputs else ""
+        test_set = f"test set ({metrics['test_rows']:,} {_periods(inputs)})"
         lines += [
-            f"test set ({metrics['test_rows']:,} h)   RMSE    MAE     R²",
-            f"  model           {model['rmse']:6.1f} {model['mae']:6.1f} {model['r2']:6.3f}",
-            f"  baseline        {baseline['rmse']:6.1f} {baseline['mae']:6.1f} {baseline['r2']:6.3f}"
+            f"{test_set:<24}{'RMSE':>7}{'MAE':>7}{'R²':>7}{unit}",
+            f"  model{'':<17}{figure(model['rmse']):>7}{figure(model['mae']):>7}{model['r2']:>7.3f}",
+            f"  baseline{'':<14}{figure(baseline['rmse']):>7}{figure(baseline['mae']):>7}{baseline['r2']:>7.3f}"
             f"   (RMSE {versus_baseline(metrics['rmse_improvement_over_baseline'])})",
         ]
     if gate and metrics and paths.GATE_JSON.stat().st_mtime < paths.METRICS_JSON.stat().st_mtime:
@@ -47,8 +51,12 @@ def pipeline_summary() -> str:
     else:
         lines.append("quality gate      not run yet (the pipeline stopped earlier)")
     lines += serving_lines()
-    lines += drift_lines()
+    lines += drift_lines(inputs)
     return "\n".join(lines)
+
+
+def _periods(inputs: Inputs | None) -> str:
+    return inputs.frequency.periods if inputs else "rows"
 
 
 def serving_lines() -> list[str]:
@@ -65,7 +73,7 @@ def serving_lines() -> list[str]:
     return lines
 
 
-def drift_lines() -> list[str]:
+def drift_lines(inputs: Inputs | None = None) -> list[str]:
     """The last drift report of each environment that has one: its verdict and where to look."""
     reports = {name: paths.OUTPUTS / "drift" / name for name in deploy.ENVIRONMENTS}
     outcomes = {name: atomic.read_json_if_exists(path / "drift.json") for name, path in reports.items()}
@@ -82,6 +90,7 @@ def drift_lines() -> list[str]:
         verdict = f"DRIFT: {found}" if outcome["verdict"] == DRIFT else "no drift"
         rows = outcome["rows"]["in_window"]
         lines.append(
-            f"drift ({environment}) {verdict} over {rows:,} logged hours  -> {reports[environment] / 'report.html'}"
+            f"drift ({environment}) {verdict} over {rows:,} logged {_periods(inputs)}"
+            f"  -> {reports[environment] / 'report.html'}"
         )
     return lines

@@ -1,4 +1,7 @@
-"""`forkcast drift` on the real 2011 data, reading inference logs written by the real InferenceLog.
+"""`forkcast drift` on the real 2011 bike data, reading inference logs written by the real InferenceLog.
+
+These scenarios are the bike example's: what its calibrated thresholds find in its seasons. The template's part
+(column kinds, features and units from the declaration) runs on the electricity example too, at the end.
 
 The model under watch is trained on the even days of January-February 2011 (its reference). "More of the same"
 is the odd days of those two months: the same season, weather regime and calendar mix, hours the model never
@@ -32,7 +35,7 @@ from scipy import stats
 
 from forkcast.cli import main
 from forkcast.config import Params
-from forkcast.data.features import FEATURES
+from forkcast.data.declaration import Inputs
 from forkcast.data.prepare import build_features, load_raw
 from forkcast.model.estimator import fit, predict
 from forkcast.model.onnx import columns_of_frame
@@ -41,12 +44,13 @@ from forkcast.monitoring.drift import traffic
 from forkcast.serving import deploy
 from forkcast.serving.inference_log import InferenceLog
 
-from ..conftest import ROOT, Built
+from ..conftest import EXAMPLES, ROOT, Built
 
 DAY = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)  # when the traffic was logged
 UNTIL = "2026-03-02T00:00:00Z"  # the end of a one-day window holding it
 SMOKE_REQUESTS = 3
 REQUEST_SIZE = 24  # records per logged request: one day of hours
+INPUTS = EXAMPLES["bikes"].dataset.inputs()
 
 pytestmark = [  # raised while evidently imports; not ours to fix
     pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning"),
@@ -66,23 +70,28 @@ class Scenario:
     test_rmse: float  # the model's error on the odd days, as its evaluation would report it
 
 
-def bare_project(directory: Path) -> Path:
-    """A directory with the project's params.yaml and nothing else: no pipeline outputs, no logs."""
+def bare_project(directory: Path, declaration: Path = ROOT / "dataset.yaml") -> Path:
+    """A directory with the project's params.yaml and a declaration, nothing else: no pipeline outputs, no logs."""
     shutil.copy(ROOT / "params.yaml", directory / "params.yaml")
+    shutil.copy(declaration, directory / "dataset.yaml")
     return directory
 
 
-def log_requests(sink: Path, frame: pd.DataFrame, start: dt.datetime, prefix: str) -> pd.DataFrame:
-    """Log `frame` through the real writer, one request per REQUEST_SIZE rows; each row's request id and position."""
-    log = InferenceLog(str(sink), environment="production", flush_seconds=3600)
+def log_requests(
+    sink: Path, frame: pd.DataFrame, start: dt.datetime, prefix: str, inputs: Inputs = INPUTS, size: int = REQUEST_SIZE
+) -> pd.DataFrame:
+    """Log `frame` through the real writer, one request per `size` rows; each row's request id and position."""
+    log = InferenceLog(str(sink), inputs, environment="production", flush_seconds=3600)
     ids: list[str] = []
     positions: list[int] = []
     try:
-        for number, begin in enumerate(range(0, len(frame), REQUEST_SIZE)):
-            chunk = frame.iloc[begin : begin + REQUEST_SIZE]
+        for number, begin in enumerate(range(0, len(frame), size)):
+            chunk = frame.iloc[begin : begin + size]
             request_id = f"{prefix}{number:05d}"
             when = start + dt.timedelta(minutes=number)
-            log.append(request_id, "1", columns_of_frame(chunk), chunk["prediction"].to_numpy(), timestamp=when)
+            log.append(
+                request_id, "1", columns_of_frame(chunk, inputs.names), chunk["prediction"].to_numpy(), timestamp=when
+            )
             ids += [request_id] * len(chunk)
             positions += list(range(len(chunk)))
     finally:
@@ -90,33 +99,42 @@ def log_requests(sink: Path, frame: pd.DataFrame, start: dt.datetime, prefix: st
     return frame.assign(request_id=ids, position=positions)
 
 
-@pytest.fixture(scope="module")
-def scenario(dataset: Path, params: Params, tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    features = build_features(load_raw(dataset), params.data)
-    day = (features["timestamp"] - pd.Timestamp(params.data.start_date)).dt.days + 1
-    target = params.data.target
-    even = features[(day <= 59) & (day % 2 == 0)].reset_index(drop=True)
-    odd = features[(day <= 59) & (day % 2 == 1)].reset_index(drop=True)
-    july = features[features["timestamp"].dt.month == 7].reset_index(drop=True)
-    pipeline = fit(params.train, even, target)
-    even, odd, july = (frame.assign(prediction=predict(pipeline, frame).to_numpy()) for frame in (even, odd, july))
-    odd_error = odd["prediction"] - odd[target]
-
-    project = bare_project(tmp_path_factory.mktemp("drift-project"))
-    (project / "outputs" / "prepared").mkdir(parents=True)
-    (project / "outputs" / "model").mkdir(parents=True)
-    (project / "outputs" / "evaluation").mkdir(parents=True)
-    even.drop(columns="prediction").to_parquet(project / "outputs/prepared/train.parquet", index=False)
+def write_model(project: Path, pipeline: Any, reference: pd.DataFrame, inputs: Inputs, errors: pd.Series) -> float:
+    """The pipeline outputs the drift job reads: the training split, the model, its metadata and metrics."""
+    for directory in ("prepared", "model", "evaluation"):
+        (project / "outputs" / directory).mkdir(parents=True, exist_ok=True)
+    reference.drop(columns="prediction").to_parquet(project / "outputs/prepared/train.parquet", index=False)
     joblib.dump(pipeline, project / "outputs/model/model.joblib")
     metadata = {
         "data_hash": "janfeb-even.dir",
         "trained_at": "2026-02-28T00:00:00+00:00",
-        "splits": {"train": {"rows": len(even), "start": even["timestamp"].min().isoformat()}},
+        "splits": {"train": {"rows": len(reference), "start": reference["timestamp"].min().isoformat()}},
+        "inputs": inputs.model_dump(mode="json"),
     }
     (project / "outputs/model/metadata.json").write_text(json.dumps(metadata))
-    test_rmse = float(np.sqrt(np.mean(odd_error**2)))
-    metrics = {"model": {"rmse": test_rmse, "mae": float(np.mean(np.abs(odd_error)))}}
+    test_rmse = float(np.sqrt(np.mean(errors**2)))
+    metrics = {"model": {"rmse": test_rmse, "mae": float(np.mean(np.abs(errors)))}}
     (project / "outputs/evaluation/metrics.json").write_text(json.dumps(metrics))
+    return test_rmse
+
+
+@pytest.fixture(scope="module")
+def scenario(data_file: Path, params: Params, tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    dataset = params.dataset
+    features = build_features(load_raw(data_file, dataset), dataset)
+    day = (features["timestamp"] - pd.Timestamp("2011-01-01")).dt.days + 1
+    target = dataset.target
+    even = features[(day <= 59) & (day % 2 == 0)].reset_index(drop=True)
+    odd = features[(day <= 59) & (day % 2 == 1)].reset_index(drop=True)
+    july = features[features["timestamp"].dt.month == 7].reset_index(drop=True)
+    pipeline = fit(params.train, even, INPUTS)
+    even, odd, july = (
+        frame.assign(prediction=predict(pipeline, frame, INPUTS.target).to_numpy()) for frame in (even, odd, july)
+    )
+    odd_error = odd["prediction"] - odd[target]
+
+    project = bare_project(tmp_path_factory.mktemp("drift-project"))
+    test_rmse = write_model(project, pipeline, even, INPUTS, odd_error)
 
     logs = tmp_path_factory.mktemp("logs")
     sinks = {name: logs / name for name in ("odd", "july", "smoke-only")}
@@ -251,7 +269,9 @@ def test_the_summary_has_the_verdict_and_a_row_per_feature(july_run: Run, odd_ru
         )
     assert "### Prediction drift" in summary
     assert "### Data quality" in summary
-    assert re.search(r"^season, month, temp, atemp.* had values the model never saw in training\.$", summary, re.M)
+    novel = re.search(r"^(.*) had values the model never saw in training\.$", summary, re.M)
+    assert novel
+    assert {"season", "month", "temp", "atemp"} <= set(novel.group(1).split(", "))
     assert "model (version unknown)" in summary  # no gate record in this project: it does not invent one
     assert "data janfeb-even.dir" in summary  # the reference is the split the model metadata describes
     assert (odd_run.directory / "summary.md").read_text().splitlines()[0] == "## Drift: production: no drift"
@@ -350,6 +370,7 @@ def test_a_large_window_is_sampled_but_counted_whole(scenario: Scenario, tmp_pat
     settings["monitor"]["max_rows"] = 1_000
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(settings))
+    shutil.copy(ROOT / "dataset.yaml", tmp_path)  # the declaration is read from beside the params file
     sink = str(scenario.sinks["july"])
     code, outcome = run_drift(
         scenario.project, "--sink", sink, "--until", UNTIL, "--window-days", "5", "--params", str(params_file)
@@ -466,7 +487,7 @@ def test_the_reference_predictions_come_from_the_deployed_model(
     assert model["model_version"] == built.lineage["model_version"]
     assert model["data_hash"] == built.lineage["data_hash"]
     # The bento's model (the whole year's), not the project's Jan-Feb model, predicted the reference.
-    expected = np.clip(trained.pipeline.predict(scenario.reference[list(FEATURES)]), 0.0, None).mean()
+    expected = np.clip(trained.pipeline.predict(scenario.reference[list(INPUTS.names)]), 0.0, None).mean()
     assert outcome["prediction_drift"]["reference_mean"] == pytest.approx(float(expected))
     assert any("was trained on data" in warning for warning in outcome["warnings"])  # not its training data
     assert any("served by model version(s) 1" in warning for warning in outcome["warnings"])
@@ -534,3 +555,58 @@ def test_the_html_report_renders_the_drift_verdict(july_run: Run, params: Params
     assert (width, height) == (1280, 900)
     assert screenshot.stat().st_size > 20_000
     assert len(set(pixels)) > 64  # text and charts, not a blank page
+
+
+# --- the template: another dataset, its own columns and kinds ----------------------------------------------------
+
+
+def test_too_few_labels_are_reported_not_judged_in_natural_cycles(scenario: Scenario) -> None:
+    labelled = scenario.july.head(100)  # fewer than 7 days of hours
+    labels_file = scenario.project / "outputs" / "labels" / "staging.parquet"
+    labels_file.parent.mkdir(parents=True, exist_ok=True)
+    labelled[["request_id", "position", "actual"]].to_parquet(labels_file, index=False)
+    try:
+        _, outcome = run_drift(
+            scenario.project, "--env", "staging", "--sink", str(scenario.sinks["july"]), "--until", UNTIL
+        )
+    finally:
+        labels_file.unlink()
+    performance = outcome["performance"]
+    assert not performance["judged"]
+    assert performance["needed_rows"] == 7 * 24
+    assert "100 labelled hours, fewer than monitor.min_labelled_cycles (7 days of 24: 168)" in performance["judgement"]
+
+
+@pytest.mark.parametrize("example", ["electricity"], indirect=True)
+def test_the_drift_job_follows_the_declaration_of_another_dataset(
+    data_file: Path, params: Params, tmp_path: Path
+) -> None:
+    """Half-hourly electricity demand: its features, their kinds and its unit come from its dataset.yaml."""
+    dataset = params.dataset
+    inputs = dataset.inputs()
+    features = build_features(load_raw(data_file, dataset), dataset)
+    reference = features[features["timestamp"] < "2014-03-01"].reset_index(drop=True)
+    winter = features[features["timestamp"].dt.month == 7].reset_index(drop=True)
+    pipeline = fit(params.train, reference, inputs)
+    reference, winter = (
+        frame.assign(prediction=predict(pipeline, frame, inputs.target).to_numpy()) for frame in (reference, winter)
+    )
+    (tmp_path / "project").mkdir()
+    project = bare_project(tmp_path / "project", EXAMPLES["electricity"].declaration)
+    write_model(project, pipeline, reference, inputs, winter["prediction"] - winter[dataset.target])
+    sink = tmp_path / "log"
+    cycle = dataset.time.frequency.rows_per_cycle
+    log_requests(sink, winter.rename(columns={dataset.target: "actual"}), DAY, "july-", inputs, cycle)
+    code, outcome = run_drift(project, "--sink", str(sink), "--until", UNTIL)
+    assert code == 1  # a summer model sees July, winter in Melbourne, as drift
+    methods = {row["feature"]: row["method"] for row in outcome["input_drift"]["per_feature"]}
+    assert methods == {
+        "WorkDay": "jensenshannon", "Temperature": "wasserstein", "minute_of_day": "jensenshannon",
+        "weekday": "jensenshannon", "month": "jensenshannon",
+    }  # fmt: skip
+    assert outcome["kinds"] == dataset.drift_kinds()
+    assert outcome["unit"] == "GW"
+    quality = {row["feature"]: row for row in outcome["quality"]}
+    assert quality["month"]["outside_training"] == len(winter)  # July: a month the model never saw
+    assert quality["Temperature"]["detail"].startswith("training range")
+    assert outcome["rows"]["in_window"] == len(winter)

@@ -15,16 +15,17 @@ import pytest
 
 from forkcast.cli import main
 from forkcast.config import Params
+from forkcast.data.declaration import load
 from forkcast.data.prepare import build_features, load_raw
 from forkcast.monitoring import replay
 from forkcast.serving import inference_log
-from forkcast.serving.contract import EXAMPLE_RECORD
 from forkcast.serving.inference_log import InferenceLog
 
-from ..conftest import Built, free_port
+from ..conftest import ROOT, Built, free_port
 from ..serving.test_serving import Server, serve
 
 JULY_1 = 182  # the data's `day` number of 2011-07-01 (day 1 is 2011-01-01)
+JULY = ["--from", "2011-07-01", "--to", "2011-07-31"]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +35,9 @@ def server(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     running.stop()
 
 
-def true_counts(dataset: Path, days: range) -> pd.DataFrame:
+def true_counts(data_file: Path, days: range) -> pd.DataFrame:
     """The raw data's counts of `days`, keyed by (weekday, hr): unique within one week."""
-    raw = pd.read_csv(dataset, skipinitialspace=True)
+    raw = pd.read_csv(data_file, skipinitialspace=True)
     rows = raw[raw["day"].isin(days)].astype({"hr": int, "weekday": int})
     counts = rows[["weekday", "hr", "bikers"]]
     assert not counts.duplicated(["weekday", "hr"]).any()
@@ -52,15 +53,16 @@ def test_batches_cover_every_record_once_in_order() -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_replayed_week_is_logged_once_per_hour_with_its_true_counts(
-    server: Server, dataset: Path, params: Params, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    server: Server, data_file: Path, params: Params, in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    hours = replay.select_hours(
-        build_features(load_raw(dataset), params.data), dt.date(2011, 7, 4), dt.date(2011, 7, 10)
+    dataset = params.dataset
+    hours = replay.select_rows(
+        build_features(load_raw(data_file, dataset), dataset), dt.date(2011, 7, 4), dt.date(2011, 7, 10)
     )
     reports: list[tuple[int, int]] = []
     result = replay.replay(
         server.url,
-        replay.to_records(hours),
+        replay.to_records(hours, dataset.feature_names),
         hours["bikers"].astype(float).tolist(),
         24,
         progress=lambda rows, requests, seconds: reports.append((rows, requests)),
@@ -73,13 +75,15 @@ def test_a_replayed_week_is_logged_once_per_hour_with_its_true_counts(
     assert replay.append_labels(labels_file, result.labels) == 168
 
     args = ["replay", "--url", server.url, "--from", "2011-07-11", "--to", "2011-07-12", "--labels", str(labels_file)]
-    assert main([*args, "--data", str(dataset)]) == 0  # a second replay appends
+    assert main([*args, "--data", str(data_file)]) == 0  # a second replay appends
     out = capsys.readouterr().out
     assert "replayed 48 hours in 2 requests" in out
     assert f"labels: {labels_file} (216 rows in all)" in out
 
     server.stop()  # the workers flush their inference logs on the way out
-    logged = inference_log.read(str(server.inference_log)).to_pandas()
+    logged = inference_log.read(
+        str(server.inference_log), schema=inference_log.log_schema(dataset.inputs())
+    ).to_pandas()
     labels = pd.read_parquet(labels_file)
     keys = ["request_id", "position"]
 
@@ -101,7 +105,7 @@ def test_a_replayed_week_is_logged_once_per_hour_with_its_true_counts(
     in_first = joined["request_id"].isin(set(result.answers["request_id"]))
     parts = ((joined[in_first], range(JULY_1 + 3, JULY_1 + 10)), (joined[~in_first], range(JULY_1 + 10, JULY_1 + 12)))
     for part, days in parts:
-        expected = part.merge(true_counts(dataset, days), on=["weekday", "hr"])
+        expected = part.merge(true_counts(data_file, days), on=["weekday", "hr"])
         assert len(expected) == len(part) == 24 * len(days)
         np.testing.assert_array_equal(expected["actual"], expected["bikers"].astype(float))
 
@@ -116,50 +120,51 @@ DEAD = "http://127.0.0.1:1"
         (["--from", "2010-12-25", "--to", "2011-01-05"], "--from 2010-12-25 is before the data begins"),
         (["--from", "2011-12-30", "--to", "2012-01-02"], "the data covers 2011-01-01..2011-12-31"),
         (["--from", "2011-02-30"], "--from must be a date YYYY-MM-DD, not '2011-02-30'"),
-        (["--batch", "0"], "--batch must be between 1 and 1,000"),
-        (["--batch", "1001"], "--batch must be between 1 and 1,000"),
+        (["--batch", "0", *JULY], "--batch must be between 1 and 1,000"),
+        (["--batch", "1001", *JULY], "--batch must be between 1 and 1,000"),
         (["--env", "staging"], "give exactly one of --url and --env"),
+        ([], "no model test period is recorded (run `dvc repro`): give --from and --to"),
     ],
 )
 def test_bad_input_is_a_usage_error_and_sends_and_writes_nothing(
-    args: list[str], words: str, dataset: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    args: list[str], words: str, data_file: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # had anything been sent, this would be exit 1
-    assert main(["replay", "--url", url, "--data", str(dataset), *args]) == 2
+    assert main(["replay", "--url", url, "--data", str(data_file), *args]) == 2
     assert words in capsys.readouterr().err
     assert not (in_tmp / "outputs").exists()
 
 
 def test_a_range_without_hours_and_a_missing_deployment_are_usage_errors(
-    dataset: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    data_file: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = pd.read_csv(dataset, skipinitialspace=True)
+    raw = pd.read_csv(data_file, skipinitialspace=True)
     gap = in_tmp / "gap.csv"
     raw[raw["day"] != JULY_1 + 3].to_csv(gap, index=False)  # no 2011-07-04
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["replay", "--url", url, "--data", str(gap), "--from", "2011-07-04", "--to", "2011-07-04"]) == 2
-    assert "the data holds no hours from 2011-07-04 to 2011-07-04" in capsys.readouterr().err
-    assert main(["replay", "--env", "production", "--data", str(dataset)]) == 2
+    assert "the data holds no rows from 2011-07-04 to 2011-07-04" in capsys.readouterr().err
+    assert main(["replay", "--env", "production", "--data", str(data_file), *JULY]) == 2
     assert "nothing is deployed to production: run `forkcast deploy --env production`" in capsys.readouterr().err
     assert not (in_tmp / "outputs").exists()
 
 
 def test_a_labels_file_that_is_not_one_is_left_alone(
-    dataset: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    data_file: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = in_tmp / "notes.parquet"
     other.write_text("not parquet")
     url = f"http://127.0.0.1:{free_port()}"
-    assert main(["replay", "--url", url, "--data", str(dataset), "--labels", str(other)]) == 2
+    assert main(["replay", "--url", url, "--data", str(data_file), "--labels", str(other), *JULY]) == 2
     assert "is not a labels file" in capsys.readouterr().err
     assert other.read_text() == "not parquet"
 
 
 def test_nothing_deployed_at_the_url_writes_no_labels(
-    dataset: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    data_file: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    assert main(["replay", "--url", url, "--data", str(dataset), "--from", "2011-07-01", "--to", "2011-07-01"]) == 1
+    assert main(["replay", "--url", url, "--data", str(data_file), "--from", "2011-07-01", "--to", "2011-07-01"]) == 1
     assert f"nothing is deployed at {url}: run `forkcast deploy --env staging`" in capsys.readouterr().err
     assert not (in_tmp / "outputs").exists()
 
@@ -204,10 +209,10 @@ def failing_server() -> Iterator[_FailsAfterFirst]:
 
 
 def test_a_service_failing_midway_keeps_the_labels_of_what_it_answered(
-    failing_server: _FailsAfterFirst, dataset: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    failing_server: _FailsAfterFirst, data_file: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"http://127.0.0.1:{failing_server.server_address[1]}"
-    args = ["replay", "--url", url, "--data", str(dataset), "--from", "2011-07-01", "--to", "2011-07-02"]
+    args = ["replay", "--url", url, "--data", str(data_file), "--from", "2011-07-01", "--to", "2011-07-02"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "the service answered 500: model crashed" in err
@@ -219,7 +224,7 @@ def test_a_service_failing_midway_keeps_the_labels_of_what_it_answered(
     assert first_id.startswith(replay.REPLAY_REQUEST_PREFIX)
     assert (labels["request_id"] == first_id).all()
     assert labels["position"].tolist() == list(range(24))
-    raw = pd.read_csv(dataset, skipinitialspace=True)
+    raw = pd.read_csv(data_file, skipinitialspace=True)
     july_1 = raw[raw["day"] == JULY_1].astype({"hr": int}).sort_values("hr")
     assert labels["actual"].tolist() == july_1["bikers"].astype(float).tolist()
 
@@ -227,8 +232,9 @@ def test_a_service_failing_midway_keeps_the_labels_of_what_it_answered(
 def test_waiting_for_the_log_returns_once_every_request_is_written(tmp_path: Path) -> None:
     sink = tmp_path / "log"
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-    log = InferenceLog(str(sink), environment="production", flush_seconds=3600)
-    record = {name: [value] for name, value in EXAMPLE_RECORD.items()}
+    inputs = load(ROOT / "dataset.yaml").inputs()
+    log = InferenceLog(str(sink), inputs, environment="production", flush_seconds=3600)
+    record = {f.name: [f.categories[0] if f.categories else f.min or 0] for f in inputs.features}
     log.append("replay-a", "1", record, np.array([1.0]))
     timer = threading.Timer(0.5, log.close)  # the service writes a moment later
     timer.start()
@@ -237,3 +243,16 @@ def test_waiting_for_the_log_returns_once_every_request_is_written(tmp_path: Pat
     finally:
         timer.join()
     assert not replay.wait_until_logged(str(sink), {"replay-a", "replay-never"}, since, timeout=0.3, poll=0.1)
+
+
+def test_by_default_the_model_test_period_is_replayed_a_natural_cycle_per_request(
+    failing_server: _FailsAfterFirst, data_file: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metadata = {"splits": {"test": {"start": "2011-12-30T00:00:00", "end": "2011-12-31T23:00:00"}}}
+    (in_tmp / "outputs" / "model").mkdir(parents=True)
+    (in_tmp / "outputs" / "model" / "metadata.json").write_text(json.dumps(metadata))
+    url = f"http://127.0.0.1:{failing_server.server_address[1]}"
+    assert main(["replay", "--url", url, "--data", str(data_file)]) == 1  # the second request gets a 500
+    err = capsys.readouterr().err
+    assert "replaying 48 hours (2011-12-30..2011-12-31)" in err  # the test period, from the model's metadata
+    assert "in batches of 24" in err  # a day of hourly rows

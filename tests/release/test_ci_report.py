@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from forkcast.cli import main
+from forkcast.data.declaration import load
 from forkcast.release import ci_report
 
-from ..conftest import run_ok
+from ..conftest import ROOT, run_ok
 
 VALIDATION = {
     "source": "data/bikeshare_hourly.csv",
@@ -89,7 +90,8 @@ def test_a_rejected_model_says_why_and_that_nothing_is_released(tmp_path: Path) 
     assert summary.startswith("## Forkcast pipeline: the quality gate rejected the model")
     assert "REJECTED: nothing will be released" in summary
     assert "9.7% worse" in summary
-    assert "| model | 54.78 | 35.78 | 0.766 |" in summary
+    assert "### Test metrics (1,316 rows)" in summary  # no prepared inputs here: no unit or period to name
+    assert "| model | 54.8 | 35.8 | 0.766 |" in summary
     assert ci_report.gate_outputs(outputs) == "eligible=false\n"
     assert ci_report.gate_outputs(tmp_path / "nothing") is None
 
@@ -135,3 +137,13 @@ def test_dvc_diffs_against_a_base_commit(project: Path) -> None:
     run_ok(["git", "checkout", "--", "."], project)
     assert ci_report.dvc_diff("params", "HEAD", cwd=project) == "No params changed against `HEAD`.\n"
     assert "unknown Git revision" in ci_report.dvc_diff("params", "no-such-branch", cwd=project)
+
+
+def test_the_metrics_name_the_datasets_periods_and_unit(tmp_path: Path) -> None:
+    outputs = write_outputs(tmp_path, validation={**VALIDATION, "passed": True, "checks": []}, gate=GATE)
+    inputs = load(ROOT / "dataset.yaml").inputs()
+    (outputs / "prepared").mkdir()
+    (outputs / "prepared" / "inputs.json").write_text(inputs.model_dump_json())
+    summary = ci_report.job_summary(outputs)
+    assert "### Test metrics (1,316 hours)" in summary
+    assert "| | RMSE (bikes) | MAE (bikes) | R² |" in summary

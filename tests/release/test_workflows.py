@@ -24,7 +24,6 @@ import pytest
 import yaml
 
 from forkcast.config import Params
-from forkcast.data.features import FEATURES
 from forkcast.data.prepare import build_features, load_raw
 from forkcast.model.onnx import columns_of_frame
 from forkcast.model.train import TrainedModel
@@ -36,7 +35,7 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 ACTIONS = ROOT / ".github" / "actions"
 STAND_INS = ROOT / "tests" / "workflows" / "stand-ins"
 SHA_PIN = re.compile(r"^(?P<action>[\w.-]+/[\w.-]+)@(?P<sha>[0-9a-f]{40})$")
-PIPELINE_INPUTS = {"data.dvc", "params.yaml", "src/**", "dvc.yaml", "uv.lock"}
+PIPELINE_INPUTS = {"data.dvc", "params.yaml", "dataset.yaml", "bin/**", "src/**", "dvc.yaml", "uv.lock"}
 
 # Every write permission of every job, and why; anything else is read-only.
 WRITE_PERMISSIONS = {
@@ -497,21 +496,24 @@ def test_a_broken_pipeline_step_fails_the_pipeline_workflow(act: Act) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_act_runs_the_nightly_drift_job_on_a_fixture_log(
-    act: Act, trained: TrainedModel, dataset: Path, params: Params
+    act: Act, trained: TrainedModel, data_file: Path, params: Params
 ) -> None:
     """December traffic, logged by the real writer with the default model's answers, outside the project (act copies
     only tracked files): the job builds its reference, finds the drift, and would open the one issue."""
-    december = build_features(load_raw(dataset), params.data)
+    dataset = params.dataset
+    december = build_features(load_raw(data_file, dataset), dataset)
     december = december[december["month"] == 12].head(24 * 14)
     base = act.project.parent / "fixture-log"  # FORKCAST_INFERENCE_LOG: production logs under base/production
     sink = base / "production"
-    log = InferenceLog(str(sink), environment="production", flush_seconds=3600)
-    predictions = trained.pipeline.predict(december[list(FEATURES)])
+    inputs = dataset.inputs()
+    log = InferenceLog(str(sink), inputs, environment="production", flush_seconds=3600)
+    predictions = trained.pipeline.predict(december[list(inputs.names)])
     now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     for day in range(14):
         rows = slice(day * 24, day * 24 + 24)
-        log.append(f"req-{day}", "1", columns_of_frame(december.iloc[rows]), predictions[rows], timestamp=now)
-    log.append("smoke-0", "1", columns_of_frame(december.iloc[:1]), predictions[:1], timestamp=now)
+        chunk = columns_of_frame(december.iloc[rows], inputs.names)
+        log.append(f"req-{day}", "1", chunk, predictions[rows], timestamp=now)
+    log.append("smoke-0", "1", columns_of_frame(december.iloc[:1], inputs.names), predictions[:1], timestamp=now)
     log.close()
 
     result = act.run(

@@ -92,11 +92,11 @@ def drift(
     directory = monitoring.output_dir(environment)
     try:
         window = Window.ending(parse_until(until), window_days or params.monitor.window_days)
-        context = Context(environment, log, window, params.monitor)
+        context = Context(environment, log, window, params.monitor, params.dataset)
         label_file = labels or monitoring.default_labels(environment)
         known = read_labels(label_file) if label_file else None
         with step(f"read {environment}'s inference log {log}"):
-            traffic = read_traffic(log, window)
+            traffic = read_traffic(log, window, params.dataset.inputs())
         if traffic.rows == 0:
             outcome = no_data_result(context, traffic)
             write_outputs(directory, outcome, None)
@@ -105,6 +105,7 @@ def drift(
             raise typer.Exit(monitoring.EXIT_NO_DATA)
         with step("load the reference and the model's predictions on it"):
             model = production_model(environment)
+            model.check_declared(params.dataset)
             baseline = load_reference(reference or paths.prepared_split("train"), model)
         with step(f"compare {traffic.rows:,} records with {len(baseline.frame):,} reference rows (Evidently)"):
             outcome, snapshot = analyse(context, traffic, baseline, known)
@@ -130,20 +131,32 @@ def drift(
 @app.command()
 def replay(
     *,
-    url: Annotated[str | None, typer.Option(help="Service URL to send the hours to (or use --env).")] = None,
-    env: Annotated[str | None, typer.Option("--env", help="Send them to the local staging or production.")] = None,
+    url: Annotated[str | None, typer.Option(help="Service URL to send the data to (or use --env).")] = None,
+    env: Annotated[str | None, typer.Option("--env", help="Send it to the local staging or production.")] = None,
     start: Annotated[
-        str, typer.Option("--from", help="First date to replay (YYYY-MM-DD; default: December, after training).")
-    ] = "2011-12-01",
-    end: Annotated[str, typer.Option("--to", help="Last date to replay, included.")] = "2011-12-31",
-    batch: Annotated[int, typer.Option(help="Records per request.")] = 24,
+        str | None,
+        typer.Option(
+            "--from", help="First date to replay, YYYY-MM-DD (default: the start of the model's test period)."
+        ),
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="Last date to replay, included (default: the end of the test period).")
+    ] = None,
+    batch: Annotated[
+        int | None, typer.Option(help="Records per request (default: one natural cycle, e.g. a day of hours).")
+    ] = None,
     labels: Annotated[
         Path | None, typer.Option(help="Labels file to append to (default: outputs/labels/<env or adhoc>.parquet).")
     ] = None,
-    data: Annotated[Path | None, typer.Option(help="Raw hourly CSV (default: data.raw in params.yaml).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="The data to take rows from (default: `file` in dataset.yaml).")
+    ] = None,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
-    """Send real hours through a running service (request ids replay-...) and append their true counts as labels."""
+    """Send real rows of the data through a running service (request ids replay-...); keep their true values as labels.
+
+    By default it replays the model's own test period (rows it never trained on), one natural cycle per request.
+    """
     import datetime as dt
 
     import pandera.pandas as pa
@@ -153,33 +166,35 @@ def replay(
     from forkcast.serving import deploy as deployments
 
     params = load_params(params_file)
+    dataset = params.dataset
+    periods = dataset.time.frequency.periods
     target, environment = service_of(url, env)
     labels_file = labels or replaying.labels_path(environment)
     if labels_file.suffix != ".parquet":
         raise fail(f"--labels must be a .parquet file (the replay writes Parquet), not {labels_file}", EXIT_USAGE)
-    source = data or params.data.raw
+    source = data or dataset.file
     require(source)
+    size = dataset.time.frequency.rows_per_cycle if batch is None else batch
     try:
-        first, last = replaying.parse_date(start, "--from"), replaying.parse_date(end, "--to")
-        replaying.check_batch(batch)
+        first, last = replaying.window(start, end, replaying.model_test_period(environment))
+        replaying.check_batch(size)
         replaying.read_labels(labels_file)  # an unreadable labels file fails now, before anything is sent
         try:
-            prepared = build_features(load_raw(source), params.data)
+            prepared = build_features(load_raw(source, dataset), dataset)
         except (ValueError, KeyError, pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
-            raise replaying.ReplayInputError(f"cannot read the hours in {source}: {exc}") from exc
-        hours = replaying.select_hours(prepared, first, last)
+            raise replaying.ReplayInputError(f"cannot read the {periods} in {source}: {exc}") from exc
+        rows = replaying.select_rows(prepared, first, last)
     except replaying.ReplayInputError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
 
-    def progress(rows: int, requests: int, seconds: float) -> None:
-        rate = rows / seconds if seconds > 0 else 0.0
-        typer.echo(f"  {rows:,}/{len(hours):,} hours sent in {requests:,} requests, {rate:,.0f} rows/s", err=True)
+    def progress(sent: int, requests: int, seconds: float) -> None:
+        rate = sent / seconds if seconds > 0 else 0.0
+        typer.echo(f"  {sent:,}/{len(rows):,} {periods} sent in {requests:,} requests, {rate:,.0f} rows/s", err=True)
 
-    typer.echo(f"replaying {len(hours):,} hours ({first}..{last}) to {target} in batches of {batch}", err=True)
+    typer.echo(f"replaying {len(rows):,} {periods} ({first}..{last}) to {target} in batches of {size}", err=True)
     started = dt.datetime.now(dt.UTC)
-    result = replaying.replay(
-        target, replaying.to_records(hours), hours[params.data.target].astype(float).tolist(), batch, progress=progress
-    )
+    records = replaying.to_records(rows, dataset.feature_names)
+    result = replaying.replay(target, records, rows[dataset.target].astype(float).tolist(), size, progress=progress)
     total = replaying.append_labels(labels_file, result.labels) if result.rows else None
     kept = f"their labels were added to {labels_file}" if total else "no labels were written"
     stopped = result.stopped
@@ -190,13 +205,13 @@ def replay(
         )
     if stopped:
         raise fail(
-            f"{stopped.detail}\n{result.rows:,} of {result.planned:,} hours were answered before it stopped; "
+            f"{stopped.detail}\n{result.rows:,} of {result.planned:,} {periods} were answered before it stopped; "
             f"{kept}. The rest were not sent.",
             EXIT_CHECK_FAILED,
         )
     rate = result.rows / result.seconds if result.seconds > 0 else 0.0
     typer.echo(
-        f"replayed {result.rows:,} hours in {result.requests:,} requests in {result.seconds:.1f}s "
+        f"replayed {result.rows:,} {periods} in {result.requests:,} requests in {result.seconds:.1f}s "
         f"({rate:,.0f} rows/s) to {target}; labels: {labels_file} ({total:,} rows in all)"
     )
     deployed = deployments.load(check_environment(environment)) if environment else None
@@ -206,7 +221,7 @@ def replay(
                 deployed.inference_log, set(result.answers["request_id"]), started - dt.timedelta(minutes=1)
             )
         if not logged:
-            raise fail(f"{environment} has not logged every replayed hour in {deployed.inference_log}", 1)
+            raise fail(f"{environment} has not logged every replayed record in {deployed.inference_log}", 1)
 
 
 @app.command()

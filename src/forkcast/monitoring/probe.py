@@ -1,7 +1,8 @@
 """Endpoint health, for the scheduled health workflow: is the service up, does it answer, how fast.
 
-One probe: GET /readyz and /livez; ONE prediction of a known valid record (`contract.EXAMPLE_RECORD`,
-sent as `x-request-id: probe-<uuid>`), timed against a latency budget; and /metrics, the Prometheus
+One probe: GET /readyz and /livez; ONE prediction of a known valid record (the example the service itself
+gives in /metadata, one of its golden cases, sent as `x-request-id: probe-<uuid>`), timed against a latency
+budget; and /metrics, the Prometheus
 text BentoML 1.4 serves. Its families (labelled by endpoint and http_response_code):
 `bentoml_service_request_total` (counter), `bentoml_service_request_duration_seconds` (histogram),
 `bentoml_service_request_in_progress` and `bentoml_service_last_request_timestamp_seconds` (gauges).
@@ -24,7 +25,7 @@ from typing import Any
 import httpx
 
 from forkcast import atomic, paths
-from forkcast.serving.contract import EXAMPLE_RECORD, PROBE_REQUEST_PREFIX
+from forkcast.serving.contract import PROBE_REQUEST_PREFIX
 
 REQUEST_ID_HEADER = "x-request-id"
 PROBE_DIR = paths.OUTPUTS / "probe"
@@ -138,7 +139,19 @@ def _health(client: httpx.Client, route: str) -> ProbeCheck:
     return ProbeCheck(route.strip("/"), status == 200, f"GET {route} answered {status}")
 
 
-def _judge_prediction(response: httpx.Response, request_id: str) -> tuple[ProbeCheck, str | None]:
+def _example(client: httpx.Client) -> tuple[dict[str, Any] | None, str]:
+    """The valid record the service shows in /metadata, and the unit of its predictions (or why there is none)."""
+    try:
+        response = client.post("/metadata", json={})
+        info = response.json()
+        return dict(info["example"]), str(info.get("unit", ""))
+    except httpx.TransportError as error:
+        return None, _no_answer(error)
+    except (ValueError, KeyError, TypeError):
+        return None, f"POST /metadata answered {response.status_code} without an example: {response.text[:200]}"
+
+
+def _judge_prediction(response: httpx.Response, request_id: str, unit: str = "") -> tuple[ProbeCheck, str | None]:
     """The prediction check and the model version that answered."""
     if response.status_code != 200:
         return ProbeCheck("prediction", False, f"answered {response.status_code}: {response.text[:300]}"), None
@@ -155,7 +168,9 @@ def _judge_prediction(response: httpx.Response, request_id: str) -> tuple[ProbeC
         return ProbeCheck("prediction", False, f"{value!r:.50} is not a non-negative finite number"), version
     if echoed != request_id:  # the drift job could not tell this probe from real traffic
         return ProbeCheck("prediction", False, f"request {request_id} was answered as {echoed!r}"), version
-    return ProbeCheck("prediction", True, f"{value:.1f} bikes from model version {version}"), version
+    return ProbeCheck(
+        "prediction", True, f"{value:.4g} {unit} from model version {version}".replace("  ", " ")
+    ), version
 
 
 def _latency(latency_ms: float | None, budget_ms: float) -> ProbeCheck:
@@ -201,15 +216,17 @@ def probe(
             return ProbeReport(url, environment, budget_ms, False, [ProbeCheck("readyz", False, _no_answer(error))])
         checks = [ProbeCheck("readyz", ready == 200, f"GET /readyz answered {ready}"), _health(client, "/livez")]
         latency_ms, version = None, None
-        started = time.perf_counter()
-        try:
-            response = client.post(
-                "/predict", json={"records": [record or EXAMPLE_RECORD]}, headers={REQUEST_ID_HEADER: request_id}
-            )
-            latency_ms = round((time.perf_counter() - started) * 1000, 3)
-            prediction, version = _judge_prediction(response, request_id)
-        except httpx.TransportError as error:
-            prediction = ProbeCheck("prediction", False, _no_answer(error))
+        example, unit = (record, "") if record else _example(client)
+        if example is None:
+            prediction = ProbeCheck("prediction", False, f"no example record to send: {unit}")
+        else:
+            started = time.perf_counter()
+            try:
+                response = client.post("/predict", json={"records": [example]}, headers={REQUEST_ID_HEADER: request_id})
+                latency_ms = round((time.perf_counter() - started) * 1000, 3)
+                prediction, version = _judge_prediction(response, request_id, unit)
+            except httpx.TransportError as error:
+                prediction = ProbeCheck("prediction", False, _no_answer(error))
         metrics, summary = _metrics(client)
     checks += [prediction, _latency(latency_ms, budget_ms), metrics]
     return ProbeReport(url, environment, budget_ms, True, checks, latency_ms, version, request_id, summary)

@@ -1,7 +1,9 @@
-"""Traffic replay: hours of the real data sent through a deployed service, as callers would send them.
+"""Traffic replay: rows of the real data sent through a deployed service, as callers would send them.
 
-Replaying later months of 2011 fills the service's inference log with true seasonal traffic, for demos
-of the drift job and for tests. Every request carries `x-request-id: replay-<uuid>` (the service logs
+Replaying periods the model never trained on (its own test period, by default) fills the service's inference
+log with true seasonal traffic, for demos of the drift job and for tests.
+
+Every request carries `x-request-id: replay-<uuid>` (the service logs
 it; smoke tests send `smoke-`, probes `probe-`), so the drift job can tell replayed traffic apart.
 
 The true counts of what was sent go to a labels file (`request_id`, `position` in the request, `actual`):
@@ -26,7 +28,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from forkcast import atomic, paths
-from forkcast.data.features import FEATURES
 from forkcast.serving.contract import MAX_RECORDS
 
 REPLAY_REQUEST_PREFIX = "replay-"  # the inference log tells replayed traffic from real traffic by it
@@ -61,12 +62,44 @@ def check_batch(size: int) -> None:
         raise ReplayInputError(f"--batch must be between 1 and {MAX_RECORDS:,} records (the service's limit)")
 
 
-def select_hours(prepared: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFrame:
-    """The prepared hours (`prepare.build_features`) whose date is in [start, end], in time order."""
+def model_test_period(environment: str | None) -> tuple[dt.date, dt.date] | None:
+    """The test period of the model the environment serves (else of the pipeline's model), where it is recorded."""
+    period: dict[str, Any] | None = None
+    if environment is not None:
+        from forkcast.serving import build, deploy
+
+        deployed = deploy.load(cast("deploy.Environment", environment))
+        if deployed is not None:
+            build.use_project_store()
+            import bentoml
+
+            recorded = bentoml.models.get(deployed.model).info.metadata.get("test_period")
+            period = recorded if isinstance(recorded, dict) else None
+    if period is None:
+        metadata = atomic.read_json_if_exists(paths.MODEL_METADATA) or {}
+        period = (metadata.get("splits") or {}).get("test")
+    if not period or not period.get("start") or not period.get("end"):
+        return None
+    return dt.datetime.fromisoformat(period["start"]).date(), dt.datetime.fromisoformat(period["end"]).date()
+
+
+def window(start: str | None, end: str | None, test_period: tuple[dt.date, dt.date] | None) -> tuple[dt.date, dt.date]:
+    """The dates to replay: those given, else the model's test period."""
+    first = parse_date(start, "--from") if start is not None else None
+    last = parse_date(end, "--to") if end is not None else None
+    if first is None or last is None:
+        if test_period is None:
+            raise ReplayInputError("no model test period is recorded (run `dvc repro`): give --from and --to")
+        first, last = first or test_period[0], last or test_period[1]
+    return first, last
+
+
+def select_rows(prepared: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFrame:
+    """The prepared rows (`prepare.build_features`) whose date is in [start, end], in time order."""
     if end < start:
         raise ReplayInputError(f"--to {end} is before --from {start}")
     if prepared.empty:
-        raise ReplayInputError("the data holds no hours")
+        raise ReplayInputError("the data holds no rows")
     dates = prepared["timestamp"].dt.date
     first, last = dates.min(), dates.max()
     covers = f"the data covers {first}..{last}: pick dates inside it, or other data with --data"
@@ -76,13 +109,13 @@ def select_hours(prepared: pd.DataFrame, start: dt.date, end: dt.date) -> pd.Dat
         raise ReplayInputError(f"--to {end} is after the data ends; {covers}")
     selected: pd.DataFrame = prepared.loc[(dates >= start) & (dates <= end)]
     if selected.empty:
-        raise ReplayInputError(f"the data holds no hours from {start} to {end}")
+        raise ReplayInputError(f"the data holds no rows from {start} to {end}")
     return selected.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 
-def to_records(hours: pd.DataFrame) -> list[dict[str, Any]]:
-    """The request records of `hours` (the contract's fields, as plain Python values)."""
-    return cast("list[dict[str, Any]]", hours[list(FEATURES)].to_dict(orient="records"))
+def to_records(rows: pd.DataFrame, features: Sequence[str]) -> list[dict[str, Any]]:
+    """The request records of `rows` (the contract's fields, as plain Python values)."""
+    return cast("list[dict[str, Any]]", rows[list(features)].to_dict(orient="records"))
 
 
 def batches(count: int, size: int) -> list[slice]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from forkcast import atomic, paths
+from forkcast.data.declaration import Inputs, figure, read_inputs
 
 COMMENT_MARKER = "<!-- forkcast-pipeline -->"
 FAILED_CHECKS_SHOWN = 10
@@ -66,15 +67,17 @@ def validation_section(report: dict[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def metrics_section(metrics: dict[str, Any] | None) -> str:
+def metrics_section(metrics: dict[str, Any] | None, inputs: Inputs | None = None) -> str:
     if metrics is None:
         return "### Test metrics\n\nNot computed: the pipeline stopped before evaluation.\n"
     model, baseline = metrics["model"], metrics["baseline"]
+    periods = inputs.frequency.periods if inputs else "rows"
+    unit = f" ({_cell(inputs.target.unit)})" if inputs else ""
     return (
-        f"### Test metrics ({metrics['test_rows']:,} hours)\n\n"
-        "| | RMSE | MAE | R² |\n| --- | ---: | ---: | ---: |\n"
-        f"| model | {model['rmse']:.2f} | {model['mae']:.2f} | {model['r2']:.3f} |\n"
-        f"| seasonal baseline | {baseline['rmse']:.2f} | {baseline['mae']:.2f} | {baseline['r2']:.3f} |\n"
+        f"### Test metrics ({metrics['test_rows']:,} {periods})\n\n"
+        f"| | RMSE{unit} | MAE{unit} | R² |\n| --- | ---: | ---: | ---: |\n"
+        f"| model | {figure(model['rmse'])} | {figure(model['mae'])} | {model['r2']:.3f} |\n"
+        f"| seasonal baseline | {figure(baseline['rmse'])} | {figure(baseline['mae'])} | {baseline['r2']:.3f} |\n"
     )
 
 
@@ -110,7 +113,7 @@ def job_summary(outputs: Path = paths.OUTPUTS) -> str:
         [
             f"## Forkcast pipeline: {headline(validation, gate)}\n",
             validation_section(validation),
-            metrics_section(metrics),
+            metrics_section(metrics, read_inputs(outputs / "prepared" / "inputs.json")),
             gate_section(gate),
         ]
     )

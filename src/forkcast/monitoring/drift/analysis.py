@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from forkcast.data.features import CATEGORICAL_FEATURES, FEATURES
+from forkcast.data.declaration import Dataset, figure
 from forkcast.monitoring.drift import (
     DRIFT,
     EXIT_DRIFT,
@@ -28,19 +28,44 @@ if TYPE_CHECKING:
     from forkcast.config import MonitorParams
 
 
-DISCRETE_FEATURES = ("season", "month", "hr", "holiday", "weekday", "workingday", *CATEGORICAL_FEATURES)
+@dataclass(frozen=True)
+class Context:
+    """What every result says: where it looked, with which settings, and how each feature is compared."""
+
+    environment: str
+    sink: str
+    window: Window
+    monitor: MonitorParams
+    dataset: Dataset  # the declaration: the features, their drift kinds, the frequency and the unit
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Each feature (in model order) and how it is compared: discrete or continuous."""
+        return dict(self.dataset.drift_kinds())
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.dataset.feature_names)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "sink": self.sink,
+            "window": self.window.as_dict(),
+            "unit": self.dataset.unit,
+            "kinds": self.kinds,
+            "thresholds": self.monitor.model_dump(exclude={"probe_budget_ms"}),
+        }
 
 
-CONTINUOUS_FEATURES = tuple(name for name in FEATURES if name not in DISCRETE_FEATURES)
-
-
-def quality(traffic: Traffic, reference: pd.DataFrame) -> list[dict[str, Any]]:
+def quality(traffic: Traffic, reference: pd.DataFrame, kinds: dict[str, str]) -> list[dict[str, Any]]:
     """Per feature, on every row of the window: missing values, and values the training data never had."""
     rows = []
-    for name in FEATURES:
+    for name, kind in kinds.items():
         column = traffic.table[name]
         present = column.length() - column.null_count
-        if name in CONTINUOUS_FEATURES:
+        if kind == "continuous":
             low, high = float(reference[name].min()), float(reference[name].max())
             # Compared in the log's own type (float32), so a training maximum is not "outside" by rounding.
             bounds = pa.scalar(low, type=column.type), pa.scalar(high, type=column.type)
@@ -76,20 +101,23 @@ class Comparison:
     prediction: dict[str, Any]  # method, score, threshold, drifted
 
 
-def compare(reference: pd.DataFrame, current: pd.DataFrame, monitor: MonitorParams) -> Comparison:
+def compare(
+    reference: pd.DataFrame, current: pd.DataFrame, monitor: MonitorParams, kinds: dict[str, str]
+) -> Comparison:
     """Input and prediction drift with Evidently (its import alone takes seconds: it happens here)."""
-    from evidently import DataDefinition, Dataset, Report
+    from evidently import DataDefinition, Report
+    from evidently import Dataset as Data
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(
-        numerical_columns=[*CONTINUOUS_FEATURES, PREDICTION], categorical_columns=list(DISCRETE_FEATURES)
-    )
+    continuous = [name for name, kind in kinds.items() if kind == "continuous"]
+    discrete = [name for name, kind in kinds.items() if kind == "discrete"]
+    definition = DataDefinition(numerical_columns=[*continuous, PREDICTION], categorical_columns=discrete)
     threshold = monitor.feature_threshold
     report = Report(
         [
             DataDriftPreset(
-                columns=list(FEATURES),
+                columns=list(kinds),
                 drift_share=monitor.drift_share,
                 num_method="wasserstein",
                 cat_method="jensenshannon",
@@ -100,15 +128,15 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, monitor: MonitorPara
         ],
         include_tests=True,
     )
-    columns = [*FEATURES, PREDICTION]
+    columns = [*kinds, PREDICTION]
     snapshot = report.run(
-        current_data=Dataset.from_pandas(current[columns], data_definition=definition),
-        reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
+        current_data=Data.from_pandas(current[columns], data_definition=definition),
+        reference_data=Data.from_pandas(reference[columns], data_definition=definition),
     )
-    return _read_snapshot(snapshot)
+    return _read_snapshot(snapshot, list(kinds))
 
 
-def _read_snapshot(snapshot: Any) -> Comparison:
+def _read_snapshot(snapshot: Any, names: list[str]) -> Comparison:
     """Scores from Evidently's metrics, verdicts from its tests (a FAIL is a drift)."""
     content = snapshot.dict()
     failed = {
@@ -133,7 +161,7 @@ def _read_snapshot(snapshot: Any) -> Comparison:
     prediction = features.pop(PREDICTION)
     return Comparison(
         snapshot=snapshot,
-        features=[features[name] for name in FEATURES],
+        features=[features[name] for name in names],
         drifted=int(count["count"]),
         share=float(count["share"]),
         input_drift=bool(count["detected"]),
@@ -141,10 +169,12 @@ def _read_snapshot(snapshot: Any) -> Comparison:
     )
 
 
-def performance(labelled: pd.DataFrame | None, model: ModelInfo, monitor: MonitorParams) -> dict[str, Any] | None:
+def performance(labelled: pd.DataFrame | None, model: ModelInfo, context: Context) -> dict[str, Any] | None:
     """RMSE and MAE of the labelled rows, against the model's test RMSE plus the allowed increase."""
     if labelled is None:
         return None
+    monitor, frequency = context.monitor, context.dataset.time.frequency
+    needed = round(monitor.min_labelled_cycles * frequency.rows_per_cycle)
     rows = len(labelled)
     error = labelled[PREDICTION].to_numpy(np.float64) - labelled["actual"].to_numpy(np.float64)
     rmse = float(np.sqrt(np.mean(error**2))) if rows else None
@@ -153,15 +183,17 @@ def performance(labelled: pd.DataFrame | None, model: ModelInfo, monitor: Monito
     allowed = test_rmse * (1 + monitor.max_error_increase) if test_rmse is not None else None
     if test_rmse is None:
         judgement = "not judged: the model's test RMSE is unknown"
-    elif rows < monitor.min_labelled_rows:
+    elif rows < needed:
         judgement = (
-            f"not judged: {rows} labelled rows, fewer than monitor.min_labelled_rows ({monitor.min_labelled_rows})"
+            f"not judged: {rows:,} labelled {frequency.periods}, fewer than monitor.min_labelled_cycles "
+            f"({monitor.min_labelled_cycles:g} {frequency.cycle}s of {frequency.rows_per_cycle}: {needed:,})"
         )
     else:
         judgement = "judged"
     judged = judgement == "judged"
     return {
         "labelled_rows": rows,
+        "needed_rows": needed,
         "rmse": rmse,
         "mae": mae,
         "test_rmse": test_rmse,
@@ -171,25 +203,6 @@ def performance(labelled: pd.DataFrame | None, model: ModelInfo, monitor: Monito
         "judgement": judgement,
         "worse_than_allowed": bool(judged and rmse is not None and allowed is not None and rmse > allowed),
     }
-
-
-@dataclass(frozen=True)
-class Context:
-    """What every result says: where it looked and with which settings."""
-
-    environment: str
-    sink: str
-    window: Window
-    monitor: MonitorParams
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "environment": self.environment,
-            "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "sink": self.sink,
-            "window": self.window.as_dict(),
-            "thresholds": self.monitor.model_dump(exclude={"probe_budget_ms"}),
-        }
 
 
 def no_data_result(context: Context, traffic: Traffic) -> dict[str, Any]:
@@ -227,7 +240,7 @@ def result(
     reasons = []
     if comparison.input_drift:
         reasons.append(
-            f"input drift: {comparison.drifted} of {len(FEATURES)} features drifted ({comparison.share:.0%}, "
+            f"input drift: {comparison.drifted} of {len(context.features)} features drifted ({comparison.share:.0%}, "
             f"threshold {monitor.drift_share:.0%})"
         )
     prediction = comparison.prediction
@@ -235,8 +248,8 @@ def result(
         reasons.append(f"prediction drift: distance {prediction['score']:.3f} >= {prediction['threshold']:g}")
     if judged and judged["worse_than_allowed"]:
         reasons.append(
-            f"labelled RMSE {judged['rmse']:.1f} > allowed {judged['allowed_rmse']:.1f} (test RMSE "
-            f"{judged['test_rmse']:.1f} + {monitor.max_error_increase:.0%})"
+            f"labelled RMSE {figure(judged['rmse'])} > allowed {figure(judged['allowed_rmse'])} (test RMSE "
+            f"{figure(judged['test_rmse'])} + {monitor.max_error_increase:.0%}, in {context.dataset.unit})"
         )
     drifted = bool(reasons)
     timestamps = traffic.table["timestamp"]
@@ -263,7 +276,7 @@ def result(
         "input_drift": {
             "detected": comparison.input_drift,
             "drifted_features": comparison.drifted,
-            "features": len(FEATURES),
+            "features": len(context.features),
             "share": comparison.share,
             "per_feature": comparison.features,
         },
@@ -294,11 +307,11 @@ def analyse(
     context: Context, traffic: Traffic, reference: Reference, labels: pd.DataFrame | None
 ) -> tuple[dict[str, Any], Any]:
     """Everything the report says about a window with traffic; the result and Evidently's snapshot."""
-    quality_rows = quality(traffic, reference.frame)
-    judged = performance(join_labels(traffic, labels) if labels is not None else None, reference.model, context.monitor)
+    quality_rows = quality(traffic, reference.frame, context.kinds)
+    judged = performance(join_labels(traffic, labels) if labels is not None else None, reference.model, context)
     compared, _ = sample(traffic.table, context.monitor.max_rows)
-    current = current_frame(compared, reference.frame)
-    comparison = compare(reference.frame, current, context.monitor)
+    current = current_frame(compared, reference.frame, context.features)
+    comparison = compare(reference.frame, current, context.monitor, context.kinds)
     outcome = result(
         context,
         traffic=traffic,

@@ -4,27 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-import numpy as np
 import pandas as pd
 
 from forkcast import atomic, paths
-from forkcast.data.features import FEATURES
-from forkcast.monitoring.drift import (
-    PREDICTION,
-    DriftError,
-)
-
-if TYPE_CHECKING:
-    pass
+from forkcast.data.declaration import Dataset, Inputs
+from forkcast.monitoring.drift import PREDICTION, DriftError
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     pipeline_file: Path
+    inputs: Inputs  # the input contract it was trained with
     identity: dict[str, Any]  # source, model_version, data_hash, trained_at (and bento, when deployed)
     test_metrics: dict[str, float]  # rmse, mae on the model's test split, where known
+
+    def check_declared(self, dataset: Dataset) -> None:
+        """The model was trained on the features dataset.yaml declares now (the drift job reads the log by them)."""
+        if self.inputs.names != dataset.feature_names:
+            version = self.identity.get("model_version") or "?"
+            raise DriftError(
+                f"{self.identity['source']} serves model v{version} with the features {', '.join(self.inputs.names)}, "
+                f"but dataset.yaml declares {', '.join(dataset.feature_names)}: compare on the commit that trained it, "
+                "or retrain and deploy (`make run`)"
+            )
 
 
 def production_model(environment: str) -> ModelInfo:
@@ -37,7 +41,7 @@ def production_model(environment: str) -> ModelInfo:
 
 def _deployed_model(environment: str, bento: str) -> ModelInfo:
     from forkcast.serving import build
-    from forkcast.serving.predictor import PIPELINE_FILE
+    from forkcast.serving.predictor import INPUTS_FILE, PIPELINE_FILE
 
     build.use_project_store()
     import bentoml
@@ -58,7 +62,8 @@ def _deployed_model(environment: str, bento: str) -> ModelInfo:
         "trained_at": metadata.get("trained_at"),
     }
     test_metrics = {key: float(metrics[f"test_{key}"]) for key in ("rmse", "mae") if f"test_{key}" in metrics}
-    return ModelInfo(Path(model.path) / PIPELINE_FILE, identity, test_metrics)
+    inputs = Inputs.model_validate(atomic.read_json(Path(model.path) / INPUTS_FILE))
+    return ModelInfo(Path(model.path) / PIPELINE_FILE, inputs, identity, test_metrics)
 
 
 def _pipeline_model(environment: str) -> ModelInfo:
@@ -79,7 +84,9 @@ def _pipeline_model(environment: str) -> ModelInfo:
     }
     model_metrics = _read_json(paths.METRICS_JSON).get("model", {})
     test_metrics = {key: float(model_metrics[key]) for key in ("rmse", "mae") if key in model_metrics}
-    return ModelInfo(paths.MODEL_PICKLE, identity, test_metrics)
+    if "inputs" not in metadata:
+        raise DriftError(f"{paths.MODEL_METADATA} records no input contract: run `dvc repro`")
+    return ModelInfo(paths.MODEL_PICKLE, Inputs.model_validate(metadata["inputs"]), identity, test_metrics)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -105,13 +112,14 @@ def load_reference(path: Path, model: ModelInfo) -> Reference:
         frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         raise DriftError(f"cannot read the reference data {path}: {exc}") from exc
-    missing = [name for name in FEATURES if name not in frame.columns]
+    names = list(model.inputs.names)
+    missing = [name for name in names if name not in frame.columns]
     if missing or frame.empty:
         problem = f"lacks the feature column(s) {', '.join(missing)}" if missing else "has no rows"
         raise DriftError(f"the reference data {path} {problem}: it must hold the model's training features")
     pipeline = joblib.load(model.pipeline_file)
-    reference = frame[list(FEATURES)].copy()
-    reference[PREDICTION] = np.clip(pipeline.predict(reference), 0.0, None)
+    reference = frame[names].copy()
+    reference[PREDICTION] = model.inputs.target.clip(pipeline.predict(reference))
     identity: dict[str, Any] = {"path": str(path), "rows": len(frame), "data_hash": _data_hash_of(path, frame)}
     if "timestamp" in frame.columns:
         identity |= {"start": str(frame["timestamp"].min()), "end": str(frame["timestamp"].max())}

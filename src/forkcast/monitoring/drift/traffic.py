@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from forkcast.data.features import FEATURES
+from forkcast.data.declaration import Inputs
 from forkcast.monitoring.drift import (
     PREDICTION,
     DriftError,
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 LABEL_COLUMNS = ("request_id", "position", "actual")
 
 
-LOG_COLUMNS = ("timestamp", "request_id", "position", "model_version", *FEATURES, PREDICTION)
+REQUEST_COLUMNS = ("timestamp", "request_id", "position", "model_version")
 
 
 SAMPLE_SEED = 20110101
@@ -67,7 +68,7 @@ def parse_until(text: str | None) -> dt.datetime | None:
 
 @dataclass(frozen=True)
 class Traffic:
-    table: pa.Table  # the window's rows, smoke traffic dropped: LOG_COLUMNS only
+    table: pa.Table  # the window's rows, smoke traffic dropped: REQUEST_COLUMNS, the features and the prediction
     smoke_rows: int
 
     @property
@@ -75,10 +76,11 @@ class Traffic:
         return int(self.table.num_rows)
 
 
-def read_traffic(sink: str, window: Window) -> Traffic:
+def read_traffic(sink: str, window: Window, inputs: Inputs) -> Traffic:
     """The window's logged records (only the columns the comparison needs), without smoke tests and probes."""
+    columns = [*REQUEST_COLUMNS, *inputs.names, PREDICTION]
     try:
-        table = inference_log.read(sink, since=window.since, columns=LOG_COLUMNS)
+        table = inference_log.read(sink, schema=inference_log.log_schema(inputs), since=window.since, columns=columns)
     except (OSError, pa.ArrowException) as exc:
         raise DriftError(f"cannot read the inference log at {sink}: {exc}") from exc
     until = pa.scalar(window.until.astimezone(dt.UTC), type=pa.timestamp("ms", tz="UTC"))
@@ -148,10 +150,10 @@ def sample(table: pa.Table, max_rows: int, seed: int = SAMPLE_SEED) -> tuple[pa.
     return table.take(pa.array(keep)), True
 
 
-def current_frame(table: pa.Table, reference: pd.DataFrame) -> pd.DataFrame:
-    """The features and predictions as pandas, typed like the reference (the log stores int8 and float32)."""
-    frame: pd.DataFrame = table.select([*FEATURES, PREDICTION]).to_pandas()
-    for name in FEATURES:
+def current_frame(table: pa.Table, reference: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
+    """The features and predictions as pandas, typed like the reference (the log stores float32)."""
+    frame: pd.DataFrame = table.select([*features, PREDICTION]).to_pandas()
+    for name in features:
         if frame[name].isna().any():
             continue  # an integer type cannot hold the gap; the quality table reports it
         frame[name] = frame[name].astype(reference[name].dtype)

@@ -15,11 +15,11 @@ export BENTOML_DO_NOT_TRACK := True
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON ?= python3
 
-# The traffic `make run` and `make replay` send to production: hours after the default model's training period.
-REPLAY_FROM ?= 2011-12-01
-REPLAY_TO ?= 2011-12-31
+# The traffic `make run` and `make replay` send to production: by default the model's own test period
+# (rows it never trained on); REPLAY_FROM and REPLAY_TO (YYYY-MM-DD) pick other dates.
+REPLAY := forkcast replay --env production $(if $(REPLAY_FROM),--from $(REPLAY_FROM)) $(if $(REPLAY_TO),--to $(REPLAY_TO))
 
-.PHONY: help install data run repro build staging production status stop summary test test-fast lint lint-workflows format typecheck ui new-data replay drift probe bench bench-serving bench-drift clean
+.PHONY: help install data run dataset repro build staging production status stop summary test test-fast lint lint-workflows format typecheck ui new-data replay drift probe bench bench-serving bench-drift clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-14s %s\n", $$1, $$2}'
@@ -47,11 +47,14 @@ run: data ## The main job: pipeline, bento, staging + smoke, approved production
 	$(RUN) forkcast smoke --env staging
 	$(RUN) forkcast deploy --env production --approve
 	$(RUN) forkcast smoke --env production
-	$(RUN) forkcast replay --env production --from $(REPLAY_FROM) --to $(REPLAY_TO)
+	$(RUN) $(REPLAY)
 	@# Exit 1 means drift was found: here that is the report's finding, not a failed run.
 	$(RUN) forkcast drift --env production || [ $$? -eq 1 ]
 	$(RUN) forkcast summary
 	@echo "Staging and production keep serving in the background: make status, make stop."
+
+dataset: install ## What dataset.yaml declares, and what is derived from it (features, contract, baseline, checks)
+	$(RUN) forkcast dataset
 
 repro: install ## dvc repro only (reruns just the stages whose inputs changed)
 	$(RUN) dvc repro
@@ -94,7 +97,7 @@ lint-workflows: install ## Check workflows and actions: schema, actionlint (with
 	$(RUN) check-jsonschema --builtin-schema vendor.github-actions .github/actions/*/action.yml
 	$(RUN) jactionlint
 	$(RUN) zizmor --offline --min-severity medium --strict-collection .github
-	$(RUN) shellcheck deploy/targets/*.sh
+	$(RUN) shellcheck deploy/targets/*.sh bin/forkcast
 
 format: install ## Format and fix what ruff can
 	$(RUN) ruff format .
@@ -106,13 +109,13 @@ typecheck: install ## Type-check the package
 ui: install ## Browse runs and registered models in the MLflow UI (http://127.0.0.1:5000)
 	$(RUN) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///.mlflow/mlflow.db}" --port 5000
 
-new-data: data ## Simulate new data (then commit data.dvc and .dvc/storage): MONTH=2011-03 keeps the feed through that month, else the next month arrives
+new-data: data ## Simulate new data (then commit data.dvc and .dvc/storage): MONTH=YYYY-MM keeps the feed through that month, else the next month arrives
 	$(RUN) forkcast new-data $(if $(MONTH),--through $(MONTH),--next-month)
 	$(RUN) dvc add data
 	$(RUN) dvc push data.dvc
 
-replay: install ## Send real hours to local production (REPLAY_FROM, REPLAY_TO) and keep their true counts as labels
-	$(RUN) forkcast replay --env production --from $(REPLAY_FROM) --to $(REPLAY_TO)
+replay: install ## Send real rows to local production (the model's test period, or REPLAY_FROM/REPLAY_TO) and keep their labels
+	$(RUN) $(REPLAY)
 
 drift: install ## Drift report of production's logged traffic vs the training data (exit 1: drift, 3: no data yet)
 	$(RUN) forkcast drift --env production

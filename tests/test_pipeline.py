@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,7 @@ def test_fresh_clone_runs_everything_then_is_up_to_date_then_stops_on_bad_data(p
         assert f"Running stage '{stage}'" not in second.stdout
 
     before = snapshot(project)
+    good_data = (project / "data/bikeshare_hourly.csv").read_bytes()
     break_data(project, "unknown weather")
     broken = run(["dvc", "repro"], project)
     assert broken.returncode != 0
@@ -78,6 +80,47 @@ def test_fresh_clone_runs_everything_then_is_up_to_date_then_stops_on_bad_data(p
     assert "Running stage 'prepare'" not in broken.stdout
     assert "sandstorm" in (project / "outputs/validation/report.md").read_text()
     assert snapshot(project) == before  # nothing downstream was touched
+
+    # The README's way back: `dvc repro` recorded the bad data in data.dvc; git has the last good one.
+    assert run_ok(["git", "status", "--porcelain", "data.dvc"], project).stdout.strip() == "M data.dvc"
+    run_ok(["git", "checkout", "data.dvc"], project)
+    run_ok(["dvc", "checkout", "data.dvc"], project)
+    assert (project / "data/bikeshare_hourly.csv").read_bytes() == good_data
+    again = run_ok(["dvc", "repro"], project)
+    assert "Running stage 'validate'" in again.stdout  # the report of the good data is written again
+    assert "Running stage 'train'" not in again.stdout  # and nothing else needed to run
+
+
+def test_dvc_finds_forkcast_without_the_environment_activated(project: Path) -> None:
+    """`.venv/bin/dvc repro` from a plain shell: the stages' bin/forkcast finds the project's environment."""
+    (project / ".venv").symlink_to(sys.prefix)  # where `make install` puts it
+    plain = {"PATH": "/usr/bin:/bin"}  # no environment on PATH
+    assert run(["sh", "-c", "command -v forkcast"], project, **plain).returncode != 0
+    result = run([str(Path(sys.prefix) / "bin" / "dvc"), "repro", "validate"], project, **plain)
+    assert result.returncode == 0, result.stderr
+    assert "checks passed" in result.stdout
+
+
+def test_a_change_to_the_declaration_reruns_only_the_stages_it_affects(project: Path) -> None:
+    run_ok(["dvc", "repro"], project)
+    declaration = project / "dataset.yaml"
+    text = declaration.read_text()
+    # How drift compares a feature changes no model: validate and prepare run again, their outputs do not change.
+    declaration.write_text(
+        text.replace(
+            "min: 0, max: 1, description: normalised humidity",
+            "min: 0, max: 1, drift: discrete, description: normalised humidity",
+        )
+    )
+    rerun = run_ok(["dvc", "repro"], project).stdout
+    assert "Running stage 'validate'" in rerun
+    for stage in ("train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" not in rerun
+    # The baseline's keys change the evaluation (and what register records), not the model.
+    declaration.write_text(text.replace("seasonal_keys: [workingday, hr]", "seasonal_keys: [hr]"))
+    rerun = run_ok(["dvc", "repro"], project).stdout
+    assert "Running stage 'evaluate'" in rerun
+    assert "Running stage 'train'" not in rerun
 
 
 def test_new_data_and_new_params_show_up_in_dvc_diffs(project: Path) -> None:

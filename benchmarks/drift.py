@@ -3,11 +3,11 @@
     python benchmarks/drift.py [--sizes 10000 100000 1000000] [--out benchmarks/results/drift.json]
     python benchmarks/drift.py --calibrate [--out benchmarks/results/drift-calibration.json]
 
-Timing. A temporary directory is laid out like a project that has run `dvc repro`: params.yaml, the real
-2011 data's training split (`outputs/prepared/train.parquet`), a model fitted on it, its metadata and test
-metrics. For each size an inference log of one day is written in the service's layout
-(`date=YYYY-MM-DD/part-*.parquet`, the InferenceLog schema, files of 20,000 rows as its writer flushes them):
-records resampled from the real 2011 features with the model's predictions, in requests of 1-24 records
+Timing. A temporary directory is laid out like a project that has run `dvc repro`: params.yaml and
+dataset.yaml, the training split of the declared data (`outputs/prepared/train.parquet`), a model fitted on
+it, its metadata and test metrics. For each size an inference log of one day is written in the service's
+layout (`date=YYYY-MM-DD/part-*.parquet`, the InferenceLog schema, files of 20,000 rows as its writer flushes
+them): records resampled from the real features with the model's predictions, in requests of 1-24 records
 with 32-character request ids, 1% of the requests smoke tests. Then the drift job's own functions run in a
 fresh subprocess (this script with `--task run`), as `forkcast drift` calls them: read the window, load the
 reference and the model's predictions on it, analyse (quality, sample, Evidently), write the report.
@@ -20,10 +20,12 @@ reference and the model's predictions on it, analyse (quality, sample, Evidently
 Each size runs with `monitor.max_rows` from params.yaml (the bounded strategy) and, above it, once more with
 no bound (`max_rows` = all rows) to show what the sample saves and how little it moves the distances.
 
-Calibration (`--calibrate`, in this process): per-feature distances with the same Evidently functions and
-settings the job uses, for windows that should not drift (other days of the model's own season) and windows
-that should (other months), and the error of labelled windows. The thresholds in params.yaml (`monitor`)
-come from these figures; benchmarks/README.md (Drift) has the table.
+Calibration (`--calibrate`, in this process), for whatever dataset.yaml declares: per-feature distances
+with the same Evidently functions and settings the job uses, for windows that should not drift (the other
+half of the first `--reference-months` months, for a model of one half) and windows that should (each later
+month, for a model of those first months), and the error of labelled windows after training. The thresholds
+in params.yaml (`monitor`) come from these figures; benchmarks/README.md (Drift) has the table. After
+swapping in other data, run it and set the thresholds between the two groups (README, Make it yours).
 """
 
 from __future__ import annotations
@@ -66,22 +68,25 @@ def make_project(workdir: Path) -> None:
     from forkcast.model.estimator import fit, predict
     from forkcast.model.metrics import regression_metrics
 
-    shutil.copy(ROOT / "params.yaml", workdir / "params.yaml")
+    for name in ("params.yaml", "dataset.yaml"):
+        shutil.copy(ROOT / name, workdir / name)
     os.chdir(workdir)
     params = load_params()
-    splits = split_by_time(build_features(load_raw(ROOT / params.data.raw), params.data), params.split)
-    write_splits(splits, {name: paths.prepared_split(name) for name in paths.SPLITS})
-    pipeline = fit(params.train, splits.train, params.data.target)
+    dataset, inputs = params.dataset, params.dataset.inputs()
+    splits = split_by_time(build_features(load_raw(ROOT / dataset.file, dataset), dataset), params.split)
+    write_splits(splits, {name: paths.prepared_split(name) for name in paths.SPLITS}, inputs, paths.PREPARED_INPUTS)
+    pipeline = fit(params.train, splits.train, inputs)
     paths.MODEL_DIR.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, paths.MODEL_PICKLE)
     metadata = {
         "data_hash": lineage.data_hash(ROOT / "data.dvc"),
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "splits": {"train": {"rows": len(splits.train), "start": splits.train["timestamp"].min().isoformat()}},
+        "inputs": inputs.model_dump(mode="json"),
     }
     paths.MODEL_METADATA.write_text(json.dumps(metadata))
     paths.EVALUATION_DIR.mkdir(parents=True, exist_ok=True)
-    test = regression_metrics(splits.test[params.data.target], predict(pipeline, splits.test))
+    test = regression_metrics(splits.test[dataset.target], predict(pipeline, splits.test, inputs.target))
     paths.METRICS_JSON.write_text(json.dumps({"model": test}))
 
 
@@ -93,16 +98,18 @@ def write_log(workdir: Path, sink: Path, rows: int, seed: int = 0) -> dict[str, 
     import pyarrow.parquet as pq
 
     from forkcast import paths
-    from forkcast.data.features import FEATURES
+    from forkcast.config import load_params
     from forkcast.model.estimator import predict
     from forkcast.model.train import load_pipeline
-    from forkcast.serving.inference_log import SCHEMA
+    from forkcast.serving.inference_log import log_schema
 
     os.chdir(workdir)
+    inputs = load_params().dataset.inputs()
+    schema = log_schema(inputs)
     year = pd.concat([pd.read_parquet(paths.prepared_split(name)) for name in paths.SPLITS], ignore_index=True)
     rng = np.random.default_rng(seed)
     records = year.iloc[rng.integers(0, len(year), size=rows)].reset_index(drop=True)
-    predictions = predict(load_pipeline(paths.MODEL_PICKLE), records).to_numpy(np.float32)
+    predictions = predict(load_pipeline(paths.MODEL_PICKLE), records, inputs.target).to_numpy(np.float32)
     sizes = rng.integers(1, 25, size=rows)  # more requests than needed; cut below
     starts = np.concatenate([[0], np.cumsum(sizes)])
     starts = starts[starts < rows]
@@ -119,10 +126,10 @@ def write_log(workdir: Path, sink: Path, rows: int, seed: int = 0) -> dict[str, 
             "position": pa.array(np.arange(rows) - starts[request_of], pa.int32()),
             "model_version": pa.array(["1"] * rows, pa.string()),
             "environment": pa.array(["production"] * rows, pa.string()),
-            **{name: pa.array(records[name]).cast(SCHEMA.field(name).type) for name in FEATURES},
+            **{name: pa.array(records[name]).cast(schema.field(name).type) for name in inputs.names},
             "prediction": pa.array(predictions, pa.float32()),
         },
-        schema=SCHEMA,
+        schema=schema,
     )
     directory = sink / f"date={(UNTIL - dt.timedelta(days=1)).date().isoformat()}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -151,11 +158,11 @@ def run_drift(workdir: Path, sink: Path, max_rows: int) -> dict[str, Any]:
     params = load_params()
     monitor = params.monitor.model_copy(update={"max_rows": max_rows})
     window = Window.ending(UNTIL, monitor.window_days)
-    context = Context("production", str(sink), window, monitor)
+    context = Context("production", str(sink), window, monitor, params.dataset)
     import_rss_mb = vm_hwm_mb()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    traffic = read_traffic(str(sink), window)
+    traffic = read_traffic(str(sink), window, params.dataset.inputs())
     seconds["read"] = time.perf_counter() - started
     arrow_mb = traffic.table.nbytes / 2**20
     mark = time.perf_counter()
@@ -277,67 +284,69 @@ def sampling_error(results: list[dict[str, Any]]) -> float | None:
 # --- calibration -----------------------------------------------------------------------------------------------
 
 
-def distances(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, float]:
+def distances(reference: pd.DataFrame, current: pd.DataFrame, kinds: dict[str, str]) -> dict[str, float]:
     """Each feature's and the prediction's distance, with the functions and column types the job uses."""
     from evidently.legacy.calculations.stattests import jensenshannon_stat_test, wasserstein_stat_test
     from evidently.legacy.core import ColumnType
 
     from forkcast.monitoring.drift import PREDICTION
-    from forkcast.monitoring.drift.analysis import CONTINUOUS_FEATURES, DISCRETE_FEATURES
 
     scores = {}
-    for name in DISCRETE_FEATURES:
-        scores[name] = jensenshannon_stat_test.func(reference[name], current[name], ColumnType.Categorical, 0.1)[0]
-    for name in (*CONTINUOUS_FEATURES, PREDICTION):
-        scores[name] = wasserstein_stat_test.func(reference[name], current[name], ColumnType.Numerical, 0.1)[0]
+    for name, kind in {**kinds, PREDICTION: "continuous"}.items():
+        if kind == "discrete":
+            scores[name] = jensenshannon_stat_test.func(reference[name], current[name], ColumnType.Categorical, 0.1)[0]
+        else:
+            scores[name] = wasserstein_stat_test.func(reference[name], current[name], ColumnType.Numerical, 0.1)[0]
     return {name: float(value) for name, value in scores.items()}
 
 
-def calibrate(halves: int = 30, seed: int = 0) -> dict[str, Any]:
-    """Distances and errors for windows that should not drift and windows that should."""
+def calibrate(halves: int = 30, seed: int = 0, reference_months: int = 2) -> dict[str, Any]:
+    """Distances and errors for windows that should not drift and windows that should, on the declared data."""
     import numpy as np
 
     from forkcast.config import load_params
-    from forkcast.data.features import FEATURES
     from forkcast.data.prepare import build_features, load_raw, split_by_time
     from forkcast.model.estimator import fit, predict
     from forkcast.model.metrics import regression_metrics
     from forkcast.monitoring.drift import PREDICTION
 
     params = load_params(ROOT / "params.yaml")
-    monitor, target = params.monitor, params.data.target
-    table = build_features(load_raw(ROOT / params.data.raw), params.data)
-    day = (table["timestamp"] - table["timestamp"].min()).dt.days + 1
-    month = table["timestamp"].dt.month
+    dataset, inputs, monitor = params.dataset, params.dataset.inputs(), params.monitor
+    target, kinds = dataset.target, dataset.drift_kinds()
+    table = build_features(load_raw(ROOT / dataset.file, dataset), dataset)
+    day = (table["timestamp"].dt.normalize() - table["timestamp"].min().normalize()).dt.days + 1
+    month = table["timestamp"].dt.to_period("M")
+    first_months = month <= month.min() + (reference_months - 1)
     rng = np.random.default_rng(seed)
     cases: list[dict[str, Any]] = []
 
     def case(group: str, name: str, model: Any, reference: pd.DataFrame, current: pd.DataFrame) -> None:
         reference, current = reference.copy(), current.copy()
-        reference[PREDICTION], current[PREDICTION] = predict(model, reference), predict(model, current)
-        scores = distances(reference, current)
-        drifted = [feature for feature in FEATURES if scores[feature] >= monitor.feature_threshold]
+        reference[PREDICTION] = predict(model, reference, inputs.target)
+        current[PREDICTION] = predict(model, current, inputs.target)
+        scores = distances(reference, current, kinds)
+        drifted = [feature for feature in kinds if scores[feature] >= monitor.feature_threshold]
         rmse = regression_metrics(current[target], current[PREDICTION])["rmse"]
         cases.append(
             {"group": group, "case": name, "rows": len(current), "scores": scores, "drifted": drifted,
-             "share": len(drifted) / len(FEATURES), "rmse": rmse}
+             "share": len(drifted) / len(kinds), "rmse": rmse}
         )  # fmt: skip
 
-    jan_feb = day <= 59
-    even, odd = table[jan_feb & (day % 2 == 0)], table[jan_feb & (day % 2 == 1)]
-    even_model = fit(params.train, even, target)
-    case("same season: Jan-Feb odd days vs a model of the even days", "odd days", even_model, even, odd)
-    days = np.arange(1, 60)
+    span = f"the first {reference_months} months"
+    even, odd = table[first_months & (day % 2 == 0)], table[first_months & (day % 2 == 1)]
+    even_model = fit(params.train, even, inputs)
+    case(f"same season: odd days of {span} vs a model of the even days", "odd days", even_model, even, odd)
+    days = np.unique(day[first_months])
     for number in range(halves):
-        chosen = rng.permutation(days)[:30]
-        reference, current = table[jan_feb & day.isin(chosen)], table[jan_feb & ~day.isin(chosen)]
-        model = fit(params.train, reference, target)
-        case("same season: random halves of the Jan-Feb days", f"half {number}", model, reference, current)
-    for number in range(3, 13):
-        current = table[month == number]
-        case("other months vs the model of the even Jan-Feb days", f"month {number}", even_model, even, current)
+        chosen = rng.permutation(days)[: len(days) // 2]
+        reference, current = table[first_months & day.isin(chosen)], table[first_months & ~day.isin(chosen)]
+        model = fit(params.train, reference, inputs)
+        case(f"same season: random halves of the days of {span}", f"half {number}", model, reference, current)
+    for period in sorted(month[~first_months].unique()):
+        current = table[month == period]
+        case(f"later months vs the model of the even days of {span}", str(period), even_model, even, current)
     splits = split_by_time(table, params.split)
-    pipeline_model = fit(params.train, splits.train, target)
+    pipeline_model = fit(params.train, splits.train, inputs)
     later = table[table["timestamp"] > splits.train["timestamp"].max()]
     for period, current in later.groupby(later["timestamp"].dt.to_period("M")):
         case("after training: the pipeline's model vs later months", str(period), pipeline_model, splits.train, current)
@@ -347,17 +356,19 @@ def calibrate(halves: int = 30, seed: int = 0) -> dict[str, Any]:
             group = "inside training: the pipeline's model vs one of its own training weeks"
             case(group, str(period), pipeline_model, splits.train, current)
 
-    test_rmse = regression_metrics(splits.test[target], predict(pipeline_model, splits.test))["rmse"]
-    errors = later.assign(prediction=predict(pipeline_model, later))
+    test_rmse = regression_metrics(splits.test[target], predict(pipeline_model, splits.test, inputs.target))["rmse"]
+    errors = later.assign(prediction=predict(pipeline_model, later, inputs.target))
+    cycle = dataset.time.frequency.rows_per_cycle
     ratios = {
         unit: [
             regression_metrics(frame[target], frame["prediction"])["rmse"] / test_rmse
             for _, frame in errors.groupby(errors["timestamp"].dt.to_period(unit))
-            if len(frame) >= 24
+            if len(frame) >= cycle
         ]
         for unit in ("D", "W", "M")
     }
     return {
+        "dataset": dataset.name,
         "thresholds": monitor.model_dump(),
         "cases": cases,
         "pipeline_test_rmse": test_rmse,
@@ -370,9 +381,10 @@ def calibrate(halves: int = 30, seed: int = 0) -> dict[str, Any]:
                 "windows": len(values),
             }
             for unit, values in ratios.items()
+            if values
         },
-        "jan_feb_model_rmse_over_odd_days": {
-            c["case"]: c["rmse"] / cases[0]["rmse"] for c in cases if c["group"].startswith("other months")
+        "first_months_model_rmse_over_odd_days": {
+            c["case"]: c["rmse"] / cases[0]["rmse"] for c in cases if c["group"].startswith("later months")
         },
     }
 
@@ -413,6 +425,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="logged rows")
     parser.add_argument("--calibrate", action="store_true", help="the threshold calibration instead of timing")
+    parser.add_argument(
+        "--reference-months", type=int, default=2, help="calibration: the months a reference model learns (default 2)"
+    )
     parser.add_argument("--out", type=Path, help="JSON result (default: benchmarks/results/drift[-calibration].json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary working directory")
     parser.add_argument("--task", choices=["project", "log", "run"], help=argparse.SUPPRESS)  # internal
@@ -430,7 +445,7 @@ def main() -> int:
     }
     if args.calibrate:
         out = args.out or ROOT / "benchmarks/results/drift-calibration.json"
-        record |= calibrate()
+        record |= calibrate(reference_months=args.reference_months)
         table = calibration_table(record)
     else:
         out = args.out or ROOT / "benchmarks/results/drift.json"

@@ -2,8 +2,8 @@
 
     python benchmarks/pipeline.py [--sizes 10000 100000 1000000] [--out benchmarks/results/pipeline.json]
 
-For each size, the real 2011 data (`data/bikeshare_hourly.csv`) is replicated forward in time,
-year by year, into a temporary directory laid out like the project, and the project's own stage
+For each size, the bike example's real 2011 data (`data/bikeshare_hourly.csv`) is replicated forward in
+time, year by year, into a temporary directory laid out like the project, and the project's own stage
 functions run there, each in a fresh subprocess (this script with `--task STAGE`):
 
 - memory: the peak resident set size (RSS) of that stage's process, interpreter and imports
@@ -50,11 +50,11 @@ STAGES = ("validate", "prepare", "train", "evaluate", "register")
 SEASON_STARTS = ((3, 21, 2), (6, 21, 3), (9, 23, 4), (12, 21, 1))  # (month, day, season), as in the 2011 data
 WARM_UP_ROWS = 2_000
 STAGE_IMPORTS = {
-    "validate": ("validation",),
-    "prepare": ("prepare",),
-    "train": ("prepare", "train"),
-    "evaluate": ("prepare", "train", "evaluate"),
-    "register": ("prepare", "train", "registry"),
+    "validate": ("data.validation",),
+    "prepare": ("data.prepare",),
+    "train": ("data.prepare", "model.train"),
+    "evaluate": ("data.prepare", "model.train", "model.evaluate"),
+    "register": ("data.prepare", "model.train", "model.registry"),
 }
 
 
@@ -72,7 +72,7 @@ def season_of(dates: pd.Series) -> pd.Series:
     return season
 
 
-def replicate(source: pd.DataFrame, rows: int, start_date: dt.date) -> pd.DataFrame:
+def replicate(source: pd.DataFrame, rows: int, start_date: dt.date, month_names: tuple[str, ...]) -> pd.DataFrame:
     """The first `rows` hours of the year in `source` repeated in the following calendar years.
 
     Copy k keeps each row's month and day of month in year start+k (so `day` grows by 365 or 366 a year),
@@ -81,8 +81,6 @@ def replicate(source: pd.DataFrame, rows: int, start_date: dt.date) -> pd.DataFr
     """
     import pandas as pd
 
-    from forkcast.data.features import MONTH_NAMES
-
     copies = math.ceil(rows / len(source))
     offsets = [(dt.date(start_date.year + k, 1, 1) - dt.date(start_date.year, 1, 1)).days for k in range(copies)]
     table = pd.concat([source.assign(day=source["day"] + offset) for offset in offsets], ignore_index=True)
@@ -90,7 +88,7 @@ def replicate(source: pd.DataFrame, rows: int, start_date: dt.date) -> pd.DataFr
     dates = pd.Timestamp(start_date) + pd.to_timedelta(table["day"] - 1, unit="D")
     table["weekday"] = ((dates.dt.dayofweek + 1) % 7).astype("int64")  # 0 = Sunday
     table["workingday"] = (~table["weekday"].isin([0, 6]) & (table["holiday"] == 0)).astype(int)
-    table["mnth"] = dates.dt.month.map(dict(enumerate(MONTH_NAMES, start=1)))
+    table["mnth"] = dates.dt.month.map(dict(enumerate(month_names, start=1)))
     table["season"] = season_of(dates)
     return table
 
@@ -101,11 +99,14 @@ def make_workdir(workdir: Path, rows: int) -> None:
     from forkcast.config import load_params
 
     params = load_params(ROOT / "params.yaml")
-    shutil.copy(ROOT / "params.yaml", workdir / "params.yaml")
-    raw = workdir / params.data.raw
+    for name in ("params.yaml", "dataset.yaml"):
+        shutil.copy(ROOT / name, workdir / name)
+    dataset = params.dataset
+    raw = workdir / dataset.file
     raw.parent.mkdir(parents=True, exist_ok=True)
-    source = pd.read_csv(ROOT / params.data.raw)
-    replicate(source, rows, params.data.start_date).to_csv(raw, index=False)
+    source = pd.read_csv(ROOT / dataset.file)
+    months = tuple(str(name) for name in dataset.columns["mnth"].categories or ())
+    replicate(source, rows, dataset.time.origin or dt.date(2011, 1, 1), months).to_csv(raw, index=False)
 
 
 # --- one stage, in a child process ------------------------------------------------------------------------
@@ -134,28 +135,28 @@ def run_stage(stage: str, model: str | None) -> dict[str, Any]:
     if stage == "validate":
         from forkcast.data import validation
 
-        report = validation.validate_file(params.data.raw, params.validate_, params.data.start_date)
+        report = validation.validate_file(params.dataset.file, params.validate_, params.dataset)
         validation.write_report(report, paths.VALIDATION_JSON, paths.VALIDATION_MD)
         facts = {"rows": report.rows, "passed": report.passed, "failed": [c.name for c in report.failed_checks]}
     elif stage == "prepare":
         from forkcast.data import prepare
 
-        raw = prepare.load_raw(params.data.raw)
-        splits = prepare.split_by_time(prepare.build_features(raw, params.data), params.split)
-        prepare.write_splits(splits, splits_path)
+        raw = prepare.load_raw(params.dataset.file, params.dataset)
+        splits = prepare.split_by_time(prepare.build_features(raw, params.dataset), params.split)
+        prepare.write_splits(splits, splits_path, params.dataset.inputs(), paths.PREPARED_INPUTS)
         facts = {"rows": len(raw), "splits": {name: len(frame) for name, frame in splits.items()}}
     elif stage == "train":
         from forkcast.data import prepare
         from forkcast.model import lineage, train
 
         frames = {name: prepare.read_split(path) for name, path in splits_path.items()}
-        model_ = train.train(params, frames, lineage.data_hash(paths.DATA_DVC))
+        model_ = train.train(params, frames, params.dataset.inputs(), lineage.data_hash(paths.DATA_DVC))
         train.save(model_, paths.MODEL_PICKLE, paths.MODEL_ONNX, paths.MODEL_METADATA)
         facts = {
             "model": params.train.model,
             "n_iter": getattr(model_.pipeline[-1], "n_iter_", None),
             "validation": model_.metadata["metrics"]["validation"],
-            "onnx_max_abs_difference_on_test": model_.metadata["onnx_max_abs_difference_on_test"],
+            "onnx_max_gap_on_test": model_.metadata["onnx_max_gap_on_test"],
         }
     elif stage == "evaluate":
         from forkcast.data import prepare
@@ -163,9 +164,10 @@ def run_stage(stage: str, model: str | None) -> dict[str, Any]:
 
         frames = {name: prepare.read_split(splits_path[name]) for name in ("train", "test")}
         pipeline = train.load_pipeline(paths.MODEL_PICKLE)
-        result = evaluate.evaluate(pipeline, frames["train"], frames["test"], params.data.target)
+        inputs = params.dataset.inputs()
+        result = evaluate.evaluate(pipeline, frames["train"], frames["test"], inputs, params.dataset.seasonal_keys)
         evaluate.save(
-            result, paths.METRICS_JSON, paths.PREDICTIONS_CSV, paths.ERROR_BY_HOUR_CSV, paths.ERROR_BY_MONTH_CSV
+            result, paths.METRICS_JSON, paths.PREDICTIONS_CSV, paths.ERROR_BY_CYCLE_CSV, paths.ERROR_BY_MONTH_CSV
         )
         facts = {"test_rows": result.metrics["test_rows"], "model": result.metrics["model"]}
     elif stage == "register":
@@ -176,6 +178,7 @@ def run_stage(stage: str, model: str | None) -> dict[str, Any]:
         registration = registry.track_and_register(
             params=params,
             pipeline=train.load_pipeline(paths.MODEL_PICKLE),
+            inputs=params.dataset.inputs(),
             test=prepare.read_split(splits_path["test"]),
             evaluation=atomic.read_json(paths.METRICS_JSON),
             metadata=atomic.read_json(paths.MODEL_METADATA),

@@ -62,7 +62,6 @@ import pandas as pd
 from pipeline import git_commit, machine  # benchmarks/pipeline.py, next to this script
 from threadpoolctl import threadpool_limits
 
-from forkcast.data.features import FEATURES
 from forkcast.model.onnx import OnnxModel, columns_of_frame
 from forkcast.serving import build, deploy
 
@@ -213,7 +212,8 @@ def in_process(pipeline: Any, frame: pd.DataFrame) -> dict[str, Any]:
     """The model without a server: scikit-learn on a DataFrame, ONNX Runtime on column lists, one thread."""
     onnx = OnnxModel((MODEL_DIR / "model.onnx").read_bytes())
     one, batch = frame.head(1), frame.head(BATCH_ROWS)
-    one_columns, batch_columns = columns_of_frame(one), columns_of_frame(batch)
+    names = list(pipeline.feature_names_in_)
+    one_columns, batch_columns = columns_of_frame(one, names), columns_of_frame(batch, names)
     cases: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
         "sklearn": (lambda: pipeline.predict(one), lambda: pipeline.predict(batch)),
         "onnx": (lambda: onnx.predict(one_columns), lambda: onnx.predict(batch_columns)),
@@ -577,9 +577,9 @@ def main() -> int:
     out = args.out or BENCHMARKS / "results" / f"serving-{started_at:%Y%m%dT%H%M%SZ}.json"
 
     started = time.perf_counter()
-    frame = pd.read_parquet(TEST_SPLIT, columns=list(FEATURES))
-    records = cast("list[dict[str, Any]]", frame.to_dict(orient="records"))  # Python ints, floats and strings
     pipeline = joblib.load(MODEL_DIR / "model.joblib")
+    frame = pd.read_parquet(TEST_SPLIT, columns=list(pipeline.feature_names_in_))  # the model's own inputs
+    records = cast("list[dict[str, Any]]", frame.to_dict(orient="records"))  # Python ints, floats and strings
     print(f"in process ({len(frame):,} test rows)", flush=True)
     results: dict[str, Any] = {"in_process": in_process(pipeline, frame), "servers": {}}
     with threadpool_limits(limits=1):

@@ -300,7 +300,7 @@ def distances(reference: pd.DataFrame, current: pd.DataFrame, kinds: dict[str, s
     return {name: float(value) for name, value in scores.items()}
 
 
-def calibrate(halves: int = 30, seed: int = 0, reference_months: int = 2) -> dict[str, Any]:
+def calibrate(project: Path = ROOT, halves: int = 30, seed: int = 0, reference_months: int = 2) -> dict[str, Any]:
     """Distances and errors for windows that should not drift and windows that should, on the declared data."""
     import numpy as np
 
@@ -310,10 +310,10 @@ def calibrate(halves: int = 30, seed: int = 0, reference_months: int = 2) -> dic
     from forkcast.model.metrics import regression_metrics
     from forkcast.monitoring.drift import PREDICTION
 
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(project / "params.yaml")
     dataset, inputs, monitor = params.dataset, params.dataset.inputs(), params.monitor
     target, kinds = dataset.target, dataset.drift_kinds()
-    table = build_features(load_raw(ROOT / dataset.file, dataset), dataset)
+    table = build_features(load_raw(project / dataset.file, dataset), dataset)
     day = (table["timestamp"].dt.normalize() - table["timestamp"].min().normalize()).dt.days + 1
     month = table["timestamp"].dt.to_period("M")
     first_months = month <= month.min() + (reference_months - 1)
@@ -338,7 +338,7 @@ def calibrate(halves: int = 30, seed: int = 0, reference_months: int = 2) -> dic
     case(f"same season: odd days of {span} vs a model of the even days", "odd days", even_model, even, odd)
     days = np.unique(day[first_months])
     for number in range(halves):
-        chosen = rng.permutation(days)[: len(days) // 2]
+        chosen = rng.permutation(days)[: (len(days) + 1) // 2]
         reference, current = table[first_months & day.isin(chosen)], table[first_months & ~day.isin(chosen)]
         model = fit(params.train, reference, inputs)
         case(f"same season: random halves of the days of {span}", f"half {number}", model, reference, current)
@@ -428,6 +428,9 @@ def main() -> int:
     parser.add_argument(
         "--reference-months", type=int, default=2, help="calibration: the months a reference model learns (default 2)"
     )
+    parser.add_argument(
+        "--project", type=Path, default=ROOT, help="calibration: the project whose params.yaml and dataset.yaml to use"
+    )
     parser.add_argument("--out", type=Path, help="JSON result (default: benchmarks/results/drift[-calibration].json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary working directory")
     parser.add_argument("--task", choices=["project", "log", "run"], help=argparse.SUPPRESS)  # internal
@@ -445,7 +448,7 @@ def main() -> int:
     }
     if args.calibrate:
         out = args.out or ROOT / "benchmarks/results/drift-calibration.json"
-        record |= calibrate(reference_months=args.reference_months)
+        record |= calibrate(args.project.resolve(), reference_months=args.reference_months)
         table = calibration_table(record)
     else:
         out = args.out or ROOT / "benchmarks/results/drift.json"

@@ -56,7 +56,7 @@ def pipeline_summary() -> str:
 
 
 def _periods(inputs: Inputs | None) -> str:
-    return inputs.frequency.periods if inputs else "rows"
+    return inputs.rows if inputs else "rows"
 
 
 def serving_lines() -> list[str]:

@@ -245,3 +245,50 @@ def test_a_value_of_the_target_reads_well_at_any_scale() -> None:
         "54.8", "5.37", "0.214", "0.00123", "0.0", "1,234.5",
     ]  # fmt: skip
     assert dt.date(2011, 1, 1) == EXAMPLES["bikes"].dataset.time.origin
+
+
+def test_several_series_in_one_file_are_counted_in_rows() -> None:
+    stores = declaration.parse(
+        {
+            "name": "store sales",
+            "file": "data/stores.csv",
+            "time": {"column": "date", "format": "%Y-%m-%d", "frequency": "day"},
+            "key": ["store", "date"],
+            "columns": {
+                "date": {"role": "time", "type": "str"},
+                "store": {"role": "feature", "type": "str", "categories": ["north", "south"]},
+                "sold": {"role": "target", "type": "int", "min": 0, "unit": "units"},
+            },
+            "calendar": ["weekday"],
+            "seasonal_keys": ["store", "weekday"],
+        }
+    )
+    assert stores.unique_key == ("store", "date")
+    assert stores.inputs().series == ("store",)
+    assert stores.inputs().rows == "rows"  # 3 stores x 7 days are 21 rows, not 21 days
+    assert EXAMPLES["bikes"].dataset.inputs().rows == "hours"
+    assert EXAMPLES["electricity"].dataset.inputs().rows == "half-hours"
+
+
+def test_weekly_rows_fall_on_one_weekday() -> None:
+    weekly = declaration.parse(
+        {
+            "name": "weekly",
+            "file": "data/weekly.csv",
+            "time": {"column": "week", "frequency": "week"},
+            "columns": {
+                "week": {"role": "time", "type": "str"},
+                "x": {"role": "feature", "type": "int", "min": 0},
+                "y": {"role": "target", "type": "float", "unit": "t"},
+            },
+            "calendar": ["week_of_year"],
+            "seasonal_keys": ["week_of_year"],
+        }
+    )
+    from forkcast.data.schema import on_frequency
+
+    stamps = pd.Series(pd.to_datetime(["2014-01-06", "2014-01-13", "2014-01-21", "2014-01-27 12:00"], format="ISO8601"))
+    assert on_frequency(stamps, weekly).tolist() == [True, True, False, False]  # a Tuesday, a noon
+    assert weekly.time.frequency.rows_per_cycle == 52
+    with pytest.raises(DeclarationError, match=r"\['hour'\] need rows shorter than a day"):
+        declaration.parse({**weekly.model_dump(mode="json"), "calendar": ["hour"]})

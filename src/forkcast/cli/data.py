@@ -80,7 +80,7 @@ def prepare(params_file: ParamsOption = PARAMS_FILE) -> None:
         )
     if dropped:
         typer.echo(f"dropped {dropped:,} rows that fail a check the validation tolerated (see its report)")
-    periods = data.time.frequency.periods
+    periods = data.inputs().rows
     for name, frame in splits.items():
         start, end = frame["timestamp"].min(), frame["timestamp"].max()
         typer.echo(f"{name:>10}: {len(frame):>6,} {periods}  {start:%Y-%m-%d} .. {end:%Y-%m-%d}")

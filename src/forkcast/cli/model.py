@@ -35,7 +35,7 @@ def train(params_file: ParamsOption = PARAMS_FILE) -> None:
 
     params = load_params(params_file)
     splits, inputs = read_splits(), read_inputs()
-    with step(f"train {params.train.model} on {len(splits['train']):,} {inputs.frequency.periods}"):
+    with step(f"train {params.train.model} on {len(splits['train']):,} {inputs.rows}"):
         try:
             model = fit_model(params, splits, inputs, lineage.data_hash(paths.DATA_DVC))
         except OnnxMismatchError as exc:
@@ -69,7 +69,7 @@ def metrics_table(metrics: dict[str, Any], inputs: Inputs) -> str:
     from forkcast.data.declaration import figure
     from forkcast.summary import versus_baseline
 
-    periods = f"{metrics['test_rows']:,} {inputs.frequency.periods}"
+    periods = f"{metrics['test_rows']:,} {inputs.rows}"
     lines = [f"{'test set, ' + periods:<28}{'RMSE':>9}{'MAE':>9}{'R²':>8}   ({inputs.target.unit})"]
     for label, values in (("model", metrics["model"]), ("seasonal baseline", metrics["baseline"])):
         lines.append(f"{label:<28}{figure(values['rmse']):>9}{figure(values['mae']):>9}{values['r2']:>8.3f}")

@@ -167,7 +167,7 @@ def replay(
 
     params = load_params(params_file)
     dataset = params.dataset
-    periods = dataset.time.frequency.periods
+    periods = dataset.inputs().rows
     target, environment = service_of(url, env)
     labels_file = labels or replaying.labels_path(environment)
     if labels_file.suffix != ".parquet":

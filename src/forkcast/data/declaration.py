@@ -295,6 +295,7 @@ class Inputs(_Strict):
     target: Target
     frequency: Frequency
     rules: dict[str, str] = {}  # rules on features only: a request that breaks one is refused
+    series: tuple[str, ...] = ()  # key columns besides the time (one series per store, say); none for one series
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -310,6 +311,11 @@ class Inputs(_Strict):
 
     def feature(self, name: str) -> Feature:
         return next(feature for feature in self.features if feature.name == name)
+
+    @property
+    def rows(self) -> str:
+        """What a row is, in words: `hours`, `half-hours`, or `rows` when several series share each period."""
+        return "rows" if self.series else self.frequency.periods
 
     def quantity(self, value: float, digits: int | None = None) -> str:
         """`54.8 bikes`, `0.214 GW`: a value in the target's unit."""
@@ -525,6 +531,7 @@ class Dataset(_Strict):
             ),
             frequency=self.time.frequency,
             rules=self.request_rules(),
+            series=tuple(name for name in self.unique_key if name not in self.time.columns),
         )
 
 

@@ -26,7 +26,7 @@ def describe(dataset: Dataset) -> str:
     lines = [
         f"{dataset.name}: {dataset.description}".rstrip(": "),
         "",
-        f"data      {dataset.file}, one row per {frequency.period} and {', '.join(dataset.unique_key)}",
+        f"data      {dataset.file}: one row per {frequency.period} (key: {', '.join(dataset.unique_key)})",
         f"time      {time.describe()}",
         f"target    {dataset.target} ({target.type}, {target.rule()}, in {dataset.unit})",
         f"feed      {dataset.feed or 'none (forkcast new-data needs one)'}",

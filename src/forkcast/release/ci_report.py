@@ -71,7 +71,7 @@ def metrics_section(metrics: dict[str, Any] | None, inputs: Inputs | None = None
     if metrics is None:
         return "### Test metrics\n\nNot computed: the pipeline stopped before evaluation.\n"
     model, baseline = metrics["model"], metrics["baseline"]
-    periods = inputs.frequency.periods if inputs else "rows"
+    periods = inputs.rows if inputs else "rows"
     unit = f" ({_cell(inputs.target.unit)})" if inputs else ""
     return (
         f"### Test metrics ({metrics['test_rows']:,} {periods})\n\n"

@@ -185,7 +185,7 @@ def performance(labelled: pd.DataFrame | None, model: ModelInfo, context: Contex
         judgement = "not judged: the model's test RMSE is unknown"
     elif rows < needed:
         judgement = (
-            f"not judged: {rows:,} labelled {frequency.periods}, fewer than monitor.min_labelled_cycles "
+            f"not judged: {rows:,} labelled {context.dataset.inputs().rows}, fewer than monitor.min_labelled_cycles "
             f"({monitor.min_labelled_cycles:g} {frequency.cycle}s of {frequency.rows_per_cycle}: {needed:,})"
         )
     else:

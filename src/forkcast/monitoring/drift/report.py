@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from forkcast.data.declaration import figure
 from forkcast.monitoring.drift import (
     DRIFT,
     NO_DATA,
@@ -138,15 +139,20 @@ def _feature_table(outcome: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _unit(outcome: dict[str, Any]) -> str:
+    return f" ({outcome['unit']})" if outcome.get("unit") else ""
+
+
 def _prediction_table(outcome: dict[str, Any]) -> list[str]:
-    row = outcome["prediction_drift"]
+    row, unit = outcome["prediction_drift"], _unit(outcome)
     return [
         "### Prediction drift",
         "",
-        "| method | distance | threshold | drifted | mean prediction (window) | mean prediction (reference) |",
+        f"| method | distance | threshold | drifted | mean prediction (window){unit} "
+        f"| mean prediction (reference){unit} |",
         "| --- | ---: | ---: | --- | ---: | ---: |",
         f"| {METHOD_NAMES.get(row['method'], row['method'])} | {row['score']:.3f} | {row['threshold']:g} | "
-        f"{'**yes**' if row['drifted'] else 'no'} | {row['current_mean']:.1f} | {row['reference_mean']:.1f} |",
+        f"{'**yes**' if row['drifted'] else 'no'} | {figure(row['current_mean'])} | {figure(row['reference_mean'])} |",
     ]
 
 
@@ -177,7 +183,7 @@ def _performance_table(outcome: dict[str, Any]) -> list[str]:
     perf = outcome["performance"]
 
     def number(value: float | None) -> str:
-        return "unknown" if value is None else f"{value:.1f}"
+        return "unknown" if value is None else figure(value)
 
     verdict = "not judged"
     if perf["judged"]:
@@ -185,7 +191,7 @@ def _performance_table(outcome: dict[str, Any]) -> list[str]:
     return [
         f"### Performance on labelled records: {verdict}",
         "",
-        "| | rows | RMSE | MAE |",
+        f"| | rows | RMSE{_unit(outcome)} | MAE{_unit(outcome)} |",
         "| --- | ---: | ---: | ---: |",
         f"| labelled records in the window | {perf['labelled_rows']:,} | {number(perf['rmse'])} "
         f"| {number(perf['mae'])} |",

@@ -107,7 +107,7 @@ def test_the_summary_ends_with_each_environments_drift_verdict(tmp_path: Path, m
     atomic.write_json(paths.OUTPUTS / "drift" / "staging" / "drift.json", quiet)
     lines = pipeline_summary().splitlines()
     assert (
-        "drift (production) DRIFT: input drift: 6 of 11 features drifted over 741 logged hours  -> "
+        "drift (production) 741 logged hours: DRIFT: input drift: 6 of 11 features drifted  -> "
         "outputs/drift/production/report.html"
     ) in lines
     assert "drift (staging) no production data yet  -> outputs/drift/staging/summary.md" in lines

@@ -33,10 +33,11 @@ def pipeline_summary() -> str:
         model, baseline = metrics["model"], metrics["baseline"]
         unit = f"   in {inputs.target.unit}" if inputs else ""
         test_set = f"test set ({metrics['test_rows']:,} {_periods(inputs)})"
+        width = max(len(test_set) + 1, 24)  # the figures stay under their headers whatever the label's length
         lines += [
-            f"{test_set:<24}{'RMSE':>7}{'MAE':>7}{'R²':>7}{unit}",
-            f"  model{'':<17}{figure(model['rmse']):>7}{figure(model['mae']):>7}{model['r2']:>7.3f}",
-            f"  baseline{'':<14}{figure(baseline['rmse']):>7}{figure(baseline['mae']):>7}{baseline['r2']:>7.3f}"
+            f"{test_set:<{width}}{'RMSE':>7}{'MAE':>7}{'R²':>7}{unit}",
+            f"{'  model':<{width}}{figure(model['rmse']):>7}{figure(model['mae']):>7}{model['r2']:>7.3f}",
+            f"{'  baseline':<{width}}{figure(baseline['rmse']):>7}{figure(baseline['mae']):>7}{baseline['r2']:>7.3f}"
             f"   (RMSE {versus_baseline(metrics['rmse_improvement_over_baseline'])})",
         ]
     if gate and metrics and paths.GATE_JSON.stat().st_mtime < paths.METRICS_JSON.stat().st_mtime:
@@ -90,7 +91,7 @@ def drift_lines(inputs: Inputs | None = None) -> list[str]:
         verdict = f"DRIFT: {found}" if outcome["verdict"] == DRIFT else "no drift"
         rows = outcome["rows"]["in_window"]
         lines.append(
-            f"drift ({environment}) {verdict} over {rows:,} logged {_periods(inputs)}"
+            f"drift ({environment}) {rows:,} logged {_periods(inputs)}: {verdict}"
             f"  -> {reports[environment] / 'report.html'}"
         )
     return lines

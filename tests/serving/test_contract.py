@@ -195,3 +195,13 @@ def _errors(adapter: TypeAdapter[Any], body: Any) -> list[dict[str, Any]]:
     with pytest.raises(ValidationError) as caught:
         adapter.validate_python(body)
     return caught.value.errors()
+
+
+@pytest.mark.parametrize("example", ["electricity"], indirect=True)
+def test_a_calendar_time_off_the_datasets_grid_is_refused(
+    records: TypeAdapter[Any], valid_record: dict[str, Any]
+) -> None:
+    assert len(records.validate_python([{**valid_record, "minute_of_day": 8 * 60 + 30}])) == 1
+    failure = errors(records, [{**valid_record, "minute_of_day": 7}])[0]
+    assert failure["loc"] == (0, "minute_of_day")
+    assert "multiple of 30" in failure["msg"]

@@ -265,6 +265,7 @@ class Feature(_Strict):
     min: float | None = None
     max: float | None = None
     categories: tuple[Value, ...] | None = None
+    step: int | None = None  # whole numbers only: the value is a multiple of it (minutes on a half-hour grid)
     description: str = ""
 
     @property
@@ -491,6 +492,7 @@ class Dataset(_Strict):
                 type="int",
                 min=CALENDAR[attribute].minimum,
                 max=CALENDAR[attribute].maximum,
+                step=self.time.frequency.minutes if attribute == "minute_of_day" else None,
                 description=CALENDAR[attribute].meaning,
             )
             for name, attribute in self.calendar.items()

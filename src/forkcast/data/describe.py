@@ -21,6 +21,7 @@ def describe(dataset: Dataset) -> str:
         column = dataset.columns.get(feature.name)
         source = f"calendar: {CALENDAR[dataset.calendar[feature.name]].meaning}" if column is None else column.source
         values = column.rule() if column else f"{feature.min:g} to {feature.max:g}"
+        values += f", in steps of {feature.step}" if feature.step else ""
         features.append([feature.name, feature.type, values, kinds[feature.name], source])
     request_rules = dataset.request_rules()
     lines = [

@@ -46,7 +46,7 @@ def field_type(feature: Feature) -> Any:
         return Annotated[int, Field(description=text, json_schema_extra={"enum": list(feature.categories)}),
                          AfterValidator(_one_of(feature.categories))]  # fmt: skip
     if feature.type == "int":
-        return Annotated[int, Field(description=text, ge=feature.min, le=feature.max)]
+        return Annotated[int, Field(description=text, ge=feature.min, le=feature.max, multiple_of=feature.step)]
     return Annotated[float, Field(description=text, allow_inf_nan=False, ge=feature.min, le=feature.max)]
 
 

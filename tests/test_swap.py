@@ -122,3 +122,17 @@ def test_the_electricity_example_is_in_the_repository(project: Path) -> None:
     assert (project / "examples/electricity/dataset.yaml").read_text() == (ELECTRICITY / "dataset.yaml").read_text()
     run_ok(["dvc", "pull", "-q", f"examples/electricity/{DATA}.dvc"], project)
     assert (project / "examples/electricity" / DATA).stat().st_size > 500_000
+
+
+def test_a_production_model_of_the_old_data_does_not_stop_the_new_one(project: Path) -> None:
+    """Bikes in production, then the electricity data: the gate says production cannot score it, not a traceback."""
+    run_ok(["dvc", "repro", "-q"], project)
+    run_ok(["forkcast", "promote", "1"], project)
+    run_ok(["git", "add", "-A"], project)
+    run_ok(["git", "commit", "-q", "-m", "bikes in production"], project)
+    swap_in_electricity(project)
+    run_ok(["dvc", "repro", "-q"], project)
+    gate = json.loads((project / "outputs/registry/gate.json").read_text())
+    assert gate["eligible"]
+    assert gate["version"] == "2"
+    assert gate["verdict"]["reason"].startswith("production v1 was trained on inputs the data no longer has (")

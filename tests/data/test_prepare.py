@@ -14,6 +14,7 @@ from forkcast.data.prepare import (
     UnusableDataError,
     build_features,
     drop_failing_rows,
+    read_table,
     split_by_time,
     write_splits,
 )
@@ -108,19 +109,30 @@ def test_a_hook_adds_the_features_that_need_code(raw_text: pd.DataFrame, params:
 
 
 def test_a_hook_that_cannot_be_loaded_or_returns_the_wrong_thing_is_named(
-    raw_text: pd.DataFrame, params: Params
+    raw_text: pd.DataFrame, params: Params, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from forkcast.data import hooks
+
+    def crashes(table: pd.DataFrame) -> pd.DataFrame:
+        return table["no such column"].to_frame()
+
+    monkeypatch.setattr(hooks, "crashes", crashes, raising=False)
+    monkeypatch.setattr(hooks, "a_number", lambda table: 3, raising=False)
+    monkeypatch.setattr(hooks, "too_short", lambda table: table.head(1).assign(daytime=1), raising=False)
     source = params.dataset.model_dump()
     source["columns"]["daytime"] = {"role": "feature", "type": "int", "categories": [0, 1], "source": "hook"}
     typed = drop_failing_rows(pd.read_csv(_csv(raw_text.head(48))), params.dataset)[0]
     for hook, words in (
-        ("forkcast.data.hooks:nothing_here", "cannot load the hook forkcast.data.hooks:nothing_here"),
-        ("forkcast.data.calendar:timestamps", "the hook forkcast.data.calendar:timestamps failed: TypeError"),
-        ("forkcast.data.prepare:read_split", "the hook forkcast.data.prepare:read_split failed"),
+        ("nothing_here", "cannot load the hook forkcast.data.hooks:nothing_here"),
+        ("crashes", "the hook forkcast.data.hooks:crashes failed: KeyError"),
+        ("a_number", "must return a DataFrame, not int"),
+        ("too_short", "it returned 1 rows for 48"),
     ):
-        dataset = declaration.parse({**source, "hook": hook})
+        dataset = declaration.parse({**source, "hook": f"forkcast.data.hooks:{hook}"})
         with pytest.raises(UnusableDataError, match=words):
             build_features(typed, dataset)
+    with pytest.raises(declaration.DeclarationError, match=r"must name a function of src/forkcast/data/hooks\.py"):
+        declaration.parse({**source, "hook": "os:system"})
 
 
 def _csv(table: pd.DataFrame) -> io.StringIO:
@@ -128,3 +140,36 @@ def _csv(table: pd.DataFrame) -> io.StringIO:
     table.to_csv(buffer, index=False)
     buffer.seek(0)
     return buffer
+
+
+def test_text_codes_stay_text_as_the_validation_reads_them(tmp_path: Path) -> None:
+    """Store "01" is the category "01", not the number 1, in prepare as in validate."""
+    dataset = declaration.parse(
+        {
+            "name": "stores",
+            "file": "data/stores.csv",
+            "time": {"column": "date", "format": "%Y-%m-%d", "frequency": "day"},
+            "key": ["store", "date"],
+            "columns": {
+                "date": {"role": "time", "type": "str"},
+                "store": {"role": "feature", "type": "str", "categories": ["01", "02"]},
+                "sold": {"role": "target", "type": "int", "min": 0, "unit": "units"},
+            },
+            "calendar": ["weekday"],
+            "seasonal_keys": ["store", "weekday"],
+        }
+    )
+    path = tmp_path / "stores.csv"
+    days = pd.date_range("2014-01-01", periods=5).strftime("%Y-%m-%d")
+    pd.DataFrame({"date": [*days, *days], "store": ["01"] * 5 + ["02"] * 5, "sold": range(10)}).to_csv(
+        path, index=False
+    )
+    kept, dropped = drop_failing_rows(read_table(path, dataset), dataset)
+    assert (len(kept), dropped) == (10, 0)
+    assert set(build_features(kept, dataset)["store"]) == {"01", "02"}
+    broken = pd.read_csv(path, dtype=str).assign(store="03")
+    broken.to_csv(path, index=False)
+    with pytest.raises(
+        UnusableDataError, match=r"every one of the 10 rows fails a check \(rows.one_per_period, store.isin\)"
+    ):
+        drop_failing_rows(read_table(path, dataset), dataset)

@@ -25,6 +25,18 @@ def test_the_first_version_is_eligible() -> None:
     assert "nothing to compare against" in verdict.reason
 
 
+def test_a_production_model_of_other_data_is_named_not_compared() -> None:
+    """After another dataset is swapped in, production cannot score the new test rows: the gate says so."""
+    verdict = judge(
+        GateParams(), "4", {"rmse": 0.4}, "3", None, incomparable="was trained on inputs the data no longer has (hr)"
+    )
+    assert verdict.eligible
+    assert verdict.production_version is None
+    assert verdict.reason.startswith(
+        "production v3 was trained on inputs the data no longer has (hr): nothing to compare"
+    )
+
+
 @pytest.mark.parametrize(
     ("candidate", "eligible", "words"),
     [

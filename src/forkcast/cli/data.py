@@ -71,7 +71,7 @@ def prepare(params_file: ParamsOption = PARAMS_FILE) -> None:
     require(data.file)
     with step("prepare"):
         try:
-            raw, dropped = drop_failing_rows(read_table(data.file), data)
+            raw, dropped = drop_failing_rows(read_table(data.file, data), data)
             splits = split_by_time(build_features(raw, data), params.split)
         except (ValueError, KeyError, pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
             raise fail(f"cannot prepare {data.file}: {exc}", EXIT_CHECK_FAILED) from exc

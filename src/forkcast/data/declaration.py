@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from forkcast.data import expressions
 
 DATASET_FILE = Path("dataset.yaml")
+HOOKS_MODULE = "forkcast.data.hooks"  # where a hook's function lives (a dependency of the prepare stage)
 
 Role = Literal["feature", "target", "time", "leaking", "ignored"]
 ColumnType = Literal["int", "float", "str"]
@@ -158,7 +159,9 @@ class TimeAxis(_Strict):
     @field_validator("frequency", mode="before")
     @classmethod
     def _parse_frequency(cls, value: Any) -> Any:
-        return Frequency.parse(str(value)) if isinstance(value, str | int) else value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return Frequency.parse(f"{value}min")  # a bare number is minutes
+        return Frequency.parse(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _origin_only_for_day_numbers(self) -> TimeAxis:
@@ -205,29 +208,48 @@ class Column(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Column:
+        problems = [*self._value_problems(), *self._role_problems()]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _value_problems(self) -> Iterable[str]:
         if self.categories is not None:
             if self.min is not None or self.max is not None:
-                raise ValueError("give either categories or min/max, not both")
+                yield "give either categories or min/max, not both"
             if not self.categories:
-                raise ValueError("categories must not be empty")
+                yield "categories must not be empty"
             if len(set(self.categories)) != len(self.categories):
-                raise ValueError("categories must not repeat")
+                yield "categories must not repeat"
             wrong = [value for value in self.categories if not _fits(value, self.type)]
             if wrong:
-                raise ValueError(f"categories {wrong} are not {self.type} values")
+                yield f"categories {wrong} are not {self.type} values"
         elif self.type == "str" and self.role == "feature":
-            raise ValueError("a text feature needs its categories (the values it may take)")
+            yield "a text feature needs its categories (the values it may take)"
+        if self.type == "str" and (self.min is not None or self.max is not None):
+            yield "a text column has categories, not min/max"
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
-        if self.drift is not None and self.role != "feature":
-            raise ValueError("drift applies to features only")
-        if self.unit is not None and self.role != "target":
-            raise ValueError("unit applies to the target only")
+            yield f"min {self.min:g} is above max {self.max:g}"
         if self.calendar is not None and self.calendar not in CALENDAR:
-            raise ValueError(f"calendar '{self.calendar}' is not one of {', '.join(CALENDAR)}")
+            yield f"calendar '{self.calendar}' is not one of {', '.join(CALENDAR)}"
+        elif self.calendar is not None and self.categories is not None:
+            attribute = CALENDAR[self.calendar]
+            values = attribute.maximum - attribute.minimum + 1
+            if len(self.categories) != values:
+                yield (
+                    f"calendar {self.calendar} has {values} values ({attribute.minimum} to {attribute.maximum}): "
+                    f"list {values} categories in its order, not {len(self.categories)}"
+                )
+
+    def _role_problems(self) -> Iterable[str]:
+        if self.drift is not None and self.role != "feature":
+            yield "drift applies to features only"
+        if self.type == "str" and self.drift == "continuous":
+            yield "a text feature can only drift as discrete (its categories have no distance)"
+        if self.unit is not None and self.role != "target":
+            yield "unit applies to the target only"
         if self.source == "hook" and self.role != "feature":
-            raise ValueError("only features can come from the hook")
-        return self
+            yield "only features can come from the hook"
 
     @property
     def drift_kind(self) -> DriftKind:
@@ -385,6 +407,12 @@ class Dataset(_Strict):
         for name in self.key or ():
             if name not in self.columns:
                 yield f"key names '{name}', which is not a declared column"
+            elif name not in self.time.columns and (
+                self.columns[name].role != "feature" or self.columns[name].source != "file"
+            ):
+                yield f"key column '{name}' tells series apart: it must be a feature of the file"
+        if self.key and not set(self.time.columns) <= set(self.key):
+            yield f"key must hold the time's own columns ({', '.join(self.time.columns)}) and what tells series apart"
 
     def _time_problems(self) -> Iterable[str]:
         time = self.time
@@ -403,6 +431,8 @@ class Dataset(_Strict):
                 yield f"time.hour_column '{time.hour_column}' is not a declared column"
             elif hour.type != "int" or hour.role not in ("time", "feature"):
                 yield f"time.hour_column '{time.hour_column}' must be an int column with role time or feature"
+            if not time.frequency.sub_daily:
+                yield f"time.hour_column is for rows shorter than a day, not one per {time.frequency}"
         extra_time = [name for name, c in self.columns.items() if c.role == "time" and name not in time.columns]
         if extra_time:
             yield f"role time is for the time's own columns ({', '.join(time.columns)}), not {', '.join(extra_time)}"
@@ -437,8 +467,11 @@ class Dataset(_Strict):
         hooked = [name for name, column in self.columns.items() if column.source == "hook"]
         if hooked and not self.hook:
             yield f"columns {hooked} come from the hook, but no hook is declared (hook: module:function)"
-        if self.hook and not re.fullmatch(r"[\w.]+:\w+", self.hook):
-            yield f"hook '{self.hook}' must look like module:function (e.g. forkcast.data.hooks:add_features)"
+        if self.hook and not re.fullmatch(rf"{re.escape(HOOKS_MODULE)}:\w+", self.hook):
+            yield (
+                f"hook '{self.hook}' must name a function of src/forkcast/data/hooks.py, as {HOOKS_MODULE}:FUNCTION "
+                "(DVC reruns the prepare stage when that file changes)"
+            )
         known = set(self.columns) | set(self.calendar)
         for name, expression in self.rules.items():
             try:
@@ -448,6 +481,27 @@ class Dataset(_Strict):
                 continue
             if unknown:
                 yield f"rule '{name}' names {', '.join(sorted(unknown))}: neither columns nor calendar features"
+                continue
+            try:  # a rule that cannot run on these types (text > 1) would fail every row, and every request
+                expressions.evaluate(expression, self._sample_row())
+            except Exception as exc:
+                yield f"rule '{name}' cannot run on the declared types: {type(exc).__name__}: {exc}"
+
+    def _sample_row(self) -> dict[str, Any]:
+        """One row of valid-looking values, typed as declared (for trying the rules)."""
+        row: dict[str, Any] = {}
+        for name, column in self.columns.items():
+            if column.categories is not None:
+                value: Any = column.categories[0]
+            elif column.type == "str":
+                value = ""
+            else:
+                value = column.min if column.min is not None else 0
+                value = int(value) if column.type == "int" else float(value)
+            row[name] = np.asarray([value], dtype=object if column.type == "str" else None)
+        for name, attribute in self.calendar.items():
+            row[name] = np.asarray([CALENDAR[attribute].minimum]) if attribute in CALENDAR else np.asarray([0])
+        return row
 
     # --- derived views ---------------------------------------------------------------------------------------------
 

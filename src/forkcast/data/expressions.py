@@ -86,7 +86,10 @@ def _check(node: ast.AST, expression: str) -> None:
     lists = [child for child in ast.walk(node) if isinstance(child, ast.Tuple | ast.List)]
     constant = all(isinstance(element, ast.Constant) for values in lists for element in values.elts)
     if not constant or len(lists) != len(listed) or not all(isinstance(c, ast.Tuple | ast.List) for c in listed):
-        raise ExpressionError(f"'{expression}': `in` takes a list of constants, e.g. x in (1, 2), and only `in` does")
+        raise ExpressionError(
+            f"'{expression}': `in` takes a list of constants, e.g. x in (1, 2), and only `in` does (& and | bind "
+            "before comparisons: write (x in (1, 2)) & (y > 0))"
+        )
 
 
 def _evaluate(node: ast.expr, columns: Mapping[str, Any]) -> Any:

@@ -42,13 +42,15 @@ class UnusableDataError(ValueError):
     """The raw data has problems that no row filter can fix (a missing column, say)."""
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, skipinitialspace=True)  # as the validate stage reads it: " clear" is "clear"
+def read_table(path: Path, dataset: Dataset) -> pd.DataFrame:
+    """The file as the validate stage reads it: " clear" is "clear", and text columns stay text ("01" is not 1)."""
+    text = {name: str for name, column in dataset.file_columns.items() if column.type == "str"}
+    return pd.read_csv(path, skipinitialspace=True, dtype=text)
 
 
 def load_raw(path: Path, dataset: Dataset) -> pd.DataFrame:
     """The raw table, typed; rows that fail a check (tolerated by `validate.min_pass_rate`) are dropped."""
-    return drop_failing_rows(read_table(path), dataset)[0]
+    return drop_failing_rows(read_table(path, dataset), dataset)[0]
 
 
 def drop_failing_rows(table: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFrame, int]:
@@ -62,7 +64,20 @@ def drop_failing_rows(table: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFra
             problems = sorted({_problem(row.column, row.check, row.failure_case) for row in whole_table.itertuples()})
             raise UnusableDataError(f"problems no row filter can fix: {'; '.join(problems)}") from exc
         failing = set(cases["index"].astype(int))
+        if len(failing) == len(table):
+            checks = ", ".join(sorted({_check_name(row.column, row.check) for row in cases.itertuples()}))
+            raise UnusableDataError(
+                f"every one of the {len(table):,} rows fails a check ({checks}): see the validation report"
+            ) from exc
         return schema.validate(table.drop(index=list(failing))), len(failing)
+
+
+def _check_name(column: object, check: object) -> str:
+    """A pandera check as the validation report names it: `hum.in_range`, `rows.one_per_period`."""
+    name = str(check).split("(", 1)[0]
+    if name == "multiple_fields_uniqueness":
+        return "rows.one_per_period"
+    return name if not isinstance(column, str) or "." in name else f"{column}.{name}"
 
 
 def _problem(column: object, check: object, case: object) -> str:

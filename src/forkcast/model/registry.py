@@ -98,15 +98,18 @@ class GateVerdict:
 
 def judge(
     gate: GateParams, candidate_version: str, candidate: dict[str, float],
-    production_version: str | None, production: dict[str, float] | None,
+    production_version: str | None, production: dict[str, float] | None, *, incomparable: str | None = None,
 ) -> GateVerdict:  # fmt: skip
-    """Eligible when no production model exists, or the candidate's error is within tolerance of it."""
+    """Eligible when no production model exists (or it cannot score these rows: `incomparable` says why), or the
+    candidate's error is within tolerance of it."""
     value = candidate[gate.metric]
     if production_version is None or production is None:
-        return GateVerdict(
-            True, gate.metric, gate.tolerance, candidate_version, value, None, None, None,
-            f"no model has the alias '{PRODUCTION}' yet: nothing to compare against, so the candidate is eligible",
-        )  # fmt: skip
+        reason = (
+            f"production v{production_version} {incomparable}: nothing to compare against, so the candidate is eligible"
+            if incomparable
+            else f"no model has the alias '{PRODUCTION}' yet: nothing to compare against, so the candidate is eligible"
+        )
+        return GateVerdict(True, gate.metric, gate.tolerance, candidate_version, value, None, None, None, reason)
     reference = production[gate.metric]
     allowed = reference * (1.0 + gate.tolerance)
     eligible = value <= allowed + 1e-9  # exactly at the tolerance passes, whatever the float rounding
@@ -150,8 +153,9 @@ def _trusted_types(pipeline: Pipeline) -> list[str]:
 
 def production_metrics(
     client: MlflowClient, name: str, test: pd.DataFrame, target: Target
-) -> tuple[str | None, dict[str, float] | None]:
-    """Score the production model on the same test rows as the candidate."""
+) -> tuple[str | None, dict[str, float] | None, str | None]:
+    """Score the production model on the same test rows as the candidate: its version, its metrics, and why it
+    could not be scored (it was trained on inputs these rows lack: another declaration of the data)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -160,10 +164,14 @@ def production_metrics(
     except MlflowException as exc:
         # Only a missing alias means "no production yet"; any other error must not open the gate.
         if exc.error_code in {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"}:
-            return None, None
+            return None, None, None
         raise
     production = mlflow.sklearn.load_model(f"models:/{name}@{PRODUCTION}")
-    return str(version.version), regression_metrics(test[target.name], predict(production, test, target))
+    missing = [str(column) for column in production.feature_names_in_ if column not in test.columns]
+    if missing or target.name not in test.columns:
+        lacking = ", ".join(missing) or target.name
+        return str(version.version), None, f"was trained on inputs the data no longer has ({lacking})"
+    return str(version.version), regression_metrics(test[target.name], predict(production, test, target)), None
 
 
 @dataclass(frozen=True)
@@ -229,8 +237,10 @@ def track_and_register(
         version = str(info.registered_model_version)
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
-        production_version, production = production_metrics(client, name, test, target)
-        verdict = judge(params.gate, version, evaluation["model"], production_version, production)
+        production_version, production, incomparable = production_metrics(client, name, test, target)
+        verdict = judge(
+            params.gate, version, evaluation["model"], production_version, production, incomparable=incomparable
+        )
         client.set_model_version_tag(name, version, "gate", "eligible" if verdict.eligible else "rejected")
         client.set_registered_model_alias(name, CANDIDATE, version)  # only once it carries its verdict
         mlflow.log_dict(verdict.to_dict(), "reports/gate.json")

@@ -91,7 +91,10 @@ def records_type(inputs: Inputs, example: dict[str, Any] | None = None) -> Any:
             return records
         columns = {name: np.asarray([getattr(r, attribute) for r in records]) for name, attribute in attributes.items()}
         for name, rule in inputs.rules.items():
-            broken = np.flatnonzero(~expressions.evaluate(rule, columns))
+            try:
+                broken = np.flatnonzero(~expressions.evaluate(rule, columns))
+            except Exception as exc:
+                raise ValueError(f"the rule {name} ({rule}) cannot be checked on these records: {exc}") from exc
             if broken.size:
                 first = int(broken[0])
                 shown = ", ".join(

@@ -97,6 +97,11 @@ def test_frequencies_and_their_natural_cycles(text: str, minutes: int, period: s
     assert (frequency.minutes, frequency.period, frequency.rows_per_cycle) == (minutes, period, rows)
 
 
+def test_a_frequency_reads_as_an_adjective() -> None:
+    adjectives = [Frequency.parse(text).adjective for text in ("30min", "hour", "day", "week", "20min")]
+    assert adjectives == ["half-hourly", "hourly", "daily", "weekly", "20-minute"]
+
+
 @pytest.mark.parametrize("text", ["7min", "fortnight", "0min", "2d", ""])
 def test_a_frequency_the_template_cannot_cycle_over_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a frequency this template knows"):
@@ -213,6 +218,17 @@ def test_times_come_from_day_numbers_and_hours_or_from_a_format() -> None:
     stamps = calendar.timestamps(table, electricity.time)
     assert list(stamps.iloc[:2]) == [pd.Timestamp("2014-06-01 08:30"), pd.Timestamp("2014-06-01 09:00")]
     assert stamps.iloc[2:].isna().all()
+
+
+def test_times_with_an_offset_are_read_in_utc_so_daylight_saving_keeps_the_grid() -> None:
+    time = declaration.TimeAxis(column="Time", format="iso", frequency="30min")  # type: ignore[arg-type]
+    # Melbourne leaves daylight saving on 6 April 2014: the local clock repeats 02:00-03:00, UTC does not.
+    local = ["2014-04-06 02:30+11:00", "2014-04-06 02:00+10:00", "2014-04-06 02:30+10:00", "2014-04-05T16:00Z"]
+    stamps = calendar.timestamps(pd.DataFrame({"Time": local}), time)
+    assert list(stamps) == [pd.Timestamp(t) for t in ("2014-04-05 15:30", "2014-04-05 16:00", "2014-04-05 16:30")] + [
+        pd.Timestamp("2014-04-05 16:00")
+    ]
+    assert stamps.dt.tz is None  # naive, as times without an offset are
 
 
 def test_calendar_attributes() -> None:

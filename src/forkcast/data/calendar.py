@@ -23,15 +23,16 @@ def timestamps(table: pd.DataFrame, time: TimeAxis) -> pd.Series:
         stamps = pd.Timestamp(origin) + pd.to_timedelta(days - 1, unit="D")
     else:
         text = raw.astype("string").str.strip()
-        stamps = pd.to_datetime(text, format="ISO8601" if time.format == "iso" else time.format, errors="coerce")
+        # utc=True: times that state an offset (+10:00, or one that changes at daylight saving) become UTC;
+        # times without one are taken as they are.
+        stamps = pd.to_datetime(
+            text, format="ISO8601" if time.format == "iso" else time.format, errors="coerce", utc=True
+        ).dt.tz_localize(None)
     if time.hour_column is not None:
         hours = pd.to_numeric(table[time.hour_column], errors="coerce")
         hours = hours.where(hours.between(0, 23) & (hours == hours.round()))
         stamps = stamps + pd.to_timedelta(hours, unit="h")
-    series = pd.Series(stamps, index=table.index, name="timestamp")
-    if isinstance(series.dtype, pd.DatetimeTZDtype):
-        series = series.dt.tz_localize(None)  # local time, as the data states it
-    return series.astype("datetime64[ns]")
+    return pd.Series(stamps, index=table.index, name="timestamp").astype("datetime64[ns]")
 
 
 def attribute(stamps: pd.Series, name: str, holidays: HolidayCalendar | None = None) -> pd.Series:

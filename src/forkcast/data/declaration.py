@@ -118,13 +118,14 @@ class Frequency(_Strict):
         )
 
     @property
-    def periods(self) -> str:
-        return f"{self.period}s"
+    def adjective(self) -> str:
+        """How often rows come, as an adjective: `hourly`, `half-hourly`, `daily`…"""
+        named = {15: "quarter-hourly", 30: "half-hourly", 60: "hourly", 1_440: "daily", 10_080: "weekly"}
+        return named.get(self.minutes, f"{self.minutes}-minute")
 
     @property
-    def pandas(self) -> str:
-        """The pandas offset alias."""
-        return {1_440: "D", 10_080: "W"}.get(self.minutes, f"{self.minutes}min")
+    def periods(self) -> str:
+        return f"{self.period}s"
 
     @property
     def cycle(self) -> str:
@@ -150,7 +151,8 @@ class TimeAxis(_Strict):
     """Where the time of a row comes from."""
 
     column: str
-    # "iso" (2014-01-31 08:30), a strftime format ("%d/%m/%Y %H:%M"), or "day_number" (1 is `origin`).
+    # "iso" (2014-01-31 08:30), a strftime format ("%d/%m/%Y %H:%M"), or "day_number" (1 is `origin`). Times that
+    # state an offset (+10:00) are read in UTC, so a change at daylight saving neither repeats nor skips a period.
     format: str = "iso"
     origin: dt.date | None = None  # day_number only: the date of day 1
     hour_column: str | None = None  # the hour of the day (0-23) in a column of its own, added to the date
@@ -319,6 +321,7 @@ class Inputs(_Strict):
     frequency: Frequency
     rules: dict[str, str] = {}  # rules on features only: a request that breaks one is refused
     series: tuple[str, ...] = ()  # key columns besides the time (one series per store, say); none for one series
+    rows_per_period: Annotated[int, Field(ge=1)] = 1  # how many series share a period, as prepared (1 for one series)
 
     @property
     def names(self) -> tuple[str, ...]:

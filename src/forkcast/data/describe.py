@@ -27,7 +27,7 @@ def describe(dataset: Dataset) -> str:
     lines = [
         f"{dataset.name}: {dataset.description}".rstrip(": "),
         "",
-        f"data      {dataset.file}: one row per {frequency.period} (key: {', '.join(dataset.unique_key)})",
+        f"data      {dataset.file}: one row per {_row_of(dataset)} (key: {', '.join(dataset.unique_key)})",
         f"time      {time.describe()}",
         f"target    {dataset.target} ({target.type}, {target.rule()}, in {dataset.unit})",
         f"feed      {dataset.feed or 'none (forkcast new-data needs one)'}",
@@ -57,3 +57,10 @@ def describe(dataset: Dataset) -> str:
             f"hook      {dataset.hook} adds {', '.join(n for n, c in dataset.columns.items() if c.source == 'hook')}",
         ]
     return "\n".join(lines)
+
+
+def _row_of(dataset: Dataset) -> str:
+    """What one row covers: a period, or a period of one series when a key tells series apart."""
+    series = [name for name in dataset.unique_key if name not in dataset.time.columns]
+    period = dataset.time.frequency.period
+    return f"{period} and {', '.join(series)}" if series else period

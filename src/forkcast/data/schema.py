@@ -55,7 +55,7 @@ def row_checks(dataset: Dataset) -> list[RowCheck]:
         ),
         RowCheck(
             "time.on_frequency",
-            f"each time falls on the {time.frequency.period}ly grid".replace("dayly", "daily"),
+            f"each time falls on the {time.frequency.adjective} grid",
             time.columns,
             lambda df: on_frequency(_stamps(df, dataset), dataset),
         ),

@@ -16,7 +16,7 @@ from forkcast.model.train import TrainedModel, save
 from forkcast.serving import build
 from forkcast.serving.build import BuildError, ModelSource
 
-from ..conftest import ROOT, Built
+from ..conftest import ROOT, Built, model_source
 
 
 def version_of(source: ModelSource, golden: pd.DataFrame, tmp_path: Path, code: Path = ROOT / "src") -> str:
@@ -129,6 +129,15 @@ def test_golden_cases_span_the_test_period_with_the_pipelines_answers(
     predicted = params.dataset.inputs().target.clip(trained.pipeline.predict(frame))
     assert predicted.tolist() == pytest.approx(golden["expected"], abs=1e-6)
     assert golden["inputs"] == params.dataset.inputs().model_dump(mode="json")  # the smoke tests' contract
+
+
+def test_test_data_without_the_models_inputs_is_refused_by_name(
+    trained: TrainedModel, splits: Splits, params: Params
+) -> None:
+    source = model_source(trained, params, {"model_version": "7"})
+    dropped = params.dataset.feature_names[-1]
+    with pytest.raises(BuildError, match=f"model version 7 takes {dropped}, which the prepared test data lacks"):
+        build.golden_cases(source, splits.test.drop(columns=[dropped]), 10)
 
 
 @pytest.mark.datasets

@@ -191,6 +191,20 @@ def test_any_column_name_makes_a_field_even_one_python_would_not_allow() -> None
     assert [tuple(e["loc"]) for e in _errors(adapter, [{**record, "class": 2}])] == [(0, "class")]
 
 
+def test_float_categories_accept_their_values_only() -> None:
+    inputs = Inputs(
+        dataset="tariffs",
+        features=(Feature(name="tariff", type="float", categories=(0.5, 1.0, 1.5)),),
+        target=Target(name="kwh", type="float", unit="kWh", min=0),
+        frequency={"minutes": 60},  # type: ignore[arg-type]
+    )
+    adapter = TypeAdapter(records_type(inputs))
+    accepted = adapter.validate_python([{"tariff": 1.5}, {"tariff": 1}])
+    assert columns_of_records(accepted, inputs) == {"tariff": [1.5, 1.0]}
+    failure = _errors(adapter, [{"tariff": 0.75}])
+    assert [tuple(e["loc"]) for e in failure] == [(0, "tariff")]
+
+
 def _errors(adapter: TypeAdapter[Any], body: Any) -> list[dict[str, Any]]:
     with pytest.raises(ValidationError) as caught:
         adapter.validate_python(body)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from forkcast.config import Params
+from forkcast.data.declaration import Target
 from forkcast.data.prepare import Splits
 from forkcast.model.estimator import predict
 from forkcast.model.onnx import columns_of_frame, gap
@@ -33,7 +34,7 @@ def model_dir(trained: TrainedModel, splits: Splits, params: Params, tmp_path: P
 
 def test_onnx_serves_when_it_matches_within_the_tolerance(model_dir: Path, splits: Splits, params: Params) -> None:
     tolerance = params.train.onnx_tolerance
-    loaded = predictor.load(model_dir, onnx_tolerance=tolerance)
+    loaded = predictor.load(model_dir, _target(model_dir), onnx_tolerance=tolerance)
     assert loaded.backend == "onnx"
     assert loaded.onnx_max_gap is not None
     assert 0 < loaded.onnx_max_gap <= tolerance
@@ -53,7 +54,7 @@ def test_the_contract_and_an_example_come_from_the_model_directory(model_dir: Pa
 
 def test_scikit_learn_serves_when_onnx_differs_by_more(model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="forkcast.serving.predictor"):
-        loaded = predictor.load(model_dir, onnx_tolerance=1e-9)
+        loaded = predictor.load(model_dir, _target(model_dir), onnx_tolerance=1e-9)
     assert loaded.backend == "scikit-learn"
     assert "serving with scikit-learn" in caplog.text
 
@@ -61,10 +62,15 @@ def test_scikit_learn_serves_when_onnx_differs_by_more(model_dir: Path, caplog: 
 def test_scikit_learn_serves_without_an_onnx_file_or_when_asked(
     model_dir: Path, splits: Splits, params: Params
 ) -> None:
-    assert predictor.load(model_dir, onnx_tolerance=0.01, prefer_onnx=False).backend == "scikit-learn"
+    pipeline_only = predictor.load(model_dir, _target(model_dir), onnx_tolerance=0.01, prefer_onnx=False)
+    assert pipeline_only.backend == "scikit-learn"
     (model_dir / predictor.ONNX_FILE).unlink()
-    loaded = predictor.load(model_dir, onnx_tolerance=0.01)
+    loaded = predictor.load(model_dir, _target(model_dir), onnx_tolerance=0.01)
     assert loaded.backend == "scikit-learn"
     served = loaded.predict(columns_of_frame(splits.test, params.dataset.feature_names))
     expected = predict(loaded.pipeline, splits.test, params.dataset.inputs().target).to_numpy()
     np.testing.assert_array_equal(served, expected)
+
+
+def _target(model_dir: Path) -> Target:
+    return predictor.contract(model_dir).inputs.target

@@ -11,7 +11,7 @@ import pytest
 
 from forkcast import atomic
 from forkcast.config import Params
-from forkcast.data.declaration import load
+from forkcast.data.declaration import Target, load
 from forkcast.data.prepare import Splits
 from forkcast.serving import smoke
 from forkcast.serving.smoke import Golden, GoldenError
@@ -104,3 +104,26 @@ def test_the_bad_requests_are_made_from_the_contract(params: Params, splits: Spl
     assert feature.max is None or value > feature.max
     body, field = cases["wrong type"]
     assert type(body["records"][0][field]) is not type(record[field])
+
+
+TEMPERATURE = Target(name="temperature", type="float", unit="degrees C", min=-40.0, max=50.0)
+UNBOUNDED = Target(name="balance", type="float", unit="EUR")
+
+
+@pytest.mark.parametrize(
+    ("value", "target", "expected"),
+    [
+        (-12.5, TEMPERATURE, True),  # a negative target is as valid as any inside its range
+        (-40, TEMPERATURE, True),
+        (-40.5, TEMPERATURE, False),
+        (50.1, TEMPERATURE, False),
+        (-1e9, UNBOUNDED, True),
+        (float("nan"), UNBOUNDED, False),
+        (float("inf"), UNBOUNDED, False),
+        (True, UNBOUNDED, False),  # JSON true is not a number
+        ("3.0", UNBOUNDED, False),
+        (None, UNBOUNDED, False),
+    ],
+)
+def test_a_prediction_is_a_finite_number_in_the_targets_range(value: object, target: Target, expected: bool) -> None:
+    assert smoke.within(value, target) is expected

@@ -11,7 +11,6 @@ passing checks reaches `validate.min_share_of_checks_passed`.
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from forkcast.config import ConfigError, ValidateParams
 from forkcast.data import calendar
 from forkcast.data.declaration import ColumnType, Dataset
 from forkcast.data.schema import RowCheck, raw_schema, row_checks, value_checks
+from forkcast.values import plain
 
 
 @dataclass(frozen=True)
@@ -131,14 +131,8 @@ class _Checker:
         for position in positions:
             values = self.table.iloc[position][present]
             # +2: one for the header line, one because people count lines from 1.
-            samples.append({"line": int(position) + 2, **{c: _plain(values[c]) for c in present}})
+            samples.append({"line": int(position) + 2, **{c: plain(values[c]) for c in present}})
         return samples
-
-
-def _plain(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 def read_raw(path: Path) -> pd.DataFrame:

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from sklearn.pipeline import Pipeline
+
+if TYPE_CHECKING:  # the service and the smoke test import this module without training's libraries
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
 
 Columns = Mapping[str, Sequence[Any]]
-
-
-def columns_of(records: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]]:
-    """Column lists from records with one attribute per feature (pydantic models)."""
-    return {name: [getattr(record, name) for record in records] for name in names}
 
 
 def columns_of_frame(frame: pd.DataFrame, names: Sequence[str]) -> dict[str, list[Any]]:
@@ -105,10 +102,15 @@ def gap(served: Any, expected: Any) -> float:
     An absolute difference below 1 and a relative one above: ONNX Runtime scores in float32, whose rounding grows
     with the values, so one tolerance fits a target counted in units and one counted in millions alike.
     """
+    each = gaps(served, expected)
+    return float(each.max()) if each.size else 0.0
+
+
+def gaps(served: Any, expected: Any) -> np.ndarray:
+    """`gap` of each prediction."""
     served, expected = np.asarray(served, dtype=np.float64), np.asarray(expected, dtype=np.float64)
-    if not served.size:
-        return 0.0
-    return float(np.max(np.abs(served - expected) / np.maximum(1.0, np.abs(expected))))
+    result: np.ndarray = np.abs(served - expected) / np.maximum(1.0, np.abs(expected))
+    return result
 
 
 def onnx_gap(pipeline: Pipeline, model: bytes, frame: pd.DataFrame) -> float:

@@ -14,7 +14,6 @@ requests as it drops `smoke-` ones.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 import time
 import uuid
@@ -25,9 +24,10 @@ from typing import Any
 import httpx
 
 from forkcast import atomic, paths
-from forkcast.serving.contract import PROBE_REQUEST_PREFIX
+from forkcast.data.declaration import Inputs, Target
+from forkcast.serving.contract import PROBE_REQUEST_PREFIX, REQUEST_ID_HEADER
+from forkcast.serving.smoke import within
 
-REQUEST_ID_HEADER = "x-request-id"
 PROBE_DIR = paths.OUTPUTS / "probe"
 CHECKS = ("readyz", "livez", "prediction", "latency", "metrics")
 
@@ -139,19 +139,30 @@ def _health(client: httpx.Client, route: str) -> ProbeCheck:
     return ProbeCheck(route.strip("/"), status == 200, f"GET {route} answered {status}")
 
 
-def _example(client: httpx.Client) -> tuple[dict[str, Any] | None, str]:
-    """The valid record the service shows in /metadata, and the unit of its predictions (or why there is none)."""
+@dataclass(frozen=True)
+class _Served:
+    """What /metadata says a request and an answer look like: a valid record, the unit, the target's range."""
+
+    example: dict[str, Any] | None
+    unit: str = ""  # or, without an example, why there is none
+    target: Target | None = None
+
+
+def _served(client: httpx.Client) -> _Served:
     try:
         response = client.post("/metadata", json={})
         info = response.json()
-        return dict(info["example"]), str(info.get("unit", ""))
+        target = Inputs.model_validate(info["inputs"]).target if "inputs" in info else None
+        return _Served(dict(info["example"]), str(info.get("unit", "")), target)
     except httpx.TransportError as error:
-        return None, _no_answer(error)
+        return _Served(None, _no_answer(error))
     except (ValueError, KeyError, TypeError):
-        return None, f"POST /metadata answered {response.status_code} without an example: {response.text[:200]}"
+        return _Served(
+            None, f"POST /metadata answered {response.status_code} without an example: {response.text[:200]}"
+        )
 
 
-def _judge_prediction(response: httpx.Response, request_id: str, unit: str = "") -> tuple[ProbeCheck, str | None]:
+def _judge_prediction(response: httpx.Response, request_id: str, served: _Served) -> tuple[ProbeCheck, str | None]:
     """The prediction check and the model version that answered."""
     if response.status_code != 200:
         return ProbeCheck("prediction", False, f"answered {response.status_code}: {response.text[:300]}"), None
@@ -164,12 +175,15 @@ def _judge_prediction(response: httpx.Response, request_id: str, unit: str = "")
     if not isinstance(predictions, list) or len(predictions) != 1:
         return ProbeCheck("prediction", False, f"expected one prediction, got {predictions!r:.200}"), version
     value = predictions[0]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        return ProbeCheck("prediction", False, f"{value!r:.50} is not a non-negative finite number"), version
+    target = served.target or Target(name="the target", type="float", unit=served.unit)
+    if not within(value, target):
+        return ProbeCheck(
+            "prediction", False, f"{value!r:.50} is not a finite number in {target.name}'s range"
+        ), version
     if echoed != request_id:  # the drift job could not tell this probe from real traffic
         return ProbeCheck("prediction", False, f"request {request_id} was answered as {echoed!r}"), version
     return ProbeCheck(
-        "prediction", True, f"{value:.4g} {unit} from model version {version}".replace("  ", " ")
+        "prediction", True, f"{value:.4g} {served.unit} from model version {version}".replace("  ", " ")
     ), version
 
 
@@ -216,15 +230,17 @@ def probe(
             return ProbeReport(url, environment, budget_ms, False, [ProbeCheck("readyz", False, _no_answer(error))])
         checks = [ProbeCheck("readyz", ready == 200, f"GET /readyz answered {ready}"), _health(client, "/livez")]
         latency_ms, version = None, None
-        example, unit = (record, "") if record else _example(client)
-        if example is None:
-            prediction = ProbeCheck("prediction", False, f"no example record to send: {unit}")
+        served = _Served(record) if record else _served(client)
+        if served.example is None:
+            prediction = ProbeCheck("prediction", False, f"no example record to send: {served.unit}")
         else:
             started = time.perf_counter()
             try:
-                response = client.post("/predict", json={"records": [example]}, headers={REQUEST_ID_HEADER: request_id})
+                response = client.post(
+                    "/predict", json={"records": [served.example]}, headers={REQUEST_ID_HEADER: request_id}
+                )
                 latency_ms = round((time.perf_counter() - started) * 1000, 3)
-                prediction, version = _judge_prediction(response, request_id, unit)
+                prediction, version = _judge_prediction(response, request_id, served)
             except httpx.TransportError as error:
                 prediction = ProbeCheck("prediction", False, _no_answer(error))
         metrics, summary = _metrics(client)

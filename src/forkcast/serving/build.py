@@ -171,6 +171,13 @@ def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
 def golden_cases(source: ModelSource, test: pd.DataFrame, count: int) -> pd.DataFrame:
     """Rows spread evenly over the test period, with the pipeline's own (clipped) predictions."""
     names = list(source.inputs.names)
+    missing = [name for name in names if name not in test.columns]
+    if missing:
+        raise BuildError(
+            f"model version {source.lineage.get('model_version')} takes {', '.join(missing)}, which the prepared test "
+            "data lacks: it was trained on another declaration of the data. Build the pipeline's model, or check "
+            "out the data and dataset.yaml it was trained on and run `dvc repro` first"
+        )
     positions = np.unique(np.linspace(0, len(test) - 1, num=min(count, len(test))).round().astype(int))
     golden = test.iloc[positions][names].reset_index(drop=True)
     golden[EXPECTED] = source.inputs.target.clip(source.pipeline.predict(golden[names]))
@@ -282,8 +289,11 @@ def golden_of(bento_tag: str, tolerance: float) -> dict[str, Any]:
     import bentoml
 
     model = bentoml.models.get(describe(bento_tag).model)
-    golden = pd.read_parquet(Path(model.path) / GOLDEN_FILE)
-    inputs = Inputs.model_validate(atomic.read_json(Path(model.path) / INPUTS_FILE))
+    try:
+        golden = pd.read_parquet(Path(model.path) / GOLDEN_FILE)
+        inputs = Inputs.model_validate(atomic.read_json(Path(model.path) / INPUTS_FILE))
+    except (OSError, ValueError) as exc:  # a bento built before models carried their contract, or a damaged one
+        raise BuildError(f"{bento_tag} holds no readable known answers and input contract ({exc}): rebuild it") from exc
     return {
         **golden_record(golden, str(model.info.metadata.get("model_version")), tolerance, inputs),
         "bento_model": str(model.tag),

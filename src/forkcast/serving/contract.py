@@ -8,7 +8,6 @@ field, instead of being scored.
 
 from __future__ import annotations
 
-import keyword
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -22,6 +21,9 @@ MAX_RECORDS = 1_000  # per request; more is a batch job, not a request
 BENTO_MODEL_NAME = "forkcast-demand"  # the model inside every bento
 MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"  # which model the service loads: set at build and by `forkcast deploy`
 # Request ids of our own checks: the drift job tells them from real traffic in the inference log.
+REQUEST_ID_HEADER = "x-request-id"  # a caller's id for its request, logged and echoed back
+PREDICTION = "prediction"  # the inference log's column for what was answered
+
 SMOKE_REQUEST_PREFIX = "smoke-"
 PROBE_REQUEST_PREFIX = "probe-"
 CHECK_REQUEST_PREFIXES = (SMOKE_REQUEST_PREFIX, PROBE_REQUEST_PREFIX)
@@ -42,8 +44,9 @@ def field_type(feature: Feature) -> Any:
     if feature.type == "str":
         return Annotated[Literal[tuple(feature.categories or ())], Field(description=text)]  # type: ignore[misc]
     if feature.categories is not None:
-        # Literal would take true for 1 and 1.0 for 1: a strict int, then membership.
-        return Annotated[int, Field(description=text, json_schema_extra={"enum": list(feature.categories)}),
+        # Literal would take true for 1 and 1.0 for 1: a strict number of the declared type, then membership.
+        kind = int if feature.type == "int" else float
+        return Annotated[kind, Field(description=text, json_schema_extra={"enum": list(feature.categories)}),
                          AfterValidator(_one_of(feature.categories))]  # fmt: skip
     if feature.type == "int":
         return Annotated[int, Field(description=text, ge=feature.min, le=feature.max, multiple_of=feature.step)]
@@ -51,13 +54,9 @@ def field_type(feature: Feature) -> Any:
 
 
 def attribute_names(inputs: Inputs) -> list[str]:
-    """The record model's attribute per feature: its own name where Python allows it (the JSON keeps the name)."""
-    taken = set(dir(BaseModel))
-    return [
-        name if name.isidentifier() and not keyword.iskeyword(name) and name not in taken and not name.startswith("_")
-        else f"feature_{position}"
-        for position, name in enumerate(inputs.names)
-    ]  # fmt: skip
+    """The record model's attribute per feature, by position: any column name (`temp (°C)`, `class`, `model_config`)
+    makes a field, and the JSON knows only the name (its alias)."""
+    return [f"feature_{position}" for position in range(len(inputs.names))]
 
 
 def record_model(inputs: Inputs, example: dict[str, Any] | None = None) -> type[BaseModel]:
@@ -68,7 +67,7 @@ def record_model(inputs: Inputs, example: dict[str, Any] | None = None) -> type[
     }
     # strict: "8" is not 8 and true is not 1 (a JSON integer still counts as a float).
     config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, populate_by_name=True,
+        extra="forbid", frozen=True, strict=True,
         json_schema_extra={"example": example} if example else None,  # OpenAPI 3.0 (what BentoML serves)
     )  # fmt: skip
     model: type[BaseModel] = create_model("Record", __config__=config, __doc__=_record_doc(inputs), **fields)

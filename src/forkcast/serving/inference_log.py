@@ -32,12 +32,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from forkcast.data.declaration import Inputs
+from forkcast.serving.contract import PREDICTION
 
 log = logging.getLogger(__name__)
 
 SINK_ENV = "FORKCAST_INFERENCE_LOG"
 DEFAULT_SINK = "outputs/inference/local"
-PREDICTION = "prediction"
 _TYPES = {"int": pa.int64(), "float": pa.float32(), "str": pa.string()}
 _REQUEST_FIELDS = [
     pa.field("timestamp", pa.timestamp("ms", tz="UTC")),

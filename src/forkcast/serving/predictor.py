@@ -24,6 +24,7 @@ import pandas as pd
 from forkcast import atomic
 from forkcast.data.declaration import Inputs, Target
 from forkcast.model.onnx import Columns, OnnxModel, columns_of_frame, gap
+from forkcast.values import plain
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,7 @@ def contract(model_dir: Path) -> Contract:
     inputs = Inputs.model_validate(atomic.read_json(model_dir / INPUTS_FILE))
     golden = pd.read_parquet(model_dir / GOLDEN_FILE)
     first = golden[list(inputs.names)].head(1).to_dict(orient="records")
-    return Contract(inputs, {str(key): _plain(value) for key, value in first[0].items()} if first else {})
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+    return Contract(inputs, {str(key): plain(value) for key, value in first[0].items()} if first else {})
 
 
 @dataclass(frozen=True)
@@ -76,10 +73,12 @@ class Predictor:
         return clipped
 
 
-def load(model_dir: Path, *, onnx_tolerance: float, prefer_onnx: bool = True) -> Predictor:
-    """Load the pipeline, and the ONNX model when it matches the pipeline on the golden cases."""
+def load(model_dir: Path, target: Target, *, onnx_tolerance: float, prefer_onnx: bool = True) -> Predictor:
+    """Load the pipeline, and the ONNX model when it matches the pipeline on the golden cases.
+
+    `target` is the model's (its contract's): predictions are clipped to its range.
+    """
     pipeline = joblib.load(model_dir / PIPELINE_FILE)
-    target = contract(model_dir).inputs.target
     onnx_path = model_dir / ONNX_FILE
     if not prefer_onnx or not onnx_path.exists():
         return Predictor(pipeline, target, None, None)

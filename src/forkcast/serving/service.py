@@ -29,12 +29,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from forkcast.serving import contract, predictor
-from forkcast.serving.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV, ModelInfo, Predictions
+from forkcast.serving.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV, REQUEST_ID_HEADER, ModelInfo, Predictions
 from forkcast.serving.inference_log import DEFAULT_SINK, SINK_ENV, InferenceLog
 
 log = logging.getLogger("bentoml.forkcast")  # bentoml prints the INFO lines of its own loggers
 
-REQUEST_ID_HEADER = "x-request-id"
 JSON = b"application/json"
 
 MODEL = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{BENTO_MODEL_NAME}:latest"))
@@ -125,6 +124,7 @@ class Forecaster:
         lineage: dict[str, Any] = dict(stored.info.metadata)
         self.predictor = predictor.load(
             Path(stored.path),
+            CONTRACT.inputs.target,
             onnx_tolerance=float(lineage.get("onnx_tolerance", 0.001)),
             prefer_onnx=os.environ.get("FORKCAST_BACKEND", "onnx") != "scikit-learn",
         )

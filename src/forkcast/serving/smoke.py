@@ -9,6 +9,7 @@ derived from the model's input contract, which the known answers carry.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,8 @@ import httpx
 import numpy as np
 
 from forkcast import atomic
-from forkcast.data.declaration import Feature, Inputs
+from forkcast.data.declaration import Feature, Inputs, Target
+from forkcast.model.onnx import gap, gaps
 from forkcast.serving.contract import SMOKE_REQUEST_PREFIX
 
 Check = Callable[[httpx.Client], str]  # returns a detail line; raises SmokeFailure when the check fails
@@ -93,7 +95,7 @@ def _post(client: httpx.Client, route: str, body: Any) -> httpx.Response:
     return client.post(route, json=body, headers={"x-request-id": f"{SMOKE_REQUEST_PREFIX}{uuid.uuid4().hex}"})
 
 
-def _predictions(response: httpx.Response, count: int) -> list[float]:
+def _predictions(response: httpx.Response, count: int, target: Target) -> list[float]:
     if response.status_code != 200:
         raise SmokeFailure(f"expected 200, got {response.status_code}: {response.text[:300]}")
     body = response.json()
@@ -103,8 +105,8 @@ def _predictions(response: httpx.Response, count: int) -> list[float]:
     predictions = body["predictions"]
     if not isinstance(predictions, list) or len(predictions) != count:
         raise SmokeFailure(f"expected {count} predictions, got {predictions!r:.200}")
-    if not all(isinstance(value, float | int) and value >= 0 for value in predictions):
-        raise SmokeFailure(f"predictions must be non-negative numbers: {predictions!r:.200}")
+    if not all(within(value, target) for value in predictions):
+        raise SmokeFailure(f"predictions must be finite numbers within {target.name}'s range: {predictions!r:.200}")
     return [float(value) for value in predictions]
 
 
@@ -151,23 +153,25 @@ class SmokeSuite:
 
     def contract(self, client: httpx.Client) -> str:
         response = _post(client, "/predict", {"records": self.golden.records[:1]})
-        _predictions(response, 1)
-        return "one record in, one non-negative prediction with request id and model version out"
+        _predictions(response, 1, self.golden.inputs.target)
+        return "one record in, one prediction in the target's range with request id and model version out"
 
     def known_answers(self, client: httpx.Client) -> str:
-        batch = _predictions(_post(client, "/predict", {"records": self.golden.records}), len(self.golden.records))
-        single = _predictions(_post(client, "/predict", {"records": self.golden.records[-1:]}), 1)
-        expected = np.asarray(self.golden.expected)
-        gaps = np.abs(np.asarray(batch) - expected) / np.maximum(1.0, np.abs(expected))  # as `onnx.gap`
-        worst = int(np.argmax(gaps))
-        if gaps[worst] > self.golden.tolerance:
+        target = self.golden.inputs.target
+        batch = _predictions(
+            _post(client, "/predict", {"records": self.golden.records}), len(self.golden.records), target
+        )
+        single = _predictions(_post(client, "/predict", {"records": self.golden.records[-1:]}), 1, target)
+        each = gaps(batch, self.golden.expected)
+        worst = int(np.argmax(each))
+        if each[worst] > self.golden.tolerance:
             raise SmokeFailure(
                 f"golden case {worst}: served {batch[worst]:.6g}, expected {self.golden.expected[worst]:.6g} "
                 f"(tolerance {self.golden.tolerance:g} x max(1, |expected|))"
             )
-        if abs(single[0] - batch[-1]) > self.golden.tolerance * max(1.0, abs(batch[-1])):
+        if gap(single, batch[-1:]) > self.golden.tolerance:
             raise SmokeFailure(f"the same record scored {single[0]:.6g} alone and {batch[-1]:.6g} in a batch")
-        return f"{len(batch)} golden cases within {self.golden.tolerance:g} x max(1, |expected|) (max {gaps.max():.2g})"
+        return f"{len(batch)} golden cases within {self.golden.tolerance:g} x max(1, |expected|) (max {each.max():.2g})"
 
     def bad_requests(self, client: httpx.Client) -> str:
         cases = bad_requests(self.golden.records[0], self.golden.inputs)
@@ -191,13 +195,20 @@ class SmokeSuite:
             responses.append(_post(client, "/predict", body))
             timings.append((time.perf_counter() - started) * 1000)
         for response in responses:  # checked after the clock stopped: only answers that count are timed
-            _predictions(response, 1)
+            _predictions(response, 1, self.golden.inputs.target)
         p50, p95, p99 = (float(np.percentile(timings, q)) for q in (50, 95, 99))
         self.latency_ms = {"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3)}
         detail = f"p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms over {self.latency_requests} requests"
         if p95 > self.p95_budget_ms:
             raise SmokeFailure(f"{detail}: p95 is over the {self.p95_budget_ms:g} ms budget")
         return f"{detail} (budget p95 {self.p95_budget_ms:g} ms)"
+
+
+def within(value: Any, target: Target) -> bool:
+    """A prediction is a finite number inside the target's declared range (demand is never negative)."""
+    if isinstance(value, bool) or not isinstance(value, float | int) or not math.isfinite(value):
+        return False
+    return (target.min is None or value >= target.min) and (target.max is None or value <= target.max)
 
 
 def bad_requests(record: dict[str, Any], inputs: Inputs) -> list[tuple[str, Any, str]]:

@@ -289,7 +289,7 @@ def distances(reference: pd.DataFrame, current: pd.DataFrame, kinds: dict[str, s
     from evidently.legacy.calculations.stattests import jensenshannon_stat_test, wasserstein_stat_test
     from evidently.legacy.core import ColumnType
 
-    from forkcast.monitoring.drift import PREDICTION
+    from forkcast.serving.contract import PREDICTION
 
     scores = {}
     for name, kind in {**kinds, PREDICTION: "continuous"}.items():
@@ -308,7 +308,7 @@ def calibrate(project: Path = ROOT, halves: int = 30, seed: int = 0, reference_m
     from forkcast.data.prepare import build_features, load_raw, split_by_time
     from forkcast.model.estimator import fit, predict
     from forkcast.model.metrics import regression_metrics
-    from forkcast.monitoring.drift import PREDICTION
+    from forkcast.serving.contract import PREDICTION
 
     params = load_params(project / "params.yaml")
     dataset, inputs, monitor = params.dataset, params.dataset.inputs(), params.monitor

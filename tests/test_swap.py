@@ -98,7 +98,7 @@ def test_another_dataset_runs_the_whole_line_after_a_three_file_swap(project: Pa
         summary = run_ok(["forkcast", "summary"], project).stdout
         assert "test set (2,640 half-hours)" in summary
         assert "in GW" in summary
-        assert "over 2,640 logged half-hours" in summary
+        assert "drift (production) 2,640 logged half-hours:" in summary
     finally:
         run(["forkcast", "undeploy"], project)
 

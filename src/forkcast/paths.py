@@ -28,6 +28,8 @@ REGISTRY_DIR = OUTPUTS / "registry"
 GATE_JSON = REGISTRY_DIR / "gate.json"
 GATE_MD = REGISTRY_DIR / "gate.md"
 
+LABELS_DIR = OUTPUTS / "labels"  # true values of served requests, per environment (`forkcast replay` writes them)
+
 DATA_DVC = Path("data.dvc")
 DVC_LOCK = Path("dvc.lock")
 LOCAL_MLFLOW_DIR = Path(".mlflow")

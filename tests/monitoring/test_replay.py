@@ -256,3 +256,36 @@ def test_by_default_the_model_test_period_is_replayed_a_natural_cycle_per_reques
     err = capsys.readouterr().err
     assert "replaying 48 hours (2011-12-30..2011-12-31)" in err  # the test period, from the model's metadata
     assert "in batches of 24" in err  # a day of hourly rows
+
+
+TEST_PERIOD = (dt.date(2011, 11, 1), dt.date(2011, 12, 31))
+
+
+def test_the_window_defaults_to_the_test_period_and_completes_a_single_date_from_it() -> None:
+    assert replay.window(None, None, TEST_PERIOD) == TEST_PERIOD
+    assert replay.window("2011-12-01", None, TEST_PERIOD) == (dt.date(2011, 12, 1), TEST_PERIOD[1])
+    assert replay.window(None, "2011-11-07", TEST_PERIOD) == (TEST_PERIOD[0], dt.date(2011, 11, 7))
+    assert replay.window("2011-01-01", "2011-01-07", None) == (dt.date(2011, 1, 1), dt.date(2011, 1, 7))
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "named"),
+    [("2012-01-05", None, "--from 2012-01-05"), (None, "2011-06-30", "--to 2011-06-30")],
+)
+def test_a_single_date_outside_the_test_period_asks_for_both(start: str | None, end: str | None, named: str) -> None:
+    with pytest.raises(replay.ReplayInputError, match=f"{named} is outside the model's test period.*give both dates"):
+        replay.window(start, end, TEST_PERIOD)
+
+
+def test_without_a_test_period_both_dates_are_needed() -> None:
+    with pytest.raises(replay.ReplayInputError, match="give --from and --to"):
+        replay.window("2011-01-01", None, None)
+
+
+def test_a_request_carries_a_natural_cycle_of_every_series() -> None:
+    hours = pd.date_range("2012-01-01", periods=48, freq="h")
+    one_series = pd.DataFrame({"timestamp": hours})
+    three_stores = pd.DataFrame({"timestamp": hours.repeat(3)})
+    assert replay.cycle_batch(one_series, 24) == 24
+    assert replay.cycle_batch(three_stores, 24) == 72
+    assert replay.cycle_batch(three_stores, 2_000) == replay.MAX_RECORDS  # never above what a request may hold

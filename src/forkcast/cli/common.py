@@ -20,13 +20,8 @@ if TYPE_CHECKING:
     from forkcast.data.declaration import Inputs
 
 
-# config is imported only inside commands: building its pydantic models costs half a second `--help` need not pay.
 PARAMS_FILE = paths.PARAMS_FILE
-
-
 EXIT_CHECK_FAILED = 1
-
-
 EXIT_USAGE = 2
 
 

@@ -64,7 +64,14 @@ def prepare(params_file: ParamsOption = PARAMS_FILE) -> None:
     """Build model features and split them by time into train, validation and test."""
     import pandera.pandas as pa
 
-    from forkcast.data.prepare import build_features, drop_failing_rows, read_table, split_by_time, write_splits
+    from forkcast.data.prepare import (
+        build_features,
+        drop_failing_rows,
+        measured,
+        read_table,
+        split_by_time,
+        write_splits,
+    )
 
     params = load_params(params_file)
     data = params.dataset
@@ -72,12 +79,12 @@ def prepare(params_file: ParamsOption = PARAMS_FILE) -> None:
     with step("prepare"):
         try:
             raw, dropped = drop_failing_rows(read_table(data.file, data), data)
-            splits = split_by_time(build_features(raw, data), params.split)
+            prepared = build_features(raw, data)
+            splits = split_by_time(prepared, params.split)
         except (ValueError, KeyError, pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
             raise fail(f"cannot prepare {data.file}: {exc}", EXIT_CHECK_FAILED) from exc
-        write_splits(
-            splits, {name: paths.prepared_split(name) for name in paths.SPLITS}, data.inputs(), paths.PREPARED_INPUTS
-        )
+        inputs = measured(data.inputs(), prepared)
+        write_splits(splits, {name: paths.prepared_split(name) for name in paths.SPLITS}, inputs, paths.PREPARED_INPUTS)
     if dropped:
         typer.echo(f"dropped {dropped:,} rows that fail a check the validation tolerated (see its report)")
     periods = data.inputs().rows

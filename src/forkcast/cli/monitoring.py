@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,13 @@ from forkcast.cli.common import (
     service_of,
     step,
 )
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    import pandas as pd
+
+    from forkcast.data.declaration import Dataset
 
 app = typer.Typer()
 
@@ -75,11 +82,11 @@ def drift(
     Labels file (Parquet or CSV), one row per predicted record, as `forkcast replay` writes it:
       request_id  the request's id, as logged (the x-request-id header)
       position    the record's index in that request, from 0
-      actual      the true count (rows without one are ignored)
+      actual      the target's true value (rows without one are ignored)
     """
     from forkcast.monitoring import drift as monitoring
     from forkcast.monitoring.drift.analysis import Context, analyse, no_data_result
-    from forkcast.monitoring.drift.reference import load_reference, production_model
+    from forkcast.monitoring.drift.reference import load_reference, served_model
     from forkcast.monitoring.drift.report import write_outputs
     from forkcast.monitoring.drift.traffic import Window, parse_until, read_labels, read_traffic
     from forkcast.serving import deploy as deployments
@@ -95,17 +102,19 @@ def drift(
         context = Context(environment, log, window, params.monitor, params.dataset)
         label_file = labels or monitoring.default_labels(environment)
         known = read_labels(label_file) if label_file else None
+        model, missing_model = served_model(environment)  # its own inputs say what its log holds
         with step(f"read {environment}'s inference log {log}"):
-            traffic = read_traffic(log, window, params.dataset.inputs())
-        if traffic.rows == 0:
+            traffic = read_traffic(log, window, model.inputs if model else params.dataset.inputs())
+        if traffic.rows == 0:  # "no production data yet" needs no model
             outcome = no_data_result(context, traffic)
             write_outputs(directory, outcome, None)
             typer.echo(f"no production data yet: {outcome['reasons'][0]}.")
             typer.echo(f"next: {outcome['next']}. (Report: {directory / 'summary.md'})")
             raise typer.Exit(monitoring.EXIT_NO_DATA)
+        if model is None:
+            raise missing_model or monitoring.DriftError("no model to compare with")
+        model.check_declared(params.dataset)
         with step("load the reference and the model's predictions on it"):
-            model = production_model(environment)
-            model.check_declared(params.dataset)
             baseline = load_reference(reference or paths.prepared_split("train"), model)
         with step(f"compare {traffic.rows:,} records with {len(baseline.frame):,} reference rows (Evidently)"):
             outcome, snapshot = analyse(context, traffic, baseline, known)
@@ -159,9 +168,6 @@ def replay(
     """
     import datetime as dt
 
-    import pandera.pandas as pa
-
-    from forkcast.data.prepare import build_features, load_raw
     from forkcast.monitoring import replay as replaying
     from forkcast.serving import deploy as deployments
 
@@ -174,16 +180,13 @@ def replay(
         raise fail(f"--labels must be a .parquet file (the replay writes Parquet), not {labels_file}", EXIT_USAGE)
     source = data or dataset.file
     require(source)
-    size = dataset.time.frequency.rows_per_cycle if batch is None else batch
     try:
         first, last = replaying.window(start, end, replaying.model_test_period(environment))
-        replaying.check_batch(size)
+        if batch is not None:
+            replaying.check_batch(batch)
         replaying.read_labels(labels_file)  # an unreadable labels file fails now, before anything is sent
-        try:
-            prepared = build_features(load_raw(source, dataset), dataset)
-        except (ValueError, KeyError, pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
-            raise replaying.ReplayInputError(f"cannot read the {periods} in {source}: {exc}") from exc
-        rows = replaying.select_rows(prepared, first, last)
+        rows = _rows_between(dataset, source, first, last)
+        size = batch or replaying.cycle_batch(rows, dataset.time.frequency.rows_per_cycle)
     except replaying.ReplayInputError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
 
@@ -222,6 +225,20 @@ def replay(
             )
         if not logged:
             raise fail(f"{environment} has not logged every replayed record in {deployed.inference_log}", 1)
+
+
+def _rows_between(dataset: Dataset, source: Path, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """The data's prepared rows (features, time, target) from `first` to `last`; ReplayInputError if unreadable."""
+    import pandera.pandas as pa
+
+    from forkcast.data.prepare import build_features, load_raw
+    from forkcast.monitoring.replay import ReplayInputError, select_rows
+
+    try:
+        prepared = build_features(load_raw(source, dataset), dataset)
+    except (ValueError, KeyError, pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
+        raise ReplayInputError(f"cannot read the {dataset.inputs().rows} in {source}: {exc}") from exc
+    return select_rows(prepared, first, last)
 
 
 @app.command()

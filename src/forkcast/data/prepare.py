@@ -143,6 +143,13 @@ def split_by_time(prepared: pd.DataFrame, split: SplitParams) -> Splits:
     )
 
 
+def measured(inputs: Inputs, prepared: pd.DataFrame) -> Inputs:
+    """The declared inputs with what only the data tells: how many rows (series) share a period."""
+    periods = prepared["timestamp"].nunique()
+    per_period = max(1, round(len(prepared) / periods)) if inputs.series and periods else 1
+    return inputs.model_copy(update={"rows_per_period": per_period})
+
+
 def write_splits(splits: Splits, path_of: dict[str, Path], inputs: Inputs, inputs_path: Path) -> None:
     for name, frame in splits.items():
         atomic.write_atomic(path_of[name], partial(_to_parquet, frame))

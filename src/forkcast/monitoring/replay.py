@@ -6,7 +6,7 @@ log with true seasonal traffic, for demos of the drift job and for tests.
 Every request carries `x-request-id: replay-<uuid>` (the service logs
 it; smoke tests send `smoke-`, probes `probe-`), so the drift job can tell replayed traffic apart.
 
-The true counts of what was sent go to a labels file (`request_id`, `position` in the request, `actual`):
+The true values of what was sent go to a labels file (`request_id`, `position` in the request, `actual`):
 in real life labels arrive later than predictions, and the drift job joins them to the inference log
 on (request_id, position). Replays append to the file, so several of them accumulate.
 """
@@ -28,11 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from forkcast import atomic, paths
-from forkcast.serving.contract import MAX_RECORDS
+from forkcast.serving.contract import MAX_RECORDS, REQUEST_ID_HEADER
 
 REPLAY_REQUEST_PREFIX = "replay-"  # the inference log tells replayed traffic from real traffic by it
-REQUEST_ID_HEADER = "x-request-id"
-LABELS_DIR = paths.OUTPUTS / "labels"
 LABELS_SCHEMA = pa.schema(
     [pa.field("request_id", pa.string()), pa.field("position", pa.int32()), pa.field("actual", pa.float64())]
 )  # position is int32, as in the inference log: the two join on (request_id, position) without a cast
@@ -47,7 +45,7 @@ class ReplayInputError(ValueError):
 
 def labels_path(environment: str | None) -> Path:
     """Where a replay's labels go by default: one file per environment (`adhoc` for a bare URL)."""
-    return LABELS_DIR / f"{environment or 'adhoc'}.parquet"
+    return paths.LABELS_DIR / f"{environment or 'adhoc'}.parquet"
 
 
 def parse_date(text: str, option: str) -> dt.date:
@@ -72,8 +70,12 @@ def model_test_period(environment: str | None) -> tuple[dt.date, dt.date] | None
         if deployed is not None:
             build.use_project_store()
             import bentoml
+            from bentoml.exceptions import BentoMLException
 
-            recorded = bentoml.models.get(deployed.model).info.metadata.get("test_period")
+            try:
+                recorded = bentoml.models.get(deployed.model).info.metadata.get("test_period")
+            except BentoMLException:  # the store lost it: fall back to the pipeline's model below
+                recorded = None
             period = recorded if isinstance(recorded, dict) else None
     if period is None:
         metadata = atomic.read_json_if_exists(paths.MODEL_METADATA) or {}
@@ -90,6 +92,11 @@ def window(start: str | None, end: str | None, test_period: tuple[dt.date, dt.da
     if first is None or last is None:
         if test_period is None:
             raise ReplayInputError("no model test period is recorded (run `dvc repro`): give --from and --to")
+        if (first and first > test_period[1]) or (last and last < test_period[0]):
+            given = f"--from {first}" if first else f"--to {last}"
+            raise ReplayInputError(
+                f"{given} is outside the model's test period ({test_period[0]}..{test_period[1]}): give both dates"
+            )
         first, last = first or test_period[0], last or test_period[1]
     return first, last
 
@@ -111,6 +118,12 @@ def select_rows(prepared: pd.DataFrame, start: dt.date, end: dt.date) -> pd.Data
     if selected.empty:
         raise ReplayInputError(f"the data holds no rows from {start} to {end}")
     return selected.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def cycle_batch(rows: pd.DataFrame, rows_per_cycle: int) -> int:
+    """Records per request for one natural cycle of every series in `rows` (a day of hours), within the limit."""
+    series = max(1, round(len(rows) / rows["timestamp"].nunique())) if len(rows) else 1
+    return min(rows_per_cycle * series, MAX_RECORDS)
 
 
 def to_records(rows: pd.DataFrame, features: Sequence[str]) -> list[dict[str, Any]]:
@@ -188,7 +201,7 @@ def replay(
 ) -> ReplayResult:
     """POST `records` to `url`/predict in batches, over one keep-alive connection, until done or refused.
 
-    The result holds the answered records with their true counts (`actual`, in the same order): a
+    The result holds the answered records with their true values (`actual`, in the same order): a
     replay that stops half-way (refused, unreachable, Ctrl-C) still returns what was answered before.
     """
     if len(records) != len(actual):

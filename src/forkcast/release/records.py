@@ -82,9 +82,11 @@ class ImagePlan:
 def image_labels(record: dict[str, Any], *, source: str, revision: str) -> dict[str, str]:
     """OCI labels for registries and scanners, and the lineage under `dev.forkcast.*` for people."""
     lineage = record["lineage"]
+    dataset = record.get("labels", {}).get("dataset")
+    forecasts = f"Forecasts of {dataset}" if dataset else "Forecasts"
     labels = {
         "org.opencontainers.image.title": "forkcast",
-        "org.opencontainers.image.description": "Hourly demand forecasts (BentoML service built by Forkcast)",
+        "org.opencontainers.image.description": f"{forecasts} (BentoML service built by Forkcast)",
         "org.opencontainers.image.source": source,
         "org.opencontainers.image.revision": revision,
         "org.opencontainers.image.version": record["bento"].split(":", 1)[1],

@@ -11,14 +11,15 @@ missing values, out-of-range values and labels are still counted on every row of
 
 What is compared:
 - input drift, per feature (Evidently's DataDriftPreset): a distance, not a p-value (with 100,000 rows every
-  p-value is tiny): Jensen-Shannon for the discrete features (calendar and weather situation), Wasserstein in
-  training standard deviations for the continuous ones (temp, atemp, hum, windspeed). A feature drifts at
+  p-value is tiny): Jensen-Shannon for the features `dataset.yaml` declares `drift: discrete` (calendar parts,
+  categories), Wasserstein in training standard deviations for the `continuous` ones. A feature drifts at
   `monitor.feature_threshold`; the input drifts when at least `monitor.drift_share` of the features do.
 - prediction drift: the Wasserstein distance of the logged predictions from the model's predictions on the
   reference, against `monitor.prediction_threshold`.
 - data quality: rows, missing values, values outside the training range and categories the model never saw.
 - performance, when labels are known: RMSE and MAE of the labelled rows against the model's test RMSE, allowed
-  to be `monitor.max_error_increase` worse, judged from `monitor.min_labelled_rows` labelled rows.
+  to be `monitor.max_error_increase` worse, judged once
+  `monitor.min_labelled_cycles` natural cycles (days of sub-daily data) are labelled.
 
 Marginal distributions cannot tell "a slice of what the model saw" from "what it never saw": a window much
 narrower than the training period (a week of a nine-month set) differs from it in its seasonal features. The
@@ -27,7 +28,7 @@ says which it is. The thresholds and this limit are measured in benchmarks/READM
 
 Labels arrive later than predictions: a Parquet or CSV file with one row per predicted record and the columns
 `request_id` (the request's id, as logged), `position` (the record's index in that request, from 0) and
-`actual` (the true count). Rows without an `actual` are ignored. `forkcast replay` writes this format to
+`actual` (the target's true value). Rows without an `actual` are ignored. `forkcast replay` writes this format to
 `outputs/labels/<env>.parquet`, which is used when no labels file is given.
 
 Outputs, in `outputs/drift/<env>/`: `report.html` (Evidently's self-contained report), `drift.json` (everything
@@ -47,18 +48,8 @@ from pathlib import Path
 from forkcast import paths
 
 EXIT_NO_DRIFT, EXIT_DRIFT, EXIT_NO_DATA, EXIT_FAILED = 0, 1, 3, 4
-
-
 NO_DRIFT, DRIFT, NO_DATA = "no drift", "drift", "no production data yet"
-
-
-PREDICTION = "prediction"
-
-
 DRIFT_DIR = paths.OUTPUTS / "drift"
-
-
-LABELS_DIR = paths.OUTPUTS / "labels"
 
 
 class DriftError(Exception):
@@ -71,5 +62,5 @@ def output_dir(environment: str) -> Path:
 
 def default_labels(environment: str) -> Path | None:
     """`outputs/labels/<env>.parquet` when `forkcast replay` (or you) wrote one."""
-    path = LABELS_DIR / f"{environment}.parquet"
+    path = paths.LABELS_DIR / f"{environment}.parquet"
     return path if path.exists() else None

@@ -12,17 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from forkcast.data.declaration import Dataset, figure
-from forkcast.monitoring.drift import (
-    DRIFT,
-    EXIT_DRIFT,
-    EXIT_NO_DATA,
-    EXIT_NO_DRIFT,
-    NO_DATA,
-    NO_DRIFT,
-    PREDICTION,
-)
+from forkcast.monitoring.drift import DRIFT, EXIT_DRIFT, EXIT_NO_DATA, EXIT_NO_DRIFT, NO_DATA, NO_DRIFT
 from forkcast.monitoring.drift.reference import ModelInfo, Reference
 from forkcast.monitoring.drift.traffic import SAMPLE_SEED, Traffic, Window, current_frame, join_labels, sample
+from forkcast.serving.contract import PREDICTION
 
 if TYPE_CHECKING:
     from forkcast.config import MonitorParams
@@ -174,7 +167,7 @@ def performance(labelled: pd.DataFrame | None, model: ModelInfo, context: Contex
     if labelled is None:
         return None
     monitor, frequency = context.monitor, context.dataset.time.frequency
-    needed = round(monitor.min_labelled_cycles * frequency.rows_per_cycle)
+    needed = round(monitor.min_labelled_cycles * frequency.rows_per_cycle * model.inputs.rows_per_period)
     rows = len(labelled)
     error = labelled[PREDICTION].to_numpy(np.float64) - labelled["actual"].to_numpy(np.float64)
     rmse = float(np.sqrt(np.mean(error**2))) if rows else None

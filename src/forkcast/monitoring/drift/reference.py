@@ -10,7 +10,8 @@ import pandas as pd
 
 from forkcast import atomic, paths
 from forkcast.data.declaration import Dataset, Inputs
-from forkcast.monitoring.drift import PREDICTION, DriftError
+from forkcast.monitoring.drift import DriftError
+from forkcast.serving.contract import PREDICTION
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,14 @@ def production_model(environment: str) -> ModelInfo:
 
     deployment = deploy.load(cast("deploy.Environment", environment))
     return _deployed_model(environment, deployment.bento) if deployment else _pipeline_model(environment)
+
+
+def served_model(environment: str) -> tuple[ModelInfo | None, DriftError | None]:
+    """`production_model`, or None and why there is none (reporting "no data yet" needs no model)."""
+    try:
+        return production_model(environment), None
+    except DriftError as missing:
+        return None, missing
 
 
 def _deployed_model(environment: str, bento: str) -> ModelInfo:

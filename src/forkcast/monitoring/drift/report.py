@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from forkcast.data.declaration import figure
 from forkcast.monitoring.drift import (
@@ -16,10 +16,6 @@ from forkcast.monitoring.drift import (
     NO_DATA,
     NO_DRIFT,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 METHOD_NAMES = {"jensenshannon": "Jensen-Shannon", "wasserstein": "Wasserstein (std)"}
 

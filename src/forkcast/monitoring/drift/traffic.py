@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,23 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from forkcast.data.declaration import Inputs
-from forkcast.monitoring.drift import (
-    PREDICTION,
-    DriftError,
-)
+from forkcast.monitoring.drift import DriftError
 from forkcast.serving import inference_log
-from forkcast.serving.contract import CHECK_REQUEST_PREFIXES
-
-if TYPE_CHECKING:
-    pass
-
+from forkcast.serving.contract import CHECK_REQUEST_PREFIXES, PREDICTION
 
 LABEL_COLUMNS = ("request_id", "position", "actual")
-
-
 REQUEST_COLUMNS = ("timestamp", "request_id", "position", "model_version")
-
-
 SAMPLE_SEED = 20110101
 
 

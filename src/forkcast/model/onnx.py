@@ -76,6 +76,9 @@ def _integer_missing_value_flags() -> Iterator[None]:
         tree_ensemble.add_node = original
 
 
+ONNX_GRAPH_NAME = "forkcast"
+
+
 def to_onnx_bytes(pipeline: Pipeline) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
@@ -86,7 +89,12 @@ def to_onnx_bytes(pipeline: Pipeline) -> bytes:
         for name in pipeline.feature_names_in_
     ]
     with _integer_missing_value_flags():
-        model = convert_sklearn(pipeline, initial_types=inputs)
+        # The same model must export to the same bytes, so the bento built from it gets the same tag: skl2onnx
+        # draws a random graph name, and lists the opsets in an order that follows Python's hash seed.
+        model = convert_sklearn(pipeline, initial_types=inputs, name=ONNX_GRAPH_NAME)
+    opsets = sorted(model.opset_import, key=lambda opset: (opset.domain, opset.version))
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
     return bytes(model.SerializeToString())
 
 

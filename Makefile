@@ -133,5 +133,5 @@ bench-drift: install ## Time and peak memory of the drift report at 10k, 100k an
 	$(RUN) python benchmarks/drift.py
 
 clean: stop ## Stop the services; remove pipeline outputs, bentos and the local MLflow store (keeps data and .venv)
-	rm -rf outputs/prepared outputs/model outputs/registry outputs/build outputs/deploy outputs/smoke outputs/release \
+	rm -rf outputs/prepared outputs/model outputs/served outputs/registry outputs/build outputs/deploy outputs/smoke outputs/release \
 		outputs/drift outputs/labels outputs/probe .mlflow .bentoml

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -284,7 +285,7 @@ def sampling_error(results: list[dict[str, Any]]) -> float | None:
 # --- calibration -----------------------------------------------------------------------------------------------
 
 
-def distances(reference: pd.DataFrame, current: pd.DataFrame, kinds: dict[str, str]) -> dict[str, float]:
+def distances(reference: pd.DataFrame, current: pd.DataFrame, kinds: Mapping[str, str]) -> dict[str, float]:
     """Each feature's and the prediction's distance, with the functions and column types the job uses."""
     from evidently.legacy.calculations.stattests import jensenshannon_stat_test, wasserstein_stat_test
     from evidently.legacy.core import ColumnType

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from forkcast.config import Params
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("validate", "prepare", "train", "evaluate", "register")
+STAGES = ("validate", "prepare", "train", "evaluate", "backtest", "refit", "register")
 SEASON_STARTS = ((3, 21, 2), (6, 21, 3), (9, 23, 4), (12, 21, 1))  # (month, day, season), as in the 2011 data
 WARM_UP_ROWS = 2_000
 STAGE_IMPORTS = {
@@ -54,6 +54,8 @@ STAGE_IMPORTS = {
     "prepare": ("data.prepare",),
     "train": ("data.prepare", "model.train"),
     "evaluate": ("data.prepare", "model.train", "model.evaluate"),
+    "backtest": ("data.prepare", "model.backtest"),
+    "refit": ("data.prepare", "model.train", "model.refit"),
     "register": ("data.prepare", "model.train", "model.registry"),
 }
 
@@ -170,28 +172,58 @@ def run_stage(stage: str, model: str | None) -> dict[str, Any]:
             result, paths.METRICS_JSON, paths.PREDICTIONS_CSV, paths.ERROR_BY_CYCLE_CSV, paths.ERROR_BY_MONTH_CSV
         )
         facts = {"test_rows": result.metrics["test_rows"], "model": result.metrics["model"]}
-    elif stage == "register":
-        from forkcast import atomic
-        from forkcast.data import prepare
-        from forkcast.model import lineage, registry, train
-
-        registration = registry.track_and_register(
-            params=params,
-            pipeline=train.load_pipeline(paths.MODEL_PICKLE),
-            inputs=params.dataset.inputs(),
-            test=prepare.read_split(splits_path["test"]),
-            evaluation=atomic.read_json(paths.METRICS_JSON),
-            metadata=atomic.read_json(paths.MODEL_METADATA),
-            lineage=lineage.lineage(paths.DATA_DVC, paths.DVC_LOCK),
-            artifacts=[paths.VALIDATION_JSON, paths.VALIDATION_MD, paths.MODEL_METADATA, paths.METRICS_JSON,
-                       paths.MODEL_ONNX],
-            local_dir=paths.LOCAL_MLFLOW_DIR,
-        )  # fmt: skip
-        registry.save_gate(registration, paths.GATE_JSON, paths.GATE_MD)
-        facts = {"version": registration.version, "eligible": registration.verdict.eligible}
+    elif stage in {"backtest", "refit", "register"}:
+        facts = run_release_stage(stage, params, splits_path)
     else:
         raise ValueError(f"unknown stage {stage!r}")
     return {"seconds": time.perf_counter() - started, "import_rss_mb": import_rss_mb, **facts}
+
+
+def run_release_stage(stage: str, params: Params, splits_path: dict[str, Path]) -> dict[str, Any]:
+    """The stages after evaluation: the backtest, the refit and the registration with its gate."""
+    from forkcast import paths
+
+    if stage == "backtest":
+        from forkcast.data import prepare
+        from forkcast.model import backtest
+
+        data = backtest.all_rows({name: prepare.read_split(path) for name, path in splits_path.items()})
+        inputs = params.dataset.inputs()
+        folds = backtest.make_folds(data["timestamp"], inputs.frequency, params.backtest)
+        folded = backtest.backtest(params.train, data, inputs, folds, seasonal_keys=params.dataset.seasonal_keys)
+        backtest.save(folded, paths.BACKTEST_JSON, paths.BACKTEST_CSV)
+        facts = {"folds": len(folds), "model_rmse": folded["model"]["rmse"]}
+    elif stage == "refit":
+        from forkcast.data import prepare
+        from forkcast.model import lineage, refit, train
+
+        frames = {name: prepare.read_split(path) for name, path in splits_path.items()}
+        evaluated = train.load(paths.MODEL_PICKLE, paths.MODEL_ONNX, paths.MODEL_METADATA)
+        released = refit.refit(params, frames, params.dataset.inputs(), evaluated, lineage.data_hash(paths.DATA_DVC))
+        train.save(released, paths.SERVED_PICKLE, paths.SERVED_ONNX, paths.SERVED_METADATA)
+        facts = {"rows": released.metadata["fitted_on"]["rows"]}
+    elif stage == "register":
+        from forkcast import atomic
+        from forkcast.data import prepare
+        from forkcast.model import backtest, lineage, registry, train
+
+        registration = registry.track_and_register(
+            params=params,
+            pipeline=train.load_pipeline(paths.SERVED_PICKLE),
+            inputs=params.dataset.inputs(),
+            data=backtest.all_rows({name: prepare.read_split(path) for name, path in splits_path.items()}),
+            backtest=atomic.read_json(paths.BACKTEST_JSON),
+            evaluation=atomic.read_json(paths.METRICS_JSON),
+            metadata=atomic.read_json(paths.SERVED_METADATA),
+            lineage=lineage.lineage(paths.DATA_DVC, paths.DVC_LOCK),
+            artifacts=[paths.VALIDATION_JSON, paths.VALIDATION_MD, paths.SERVED_METADATA, paths.METRICS_JSON,
+                       paths.BACKTEST_JSON, paths.SERVED_ONNX],
+            local_dir=paths.LOCAL_MLFLOW_DIR,
+            onnx=paths.SERVED_ONNX.read_bytes(),
+        )  # fmt: skip
+        registry.save_gate(registration, paths.GATE_JSON, paths.GATE_MD)
+        facts = {"version": registration.version, "eligible": registration.verdict.eligible}
+    return facts
 
 
 def vm_hwm_mb() -> float | None:

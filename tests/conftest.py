@@ -8,6 +8,7 @@ dataset (the bike rentals and the electricity demand of examples/electricity), a
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -38,7 +39,8 @@ ELECTRICITY = ROOT / "examples" / "electricity"
 PROJECT_FILES = (
     "src", "pyproject.toml", "params.yaml", "dataset.yaml", "dvc.yaml", "dvc.lock", "data.dvc", "feed.dvc",
     ".gitignore", "bentofile.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/storage", "Makefile",
-    "README.md", "outputs/evaluation/metrics.json", "outputs/validation/report.json", "uv.lock", ".github", "deploy",
+    "README.md", "outputs/evaluation/metrics.json", "outputs/evaluation/backtest.json",
+    "outputs/validation/report.json", "uv.lock", ".github", "deploy",
     "bin", "examples",
 )  # fmt: skip
 
@@ -191,7 +193,9 @@ def built(trained: TrainedModel, splits: Splits, params: Params, tmp_path_factor
     tag = build_bento(
         trained, splits, params, lineage=lineage, golden_cases=params.smoke.golden_cases, output_dir=output_dir
     )
-    return Built(tag, output_dir, lineage)
+    # What the bento records: this lineage, or, where a build of the same model came first, that build's.
+    recorded = json.loads((output_dir / build.BUILD_JSON.name).read_text())["lineage"]
+    return Built(tag, output_dir, recorded)
 
 
 def model_source(trained: TrainedModel, params: Params, lineage: dict[str, Any]) -> build.ModelSource:

@@ -145,7 +145,7 @@ def test_an_unreachable_tracking_server_fails_in_seconds_saying_what_to_do(
 ) -> None:
     from .conftest import free_port
 
-    for name in ("validate", "prepare", "train", "evaluate"):
+    for name in ("validate", "prepare", "train", "evaluate", "backtest", "refit"):
         assert main([name]) == 0
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     assert main(["register"]) == 2

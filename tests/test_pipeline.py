@@ -14,10 +14,11 @@ from .test_cli import break_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-STAGES = ["validate", "prepare", "train", "evaluate", "register"]
+STAGES = ["validate", "prepare", "train", "evaluate", "backtest", "refit", "register"]
 DOWNSTREAM = [
     "outputs/prepared/train.parquet", "outputs/model/model.joblib", "outputs/model/model.onnx",
-    "outputs/model/metadata.json", "outputs/evaluation/metrics.json", "outputs/registry/gate.json",
+    "outputs/model/metadata.json", "outputs/evaluation/metrics.json", "outputs/evaluation/backtest.json",
+    "outputs/served/model.joblib", "outputs/served/metadata.json", "outputs/registry/gate.json",
 ]  # fmt: skip
 
 
@@ -42,7 +43,7 @@ def test_fresh_clone_runs_everything_then_is_up_to_date_then_stops_on_bad_data(p
     assert not (project / "mlruns").exists()
 
     # Lineage: the data hash and the commit the model was trained from.
-    metadata = json.loads((project / "outputs/model/metadata.json").read_text())
+    metadata = json.loads((project / "outputs/served/metadata.json").read_text())
     data_dvc = yaml.safe_load((project / "data.dvc").read_text())
     assert metadata["data_hash"] == data_dvc["outs"][0]["md5"]
     head = run_ok(["git", "rev-parse", "HEAD"], project).stdout.strip()
@@ -114,13 +115,15 @@ def test_a_change_to_the_declaration_reruns_only_the_stages_it_affects(project: 
     )
     rerun = run_ok(["dvc", "repro"], project).stdout
     assert "Running stage 'validate'" in rerun
-    for stage in ("train", "evaluate", "register"):
+    for stage in ("train", "evaluate", "backtest", "refit", "register"):
         assert f"Running stage '{stage}'" not in rerun
-    # The baseline's keys change the evaluation (and what register records), not the model.
+    # The baseline's keys change the evaluation and the backtest (and what register records), not the model.
     declaration.write_text(text.replace("seasonal_keys: [workingday, hr]", "seasonal_keys: [hr]"))
     rerun = run_ok(["dvc", "repro"], project).stdout
     assert "Running stage 'evaluate'" in rerun
+    assert "Running stage 'backtest'" in rerun
     assert "Running stage 'train'" not in rerun
+    assert "Running stage 'refit'" not in rerun
 
 
 def test_new_data_and_new_params_show_up_in_dvc_diffs(project: Path) -> None:
@@ -152,6 +155,8 @@ def test_new_data_and_new_params_show_up_in_dvc_diffs(project: Path) -> None:
     metrics_diff = json.loads(run_ok(["dvc", "metrics", "diff", "--json"], project).stdout)
     rmse = metrics_diff["outputs/evaluation/metrics.json"]["model.rmse"]
     assert rmse["old"] != rmse["new"]
+    backtest = metrics_diff["outputs/evaluation/backtest.json"]["model.rmse.mean"]
+    assert backtest["old"] != backtest["new"]
     rows = metrics_diff["outputs/validation/report.json"]["summary.rows"]
     assert rows["new"] > rows["old"]  # July arrived
 
@@ -164,7 +169,8 @@ def test_promoting_then_a_worse_model_is_refused_by_the_gate(project: Path) -> N
     run_ok(["dvc", "repro"], project)  # the gate reports; it does not break the pipeline
     gate = json.loads((project / "outputs/registry/gate.json").read_text())
     assert not gate["eligible"]
-    assert gate["verdict"]["production_version"] == "1"
+    failed = {c["against"] for c in gate["verdict"]["comparisons"] if not c["passed"]}
+    assert failed == {"the seasonal baseline", "production v1"}
     summary = run_ok(["forkcast", "summary"], project).stdout
     assert "REJECTED" in summary
     assert "worse" in summary
@@ -173,3 +179,25 @@ def test_promoting_then_a_worse_model_is_refused_by_the_gate(project: Path) -> N
     assert refused.returncode == 1
     assert "not eligible for promotion (gate: rejected)" in refused.stderr
     run_ok(["forkcast", "promote", "2", "--force"], project)
+
+
+def test_the_same_model_twice_is_one_version_and_one_bento_tag(project: Path) -> None:
+    """A retrain to the same model (a forced rerun of every stage, another commit) registers nothing new, builds
+    nothing new, and once it is production's, the gate says there is nothing to release."""
+    run_ok(["dvc", "repro"], project)
+    first = run_ok(["forkcast", "build"], project).stdout
+    first_gate = json.loads((project / "outputs/registry/gate.json").read_text())
+    run_ok(["forkcast", "promote", first_gate["version"]], project)
+    commit(project, "another commit, the same model")
+
+    run_ok(["dvc", "repro", "--force"], project)
+    gate = json.loads((project / "outputs/registry/gate.json").read_text())
+    assert gate["version"] == first_gate["version"]
+    assert gate["run_id"] != first_gate["run_id"]  # a new run, recorded, that found the same model
+    assert gate["verdict"]["unchanged"]
+    assert run_ok(["forkcast", "job-summary", "--outputs"], project).stdout == "eligible=true\nunchanged=true\n"
+    second = run_ok(["forkcast", "build"], project).stdout
+    tag = json.loads((project / "outputs/build/build.json").read_text())["bento"]
+    assert tag in first
+    assert tag in second
+    assert f"{tag} already built, reused" in second

@@ -135,4 +135,6 @@ def test_a_production_model_of_the_old_data_does_not_stop_the_new_one(project: P
     gate = json.loads((project / "outputs/registry/gate.json").read_text())
     assert gate["eligible"]
     assert gate["version"] == "2"
-    assert gate["verdict"]["reason"].startswith("production v1 was trained on inputs the data no longer has (")
+    (note,) = gate["verdict"]["notes"]
+    assert note.startswith("production v1 was trained on inputs the data no longer has (season, hr,")
+    assert [c["against"] for c in gate["verdict"]["comparisons"]] == ["the seasonal baseline"]

@@ -74,17 +74,43 @@ class TrainParams(_Section):
     # ONNX must reproduce scikit-learn's predictions: |difference| <= this x max(1, |prediction|), i.e. absolute
     # below 1 (in the target's unit) and relative above (float32 rounding grows with the values).
     onnx_tolerance: Annotated[float, Field(gt=0.0)] = 0.001
+    # After evaluation, fit the served model again with the same settings on every row up to the newest, so the
+    # release knows the latest data (the evaluated model never saw the validation and test periods).
+    refit_on_all: bool = True
 
     def hyperparameters(self) -> dict[str, Any]:
         """The hyperparameters of the selected model family only."""
         chosen: _Section = getattr(self, self.model)
         return chosen.model_dump()
 
+    def recipe(self) -> dict[str, Any]:
+        """What decides the fitted model besides the data: the family, its hyperparameters and the seed."""
+        return {"model": self.model, "seed": self.seed, "hyperparameters": self.hyperparameters()}
+
+    def with_recipe(self, recipe: dict[str, Any]) -> TrainParams:
+        """These settings with another model's recipe (as its metadata records it): to retrain that model."""
+        family = recipe["model"]
+        return self.model_validate(
+            {**self.model_dump(), "model": family, "seed": recipe["seed"], family: recipe["hyperparameters"]}
+        )
+
 
 class GateParams(_Section):
     metric: Literal["rmse", "mae"] = "rmse"
-    # A candidate may be worse than production by at most this share of production's metric.
+    # A floor that does not move: the candidate's backtest error must be at least this share below the naive
+    # seasonal baseline's on the same folds.
+    min_improvement_over_baseline: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    # A candidate may be worse than production, and than the best of the last `releases_compared` production
+    # releases, by at most this share (the second bound stops a chain of small steps down).
     tolerance: Annotated[float, Field(ge=0.0)] = 0.05
+    releases_compared: Annotated[int, Field(ge=1, le=50)] = 5
+
+
+class BacktestParams(_Section):
+    # Rolling origin: the last `folds` blocks of `fold_cycles` natural cycles each (a cycle is a day of hourly
+    # rows, a week of daily ones, a year of weekly ones) are each in turn the test, with every earlier row trained on.
+    folds: Annotated[int, Field(ge=2, le=52)] = 8
+    fold_cycles: Annotated[int, Field(ge=1)] = 7
 
 
 class TrackingParams(_Section):
@@ -122,8 +148,10 @@ class MonitorParams(_Section):
     feature_threshold: Annotated[float, Field(gt=0.0)] = 0.3
     drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3  # input drift: this share of features drifted
     prediction_threshold: Annotated[float, Field(gt=0.0)] = 0.25  # Wasserstein, in training std of predictions
-    # With labels: drift when the RMSE exceeds the model's test RMSE by more than this share ...
-    max_error_increase: Annotated[float, Field(ge=0.0)] = 0.5
+    # With labels, on the same labelled rows: drift when the model's RMSE exceeds the naive seasonal baseline's by more
+    # than this share, or when its bias (mean error / mean true value) is beyond ±max_bias ...
+    max_error_vs_baseline: Annotated[float, Field(ge=0.0)] = 0.1
+    max_bias: Annotated[float, Field(gt=0.0)] = 0.3
     # ... judged only from this many natural cycles of labelled rows (7 days of hours, 7 weeks of days; fewer are
     # reported, not judged).
     min_labelled_cycles: Annotated[float, Field(gt=0.0)] = 7.0
@@ -135,6 +163,7 @@ class Params(_Section):
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
+    backtest: BacktestParams = BacktestParams()
     gate: GateParams = GateParams()
     tracking: TrackingParams = TrackingParams()
     serve: ServeParams = ServeParams()

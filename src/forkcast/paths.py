@@ -23,6 +23,13 @@ METRICS_JSON = EVALUATION_DIR / "metrics.json"
 PREDICTIONS_CSV = EVALUATION_DIR / "predictions.csv"
 ERROR_BY_CYCLE_CSV = EVALUATION_DIR / "error_by_cycle.csv"  # through the natural cycle: the day of hourly data
 ERROR_BY_MONTH_CSV = EVALUATION_DIR / "error_by_month.csv"
+BACKTEST_JSON = EVALUATION_DIR / "backtest.json"  # the rolling-origin backtest the gate judges
+BACKTEST_CSV = EVALUATION_DIR / "backtest.csv"
+
+SERVED_DIR = OUTPUTS / "served"  # the model that is built and served: refit on all rows (train.refit_on_all)
+SERVED_PICKLE = SERVED_DIR / "model.joblib"
+SERVED_ONNX = SERVED_DIR / "model.onnx"
+SERVED_METADATA = SERVED_DIR / "metadata.json"
 
 REGISTRY_DIR = OUTPUTS / "registry"
 GATE_JSON = REGISTRY_DIR / "gate.json"

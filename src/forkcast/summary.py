@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from forkcast import atomic, paths
 from forkcast.data.declaration import Inputs, figure, read_inputs
 from forkcast.monitoring.drift import DRIFT, NO_DATA
@@ -42,10 +44,20 @@ def pipeline_summary() -> str:
         ]
     if gate and metrics and paths.GATE_JSON.stat().st_mtime < paths.METRICS_JSON.stat().st_mtime:
         lines.append("(register has not finished since the last evaluation: the gate below judged an earlier model)")
+    backtest = atomic.read_json_if_exists(paths.BACKTEST_JSON)
+    if backtest:
+        model, baseline = backtest["model"]["rmse"], backtest["baseline"]["rmse"]
+        lines.append(
+            f"backtest          RMSE {figure(model['mean'])} ± {figure(model['std'])} over {len(backtest['folds'])} "
+            f"folds, baseline {figure(baseline['mean'])} ± {figure(baseline['std'])}"
+            f" ({versus_baseline(backtest['rmse_improvement_over_baseline'])})  -> {paths.BACKTEST_CSV}"
+        )
     if gate:
         verdict = gate["verdict"]
+        lines.append(f"quality gate      {'ELIGIBLE for promotion' if gate['eligible'] else 'REJECTED'}:")
+        lines += [f"                    {gate_line(c, verdict['metric'])}" for c in verdict.get("comparisons", [])]
+        lines += [f"                    {note}" for note in verdict.get("notes", [])]
         lines += [
-            f"quality gate      {'ELIGIBLE for promotion' if gate['eligible'] else 'REJECTED'}: {verdict['reason']}",
             f"MLflow            {gate['model_name']} v{gate['version']} (alias candidate), run {gate['run_id']}",
             f"                  store {gate['tracking_uri']}; browse with `make ui`",
         ]
@@ -54,6 +66,15 @@ def pipeline_summary() -> str:
     lines += serving_lines()
     lines += drift_lines(inputs)
     return "\n".join(lines)
+
+
+def gate_line(comparison: dict[str, Any], metric: str) -> str:
+    """One comparison of gate.json in a line: pass or FAIL, the figures, and how they were obtained."""
+    word = "pass" if comparison["passed"] else "FAIL"
+    return (
+        f"{word}  vs {comparison['against']}: {metric} {figure(comparison['candidate'])} vs "
+        f"{figure(comparison['reference'])} (at most {figure(comparison['allowed'])})"
+    )
 
 
 def _periods(inputs: Inputs | None) -> str:

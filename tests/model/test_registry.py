@@ -10,68 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from forkcast.config import GateParams, HistGradientBoostingParams, Params, TrackingParams
+from forkcast import atomic
+from forkcast.config import HistGradientBoostingParams, Params, TrackingParams
 from forkcast.data.prepare import Splits
+from forkcast.model.backtest import all_rows, backtest, make_folds
 from forkcast.model.evaluate import evaluate
-from forkcast.model.registry import CANDIDATE, PRODUCTION, judge, promote, save_gate, track_and_register
+from forkcast.model.refit import refit
+from forkcast.model.registry import CANDIDATE, PRODUCTION, RELEASED_AT, promote, save_gate, track_and_register
 from forkcast.model.train import TrainedModel, train
 
 from ..conftest import BIN, free_port, tool_env
-
-
-def test_the_first_version_is_eligible() -> None:
-    verdict = judge(GateParams(), "1", {"rmse": 50.0, "mae": 30.0}, None, None)
-    assert verdict.eligible
-    assert "nothing to compare against" in verdict.reason
-
-
-def test_a_production_model_of_other_data_is_named_not_compared() -> None:
-    """After another dataset is swapped in, production cannot score the new test rows: the gate says so."""
-    verdict = judge(
-        GateParams(), "4", {"rmse": 0.4}, "3", None, incomparable="was trained on inputs the data no longer has (hr)"
-    )
-    assert verdict.eligible
-    assert verdict.production_version is None
-    assert verdict.reason.startswith(
-        "production v3 was trained on inputs the data no longer has (hr): nothing to compare"
-    )
-
-
-@pytest.mark.parametrize(
-    ("candidate", "eligible", "words"),
-    [
-        (50.0, True, "no change"),
-        (52.4, True, "4.8% worse"),
-        (52.6, False, "5.2% worse"),
-        (40.0, True, "20.0% better"),
-    ],
-)
-def test_the_gate_allows_at_most_the_tolerance(candidate: float, eligible: bool, words: str) -> None:
-    verdict = judge(GateParams(metric="rmse", tolerance=0.05), "2", {"rmse": candidate}, "1", {"rmse": 50.0})
-    assert verdict.eligible is eligible
-    assert words in verdict.reason
-    assert verdict.allowed_value == pytest.approx(52.5)
-
-
-def test_exactly_at_the_tolerance_passes_despite_float_rounding() -> None:
-    # 100 * 1.15 is 114.99999999999999 in floating point.
-    verdict = judge(GateParams(tolerance=0.15), "2", {"rmse": 115.0}, "1", {"rmse": 100.0})
-    assert verdict.eligible
-
-
-def test_a_perfect_production_model_is_only_matched_not_beaten() -> None:
-    assert judge(GateParams(tolerance=0.5), "2", {"rmse": 0.0}, "1", {"rmse": 0.0}).eligible
-    worse = judge(GateParams(tolerance=0.5), "2", {"rmse": 0.1}, "1", {"rmse": 0.0})
-    assert not worse.eligible
-    assert "worse than a perfect production model" in worse.reason
-
-
-def test_the_gate_uses_the_configured_metric() -> None:
-    verdict = judge(
-        GateParams(metric="mae", tolerance=0.0), "2", {"rmse": 1.0, "mae": 31.0}, "1", {"rmse": 99.0, "mae": 30.0}
-    )
-    assert not verdict.eligible
-    assert verdict.metric == "mae"
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +66,26 @@ LINEAGE = {
 
 
 def register(params: Params, model: TrainedModel, splits: Splits, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """What the backtest, refit and register stages do, for `model`'s settings."""
     inputs = params.dataset.inputs()
+    data = all_rows(splits.as_dict())
     evaluation = evaluate(model.pipeline, splits.train, splits.test, inputs, params.dataset.seasonal_keys)
-    report = tmp_path / "report.json"
+    folds = make_folds(data["timestamp"], inputs.frequency, params.backtest)
+    result = backtest(params.train, data, inputs, folds, seasonal_keys=params.dataset.seasonal_keys)
+    released = refit(params, splits.as_dict(), inputs, model, data_hash=None)
+    report, metadata = tmp_path / "report.json", tmp_path / "metadata.json"
     report.write_text('{"passed": true}')
+    atomic.write_json(metadata, released.metadata)
     return track_and_register(
-        params=params, pipeline=model.pipeline, inputs=inputs, test=splits.test, evaluation=evaluation.metrics,
-        metadata=model.metadata, lineage=LINEAGE, artifacts=[report], local_dir=tmp_path / ".mlflow",
+        params=params, pipeline=released.pipeline, inputs=inputs, data=data, backtest=result,
+        evaluation=evaluation.metrics, metadata=released.metadata, lineage=LINEAGE, artifacts=[report, metadata],
+        local_dir=tmp_path / ".mlflow", onnx=released.onnx,
     )  # fmt: skip
+
+
+def with_max_iter(params: Params, max_iter: int) -> Params:
+    settings = params.train.model_copy(update={"hist_gradient_boosting": HistGradientBoostingParams(max_iter=max_iter)})
+    return params.model_copy(update={"train": settings})
 
 
 @pytest.mark.slow
@@ -157,6 +117,8 @@ def test_runs_versions_aliases_and_the_gate_on_a_real_server(
     assert run.data.params["model"] == "hist_gradient_boosting"
     assert run.data.params["hist_gradient_boosting.max_iter"] == "100"
     assert run.data.metrics["test_rmse"] < run.data.metrics["baseline_rmse"]
+    assert run.data.metrics["backtest_model_rmse_mean"] < run.data.metrics["backtest_baseline_rmse_mean"]
+    assert run.data.params["train.refit_on_all"] == "True"
     assert run.data.tags["git_commit"] == LINEAGE["git_commit"]
     assert run.data.tags["data_hash"] == LINEAGE["data_hash"]
     assert run.data.tags["dvc_stage.train"] == "aaa"
@@ -170,30 +132,62 @@ def test_runs_versions_aliases_and_the_gate_on_a_real_server(
     served = mlflow.pyfunc.load_model(f"models:/{name}@{CANDIDATE}")
     assert served.metadata.signature is not None
     loaded = served.predict(splits.test[good_model.metadata["features"]].head(50))
-    expected = good_model.pipeline.predict(splits.test[good_model.metadata["features"]].head(50))
+    # The registered model is the served one: the same settings refit on every row (deterministic, seeded).
+    served_model = refit(params, splits.as_dict(), params.dataset.inputs(), good_model, data_hash=None).pipeline
+    expected = served_model.predict(splits.test[good_model.metadata["features"]].head(50))
     assert list(loaded.round(6)) == list(expected.round(6))
 
-    # Production is v1; a much worse model is registered but refused, and says by how much.
+    # Production is v1; a much worse model is registered but refused by the baseline and by production.
     promote(tmp_path / ".mlflow", params, first.version)
-    weak = params.train.model_copy(update={"hist_gradient_boosting": HistGradientBoostingParams(max_iter=2)})
-    worse_params = params.model_copy(update={"train": weak})
-    worse = register(
-        worse_params, train(worse_params, splits.as_dict(), params.dataset.inputs(), None), splits, tmp_path
-    )
+    assert client.get_model_version(name, first.version).tags[RELEASED_AT]
+    weak = with_max_iter(params, 2)
+    worse = register(weak, train(weak, splits.as_dict(), params.dataset.inputs(), None), splits, tmp_path)
     assert not worse.verdict.eligible
-    assert worse.verdict.production_version == first.version
-    assert "worse" in worse.verdict.reason
+    failed = {c.against for c in worse.verdict.comparisons if not c.passed}
+    assert failed == {"the seasonal baseline", f"production v{first.version}"}
     assert client.get_model_version_by_alias(name, PRODUCTION).version == first.version
     assert client.get_model_version_by_alias(name, CANDIDATE).version == worse.version
     assert client.get_model_version(name, worse.version).tags["gate"] == "rejected"
 
-    # The same model again scores exactly like production: eligible.
+    # The same settings again: production was refit on every row, so its settings' backtest is the candidate's.
     again = register(params, good_model, splits, tmp_path)
     assert again.verdict.eligible
-    assert again.verdict.candidate_value == pytest.approx(again.verdict.production_value)
+    assert again.verdict.production is not None
+    assert again.verdict.production.candidate == pytest.approx(again.verdict.production.reference)
+    assert "saw them all" in again.verdict.production.how
 
     save_gate(worse, tmp_path / "gate.json", tmp_path / "gate.md")
     assert "REJECTED" in (tmp_path / "gate.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.bikes
+def test_a_chain_of_candidates_each_slightly_worse_is_stopped(
+    mlflow_server: str, good_model: TrainedModel, splits: Splits, params: Params, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Real models on the real data: max_iter 100, then 45 (3.7% worse on the backtest: released), then 30 (4.7%
+    worse than production, 8.6% worse than the first release): the third is refused by the best recent release."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    params = params.model_copy(update={"tracking": TrackingParams(experiment="chain", registered_model="chain-test")})
+    local = tmp_path / ".mlflow"
+    first = register(params, good_model, splits, tmp_path)
+    promote(local, params, first.version)
+    step_down = with_max_iter(params, 45)
+    second = register(step_down, train(step_down, splits.as_dict(), params.dataset.inputs(), None), splits, tmp_path)
+    assert second.verdict.eligible, second.verdict.reason
+    promote(local, params, second.version)
+    further = with_max_iter(params, 30)
+    third = register(further, train(further, splits.as_dict(), params.dataset.inputs(), None), splits, tmp_path)
+    assert not third.verdict.eligible
+    results = {c.against: c.passed for c in third.verdict.comparisons}
+    assert results == {
+        "the seasonal baseline": True,
+        f"production v{second.version}": True,
+        f"v{first.version}, the best of the last 2 production releases": False,
+    }
+    assert all("retrained on the same 8 folds" in c.how for c in third.verdict.comparisons[1:])
 
 
 @pytest.mark.slow

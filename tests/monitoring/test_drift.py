@@ -35,9 +35,10 @@ from scipy import stats
 
 from forkcast.cli import main
 from forkcast.config import Params
-from forkcast.data.declaration import Inputs
+from forkcast.data.declaration import Inputs, figure
 from forkcast.data.prepare import build_features, load_raw
 from forkcast.model.estimator import fit, predict
+from forkcast.model.metrics import seasonal_baseline
 from forkcast.model.onnx import columns_of_frame
 from forkcast.model.train import TrainedModel
 from forkcast.monitoring.drift import traffic
@@ -61,7 +62,7 @@ pytestmark = [  # raised while evidently imports; not ours to fix
 
 @dataclass(frozen=True)
 class Scenario:
-    project: Path  # a project directory: outputs/prepared, outputs/model, outputs/evaluation
+    project: Path  # a project directory: outputs/prepared, outputs/served, outputs/evaluation
     reference: pd.DataFrame  # the model's training rows (even Jan-Feb days), with its predictions
     odd: pd.DataFrame  # more Jan-Feb traffic as logged: request_id, position, features, prediction, actual
     july: pd.DataFrame
@@ -101,17 +102,17 @@ def log_requests(
 
 def write_model(project: Path, pipeline: Any, reference: pd.DataFrame, inputs: Inputs, errors: pd.Series) -> float:
     """The pipeline outputs the drift job reads: the training split, the model, its metadata and metrics."""
-    for directory in ("prepared", "model", "evaluation"):
+    for directory in ("prepared", "served", "evaluation"):
         (project / "outputs" / directory).mkdir(parents=True, exist_ok=True)
     reference.drop(columns="prediction").to_parquet(project / "outputs/prepared/train.parquet", index=False)
-    joblib.dump(pipeline, project / "outputs/model/model.joblib")
+    joblib.dump(pipeline, project / "outputs/served/model.joblib")
     metadata = {
         "data_hash": "janfeb-even.dir",
         "trained_at": "2026-02-28T00:00:00+00:00",
         "splits": {"train": {"rows": len(reference), "start": reference["timestamp"].min().isoformat()}},
         "inputs": inputs.model_dump(mode="json"),
     }
-    (project / "outputs/model/metadata.json").write_text(json.dumps(metadata))
+    (project / "outputs/served/metadata.json").write_text(json.dumps(metadata))
     test_rmse = float(np.sqrt(np.mean(errors**2)))
     metrics = {"model": {"rmse": test_rmse, "mae": float(np.mean(np.abs(errors)))}}
     (project / "outputs/evaluation/metrics.json").write_text(json.dumps(metrics))
@@ -281,31 +282,67 @@ def test_the_summary_has_the_verdict_and_a_row_per_feature(july_run: Run, odd_ru
 # --- labels --------------------------------------------------------------------------------------------------
 
 
-def test_labels_add_the_error_against_the_allowed_bound(scenario: Scenario, params: Params) -> None:
-    labelled = scenario.july.head(600)  # labels arrive late: only some of the window is known
-    labels_file = scenario.project / "outputs" / "labels" / "staging.parquet"  # where `forkcast replay` puts them
+def judge_labels(scenario: Scenario, labelled: pd.DataFrame, sink: str) -> tuple[int, dict[str, Any]]:
+    """Run the drift job on `sink` with the labels of `labelled` where `forkcast replay` puts them."""
+    labels_file = scenario.project / "outputs" / "labels" / "staging.parquet"
     labels_file.parent.mkdir(parents=True, exist_ok=True)
     labelled[["request_id", "position", "actual"]].to_parquet(labels_file, index=False)
     try:
-        code, outcome = run_drift(
-            scenario.project, "--env", "staging", "--sink", str(scenario.sinks["july"]), "--until", UNTIL
-        )
+        return run_drift(scenario.project, "--env", "staging", "--sink", str(scenario.sinks[sink]), "--until", UNTIL)
     finally:
         labels_file.unlink()
+
+
+def expected_performance(scenario: Scenario, labelled: pd.DataFrame, params: Params) -> tuple[float, float, float]:
+    """The model's RMSE and bias on the labelled rows, and the seasonal baseline's RMSE, computed here."""
+    predicted = labelled["prediction"].to_numpy(np.float32).astype(np.float64)  # as logged
+    actual = labelled["actual"].to_numpy(np.float64)
+    keys = list(params.dataset.seasonal_keys)
+    baseline = seasonal_baseline(scenario.reference, params.dataset.target, labelled, keys).to_numpy(np.float64)
+    rmse = float(np.sqrt(np.mean((predicted - actual) ** 2)))
+    return rmse, float(np.mean(predicted - actual) / np.mean(actual)), float(np.sqrt(np.mean((baseline - actual) ** 2)))
+
+
+def test_labels_judge_the_error_against_the_baseline_on_the_same_rows_and_the_bias(
+    scenario: Scenario, params: Params
+) -> None:
+    """A January-February model serving July: its error against the naive baseline's on the same July rows, and
+    its bias (it predicts winter levels), whatever its own test error was."""
+    labelled = scenario.july.head(600)  # labels arrive late: only some of the window is known
+    code, outcome = judge_labels(scenario, labelled, "july")
     performance = outcome["performance"]
-    error = labelled["prediction"].to_numpy(np.float32).astype(np.float64) - labelled["actual"].to_numpy(np.float64)
+    rmse, bias, baseline_rmse = expected_performance(scenario, labelled, params)
     assert code == 1
     assert outcome["environment"] == "staging"
     assert performance["labelled_rows"] == 600
-    assert performance["rmse"] == pytest.approx(float(np.sqrt(np.mean(error**2))))
-    assert performance["test_rmse"] == pytest.approx(scenario.test_rmse)
-    assert performance["allowed_rmse"] == pytest.approx(scenario.test_rmse * (1 + params.monitor.max_error_increase))
+    assert performance["rmse"] == pytest.approx(rmse)
+    assert performance["bias"] == pytest.approx(bias)
+    assert performance["baseline_rmse"] == pytest.approx(baseline_rmse)
+    assert performance["allowed_rmse"] == pytest.approx(baseline_rmse * (1 + params.monitor.max_error_vs_baseline))
     assert performance["judged"]
-    assert performance["worse_than_allowed"]
-    assert any(reason.startswith("labelled RMSE") for reason in outcome["reasons"])
+    assert bias < -params.monitor.max_bias  # July rides far above what winter taught it
+    assert performance["biased"]
+    assert performance["worse_than_baseline"] is (rmse > performance["allowed_rmse"])
+    assert any(reason.startswith("bias -") and "systematically low" in reason for reason in outcome["reasons"])
     summary = (scenario.project / "outputs" / "drift" / "staging" / "summary.md").read_text()
-    assert "### Performance on labelled records: **WORSE than allowed**" in summary
-    assert f"| labelled records in the window | 600 | {performance['rmse']:.1f} |" in summary
+    assert "### Performance on labelled records: **" in summary
+    assert "BIASED**" in summary
+    assert f"| the model | {figure(rmse)} |" in summary
+    assert f"| the naive seasonal baseline | {figure(baseline_rmse)} |" in summary
+
+
+def test_labels_of_traffic_like_the_training_data_are_no_drift(scenario: Scenario, params: Params) -> None:
+    """The odd January-February days: judged, better than the baseline, unbiased."""
+    labelled = scenario.odd.head(24 * 10)
+    _, outcome = judge_labels(scenario, labelled, "odd")
+    performance = outcome["performance"]
+    rmse, bias, baseline_rmse = expected_performance(scenario, labelled, params)
+    assert performance["judged"]
+    assert rmse < baseline_rmse
+    assert abs(bias) < params.monitor.max_bias
+    assert not performance["worse_than_baseline"]
+    assert not performance["biased"]
+    assert not any("labelled" in reason or "bias" in reason for reason in outcome["reasons"])
 
 
 def test_a_labels_file_without_the_columns_is_a_usage_error(
@@ -561,16 +598,7 @@ def test_the_html_report_renders_the_drift_verdict(july_run: Run, params: Params
 
 
 def test_too_few_labels_are_reported_not_judged_in_natural_cycles(scenario: Scenario) -> None:
-    labelled = scenario.july.head(100)  # fewer than 7 days of hours
-    labels_file = scenario.project / "outputs" / "labels" / "staging.parquet"
-    labels_file.parent.mkdir(parents=True, exist_ok=True)
-    labelled[["request_id", "position", "actual"]].to_parquet(labels_file, index=False)
-    try:
-        _, outcome = run_drift(
-            scenario.project, "--env", "staging", "--sink", str(scenario.sinks["july"]), "--until", UNTIL
-        )
-    finally:
-        labels_file.unlink()
+    _, outcome = judge_labels(scenario, scenario.july.head(100), "july")  # fewer than 7 days of hours
     performance = outcome["performance"]
     assert not performance["judged"]
     assert performance["needed_rows"] == 7 * 24

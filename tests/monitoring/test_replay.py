@@ -249,8 +249,8 @@ def test_by_default_the_model_test_period_is_replayed_a_natural_cycle_per_reques
     failing_server: _FailsAfterFirst, data_file: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     metadata = {"splits": {"test": {"start": "2011-12-30T00:00:00", "end": "2011-12-31T23:00:00"}}}
-    (in_tmp / "outputs" / "model").mkdir(parents=True)
-    (in_tmp / "outputs" / "model" / "metadata.json").write_text(json.dumps(metadata))
+    (in_tmp / "outputs" / "served").mkdir(parents=True)
+    (in_tmp / "outputs" / "served" / "metadata.json").write_text(json.dumps(metadata))
     url = f"http://127.0.0.1:{failing_server.server_address[1]}"
     assert main(["replay", "--url", url, "--data", str(data_file)]) == 1  # the second request gets a 500
     err = capsys.readouterr().err

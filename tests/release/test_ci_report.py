@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from forkcast.cli import main
+from forkcast.config import GateParams
 from forkcast.data.declaration import load
+from forkcast.model.backtest import summarise
+from forkcast.model.gate import Scored, judge
 from forkcast.release import ci_report
 
 from ..conftest import ROOT, run_ok
@@ -33,12 +37,27 @@ VALIDATION = {
          "min_pass_rate": 1.0, "failure_samples": [], "error": None},
     ],
 }  # fmt: skip
+FOLDS = [
+    {"fold": "2011-12-18..2011-12-24", "start": "2011-12-18T00:00:00", "end": "2011-12-25T00:00:00",
+     "train_rows": 8300, "test_rows": 168, "model": {"rmse": 60.0, "mae": 40.0, "r2": 0.7},
+     "baseline": {"rmse": 70.0, "mae": 50.0, "r2": 0.6}},
+    {"fold": "2011-12-25..2011-12-31", "start": "2011-12-25T00:00:00", "end": "2012-01-01T00:00:00",
+     "train_rows": 8468, "test_rows": 165, "model": {"rmse": 60.2, "mae": 41.0, "r2": 0.7},
+     "baseline": {"rmse": 72.0, "mae": 52.0, "r2": 0.6}},
+]  # fmt: skip
+BACKTEST = {
+    "folds": FOLDS,
+    "model": summarise([fold["model"] for fold in FOLDS]),
+    "baseline": summarise([fold["baseline"] for fold in FOLDS]),
+    "rmse_improvement_over_baseline": 0.1592,
+}
+PRODUCTION = Scored((0, 1), (54.8, 54.8), "(its settings, hist_gradient_boosting, retrained on the same 2 folds)")
 GATE = {
     "eligible": False,
     "model_name": "forkcast-demand",
     "version": "4",
     "run_id": "r4",
-    "verdict": {"reason": "rmse 60.1 vs production v3 54.8 (9.7% worse; at most 5.0% allowed)"},
+    "verdict": judge(GateParams(), "4", BACKTEST, production=("3", PRODUCTION)).to_dict(),
 }
 METRICS = {
     "test_rows": 1316,
@@ -57,6 +76,7 @@ def write_outputs(root: Path, *, validation: dict | None = None, gate: dict | No
         (outputs / "validation" / "report.md").write_text("# Data validation\n")
     (outputs / "evaluation").mkdir(parents=True, exist_ok=True)
     (outputs / "evaluation" / "metrics.json").write_text(json.dumps(METRICS))
+    (outputs / "evaluation" / "backtest.json").write_text(json.dumps(BACKTEST))
     return outputs
 
 
@@ -89,11 +109,24 @@ def test_a_rejected_model_says_why_and_that_nothing_is_released(tmp_path: Path) 
     summary = ci_report.job_summary(outputs)
     assert summary.startswith("## Forkcast pipeline: the quality gate rejected the model")
     assert "REJECTED: nothing will be released" in summary
-    assert "9.7% worse" in summary
+    assert "| production v3 | 60.1 | 54.8 | 57.54 | 2 | **FAIL** | its settings, hist_gradient_boosting" in summary
+    assert "| the seasonal baseline | 60.1 | 71 | 67.45 | 2 | pass |" in summary
     assert "### Test metrics (1,316 rows)" in summary  # no prepared inputs here: no unit or period to name
     assert "| model | 54.8 | 35.8 | 0.766 |" in summary
-    assert ci_report.gate_outputs(outputs) == "eligible=false\n"
+    assert "### Backtest: 2 folds, each trained on every earlier row" in summary
+    assert "| 2011-12-25..2011-12-31 | 165 | 60.2 | 72.0 | 41.0 | 52.0 |" in summary
+    assert "| mean ± std | | **60.1 ± 0.141** | **71.0 ± 1.41** |" in summary
+    assert ci_report.gate_outputs(outputs) == "eligible=false\nunchanged=false\n"
     assert ci_report.gate_outputs(tmp_path / "nothing") is None
+
+
+def test_production_s_own_model_again_is_eligible_but_not_released(tmp_path: Path) -> None:
+    same = Scored((0, 1), (60.0, 60.2), "(its settings are the candidate's)")
+    verdict = replace(judge(GateParams(), "3", BACKTEST, production=("3", same)), unchanged=True)
+    gate = {**GATE, "eligible": True, "version": "3", "verdict": verdict.to_dict()}
+    outputs = write_outputs(tmp_path, validation={**VALIDATION, "passed": True, "checks": []}, gate=gate)
+    assert ci_report.job_summary(outputs).startswith("## Forkcast pipeline: the same model as production: nothing")
+    assert ci_report.gate_outputs(outputs) == "eligible=true\nunchanged=true\n"
 
 
 def test_the_gate_output_fails_when_the_pipeline_stopped_early(
@@ -116,6 +149,7 @@ def test_the_comment_carries_its_marker_and_both_diffs(tmp_path: Path) -> None:
     assert body.count(ci_report.COMMENT_MARKER) == 1
     assert "Compared with `origin/main`" in body
     assert body.index("PARAMS-TABLE") < body.index("METRICS-TABLE") < body.index("Data validation: passed")
+    assert body.index("Data validation: passed") < body.index("### Backtest: 2 folds") < body.index("Quality gate")
 
 
 @pytest.mark.integration

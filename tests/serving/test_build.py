@@ -36,8 +36,13 @@ def test_the_same_model_and_code_give_the_same_tag_and_any_change_a_new_one(
     repickled = ModelSource(trained.pipeline, b"re-pickled", trained.onnx, inputs, source.lineage)
     assert version_of(repickled, golden, tmp_path) == tag
     assert version_of(source, golden.assign(expected=[3.0, 4.5]), tmp_path) != tag
+    # Another run (or commit) that trained the same model builds the same bento: the tag covers what is served.
     other_run = ModelSource(trained.pipeline, b"pipeline", trained.onnx, inputs, {"model_version": "7", "run_id": "s"})
-    assert version_of(other_run, golden, tmp_path) != tag
+    assert version_of(other_run, golden, tmp_path) == tag
+    relabelled = build.resolve_bentofile(
+        ROOT / "bentofile.yaml", {"model_version": "7", "git_commit": "another"}, inputs, tmp_path / "relabelled"
+    )
+    assert build.bento_version(source, golden, relabelled, ROOT / "src") == tag
     wider = inputs.model_copy(update={"dataset": "renamed"})  # a change to the contract is a new bento
     assert (
         version_of(ModelSource(trained.pipeline, b"pipeline", trained.onnx, wider, source.lineage), golden, tmp_path)
@@ -52,7 +57,7 @@ def test_the_same_model_and_code_give_the_same_tag_and_any_change_a_new_one(
 
 
 def write_outputs(trained: TrainedModel, eligible: bool = True) -> None:
-    save(trained, paths.MODEL_PICKLE, paths.MODEL_ONNX, paths.MODEL_METADATA)
+    save(trained, paths.SERVED_PICKLE, paths.SERVED_ONNX, paths.SERVED_METADATA)
     metrics = {"rmse": 50.0, "mae": 30.0, "r2": 0.8}
     atomic.write_json(paths.METRICS_JSON, {"model": metrics})
     gate = {
@@ -94,14 +99,14 @@ def test_a_verdict_on_another_model_is_refused(
     monkeypatch.chdir(tmp_path)
     write_outputs(trained)
     retrained = {**trained.metadata, "trained_at": "2031-01-01T00:00:00+00:00"}  # train ran again, register not
-    atomic.write_json(paths.MODEL_METADATA, retrained)
-    with pytest.raises(BuildError, match=r"judged another model.*the register stage has not run since training"):
+    atomic.write_json(paths.SERVED_METADATA, retrained)
+    with pytest.raises(BuildError, match=r"judged another model.*the register stage has not run since the refit"):
         build.from_pipeline_outputs()
 
 
 def test_missing_outputs_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(BuildError, match=r"missing pipeline outputs: outputs/model/model.joblib, .*gate.json"):
+    with pytest.raises(BuildError, match=r"missing pipeline outputs: outputs/served/model.joblib, .*gate.json"):
         build.from_pipeline_outputs()
 
 

@@ -9,6 +9,7 @@ import typer
 from forkcast import paths
 from forkcast.cli.common import (
     EXIT_CHECK_FAILED,
+    EXIT_USAGE,
     PARAMS_FILE,
     ParamsOption,
     fail,
@@ -65,6 +66,70 @@ def evaluate(params_file: ParamsOption = PARAMS_FILE) -> None:
     typer.echo(metrics_table(evaluation.metrics, inputs))
 
 
+@app.command()
+def backtest(params_file: ParamsOption = PARAMS_FILE) -> None:
+    """Rolling-origin backtest: the last folds of the data each in turn as test, model and baseline refitted before
+    each; each metric's mean and spread (the quality gate judges these)."""
+    from forkcast.model.backtest import BacktestError, all_rows, make_folds, save
+    from forkcast.model.backtest import backtest as run_backtest
+
+    params = load_params(params_file)
+    splits, inputs = read_splits(), read_inputs()
+    data = all_rows(splits)
+    try:
+        folds = make_folds(data["timestamp"], inputs.frequency, params.backtest)
+    except BacktestError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    size = f"{params.backtest.fold_cycles} {inputs.frequency.cycle}s"
+    with step(f"backtest {params.train.model}: {len(folds)} folds of {size}, each trained on every earlier row"):
+        result = run_backtest(
+            params.train, data, inputs, folds, seasonal_keys=params.dataset.seasonal_keys,
+            progress=lambda line: typer.echo(line, err=True),
+        )  # fmt: skip
+        save(result, paths.BACKTEST_JSON, paths.BACKTEST_CSV)
+    typer.echo(backtest_table(result, inputs))
+
+
+def backtest_table(result: dict[str, Any], inputs: Inputs) -> str:
+    from forkcast.data.declaration import figure
+    from forkcast.summary import versus_baseline
+
+    title = f"backtest, {len(result['folds'])} folds"
+    lines = [f"{title:<28}{'RMSE':>17}{'MAE':>17}   ({inputs.target.unit}, mean ± std over the folds)"]
+    for label, values in (("model", result["model"]), ("seasonal baseline", result["baseline"])):
+        cells = [f"{figure(values[m]['mean'])} ± {figure(values[m]['std'])}" for m in ("rmse", "mae")]
+        lines.append(f"{label:<28}{cells[0]:>17}{cells[1]:>17}")
+    lines.append(f"RMSE {versus_baseline(result['rmse_improvement_over_baseline'])} (mean over the folds)")
+    return "\n".join(lines)
+
+
+@app.command()
+def refit(params_file: ParamsOption = PARAMS_FILE) -> None:
+    """The model to build and serve: the evaluated settings fitted on every row up to the newest
+    (train.refit_on_all), its ONNX export checked again."""
+    from forkcast.model import lineage
+    from forkcast.model.refit import refit as fit_all
+    from forkcast.model.train import OnnxMismatchError, load, save
+
+    params = load_params(params_file)
+    require(paths.MODEL_PICKLE, paths.MODEL_ONNX, paths.MODEL_METADATA)
+    splits, inputs = read_splits(), read_inputs()
+    evaluated = load(paths.MODEL_PICKLE, paths.MODEL_ONNX, paths.MODEL_METADATA)
+    rows = sum(len(frame) for frame in splits.values())
+    what = f"refit on all {rows:,} {inputs.rows}" if params.train.refit_on_all else "keep the evaluated model"
+    with step(what):
+        try:
+            model = fit_all(params, splits, inputs, evaluated, lineage.data_hash(paths.DATA_DVC))
+        except OnnxMismatchError as exc:
+            raise fail(str(exc), EXIT_CHECK_FAILED) from exc
+        save(model, paths.SERVED_PICKLE, paths.SERVED_ONNX, paths.SERVED_METADATA)
+    fitted = model.metadata["fitted_on"]
+    typer.echo(
+        f"the served model learned {fitted['rows']:,} {inputs.rows} ({fitted['start'][:10]}..{fitted['end'][:10]}); "
+        f"ONNX matches within {model.metadata['onnx_max_gap_on_test']:.2g}"
+    )
+
+
 def metrics_table(metrics: dict[str, Any], inputs: Inputs) -> str:
     from forkcast.data.declaration import figure
     from forkcast.summary import versus_baseline
@@ -82,34 +147,47 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
     """Log the run to MLflow, register a model version as `candidate`, and judge it against `production`."""
     from forkcast import atomic
     from forkcast.model import lineage
+    from forkcast.model.backtest import all_rows
     from forkcast.model.registry import save_gate, track_and_register
     from forkcast.model.train import load_pipeline
 
     params = load_params(params_file)
-    reports = [paths.VALIDATION_JSON, paths.VALIDATION_MD, paths.MODEL_METADATA, paths.METRICS_JSON, paths.MODEL_ONNX]
-    require(paths.MODEL_PICKLE, *reports)
+    reports = [
+        paths.VALIDATION_JSON, paths.VALIDATION_MD, paths.SERVED_METADATA, paths.METRICS_JSON, paths.BACKTEST_JSON,
+        paths.SERVED_ONNX,
+    ]  # fmt: skip
+    require(paths.SERVED_PICKLE, *reports)
     if not atomic.read_json(paths.VALIDATION_JSON)["passed"]:
         raise fail(f"the data failed validation ({paths.VALIDATION_MD}): nothing is registered", EXIT_CHECK_FAILED)
-    test = read_splits()["test"]
-    with step("register in MLflow"), tracking_errors():
+    inputs = read_inputs()
+    metadata = atomic.read_json(paths.SERVED_METADATA)
+    with step("register in MLflow and judge on the backtest's folds"), tracking_errors():
         registration = track_and_register(
             params=params,
-            pipeline=load_pipeline(paths.MODEL_PICKLE),
-            inputs=read_inputs(),
-            test=test,
+            pipeline=load_pipeline(paths.SERVED_PICKLE),
+            inputs=inputs,
+            data=all_rows(read_splits()),
+            backtest=atomic.read_json(paths.BACKTEST_JSON),
             evaluation=atomic.read_json(paths.METRICS_JSON),
-            metadata=atomic.read_json(paths.MODEL_METADATA),
+            metadata=metadata,
             lineage=lineage.lineage(paths.DATA_DVC, paths.DVC_LOCK),
             artifacts=reports,
             local_dir=paths.LOCAL_MLFLOW_DIR,
+            onnx=paths.SERVED_ONNX.read_bytes(),
         )  # fmt: skip
-        trained_at = atomic.read_json(paths.MODEL_METADATA).get("trained_at")
-        save_gate(registration, paths.GATE_JSON, paths.GATE_MD, model_trained_at=trained_at)
+        save_gate(
+            registration, paths.GATE_JSON, paths.GATE_MD, model_trained_at=metadata.get("trained_at"),
+            unit=inputs.target.unit,
+        )  # fmt: skip
     verdict = registration.verdict
     typer.echo(
         f"registered {registration.model_name} v{registration.version} (alias candidate); gate: "
-        f"{'ELIGIBLE' if verdict.eligible else 'REJECTED'}: {verdict.reason}"
+        f"{'ELIGIBLE' if verdict.eligible else 'REJECTED'}"
     )
+    for comparison in verdict.comparisons:
+        typer.echo(f"  {comparison.sentence(verdict.metric)}")
+    for note in verdict.notes:
+        typer.echo(f"  {note}")
 
 
 @app.command()

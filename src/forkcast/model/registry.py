@@ -1,4 +1,5 @@
-"""Track a training run in MLflow, register the model, and gate it against production.
+"""Track a training run in MLflow, register the served model, and gate it (forkcast.model.gate) against the
+baseline, production and the recent production releases.
 
 Default tracking is a local SQLite store under `.mlflow/` (never committed);
 `MLFLOW_TRACKING_URI` switches to a server. mlflow is imported inside the functions
@@ -7,12 +8,15 @@ that need it, so the CLI stays fast.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import logging
 import os
+import tempfile
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +24,11 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from forkcast import atomic
-from forkcast.config import GateParams, Params
-from forkcast.data.declaration import Inputs, Target
+from forkcast.config import Params
+from forkcast.data.declaration import Inputs
+from forkcast.model.backtest import Fold
 from forkcast.model.estimator import predict
-from forkcast.model.metrics import regression_metrics
+from forkcast.model.gate import GateVerdict, Released, Scored, judge, render_markdown, score_released
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -80,53 +85,6 @@ def use_tracking(local_dir: Path, experiment: str) -> str:
     return experiment_id
 
 
-@dataclass(frozen=True)
-class GateVerdict:
-    eligible: bool
-    metric: str
-    tolerance: float
-    candidate_version: str
-    candidate_value: float
-    production_version: str | None
-    production_value: float | None  # production's model scored on the candidate's test set
-    allowed_value: float | None
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def judge(
-    gate: GateParams, candidate_version: str, candidate: dict[str, float],
-    production_version: str | None, production: dict[str, float] | None, *, incomparable: str | None = None,
-) -> GateVerdict:  # fmt: skip
-    """Eligible when no production model exists (or it cannot score these rows: `incomparable` says why), or the
-    candidate's error is within tolerance of it."""
-    value = candidate[gate.metric]
-    if production_version is None or production is None:
-        reason = (
-            f"production v{production_version} {incomparable}: nothing to compare against, so the candidate is eligible"
-            if incomparable
-            else f"no model has the alias '{PRODUCTION}' yet: nothing to compare against, so the candidate is eligible"
-        )
-        return GateVerdict(True, gate.metric, gate.tolerance, candidate_version, value, None, None, None, reason)
-    reference = production[gate.metric]
-    allowed = reference * (1.0 + gate.tolerance)
-    eligible = value <= allowed + 1e-9  # exactly at the tolerance passes, whatever the float rounding
-    if reference > 0:
-        change = value / reference - 1.0
-        relation = "no change" if abs(change) < 5e-4 else f"{abs(change):.1%} {'worse' if change > 0 else 'better'}"
-    else:
-        relation = "no change" if value == reference else "worse than a perfect production model"
-    reason = (
-        f"{gate.metric} {value:.3f} vs production v{production_version} {reference:.3f} "
-        f"({relation}; at most {gate.tolerance:.1%} worse allowed)"
-    )
-    return GateVerdict(
-        eligible, gate.metric, gate.tolerance, candidate_version, value, production_version, reference, allowed, reason
-    )
-
-
 def flat_params(params: Params) -> dict[str, Any]:
     hyperparameters = {f"{params.train.model}.{k}": v for k, v in params.train.hyperparameters().items()}
     return {
@@ -134,8 +92,13 @@ def flat_params(params: Params) -> dict[str, Any]:
         "seed": params.train.seed,
         "split.validation_fraction": params.split.validation_fraction,
         "split.test_fraction": params.split.test_fraction,
+        "train.refit_on_all": params.train.refit_on_all,
+        "backtest.folds": params.backtest.folds,
+        "backtest.fold_cycles": params.backtest.fold_cycles,
         "gate.metric": params.gate.metric,
         "gate.tolerance": params.gate.tolerance,
+        "gate.min_improvement_over_baseline": params.gate.min_improvement_over_baseline,
+        "gate.releases_compared": params.gate.releases_compared,
         **hyperparameters,
     }
 
@@ -151,27 +114,92 @@ def _trusted_types(pipeline: Pipeline) -> list[str]:
     return list(untrusted)
 
 
-def production_metrics(
-    client: MlflowClient, name: str, test: pd.DataFrame, target: Target
-) -> tuple[str | None, dict[str, float] | None, str | None]:
-    """Score the production model on the same test rows as the candidate: its version, its metrics, and why it
-    could not be scored (it was trained on inputs these rows lack: another declaration of the data)."""
-    import mlflow
+RELEASED_AT = "released_at"  # tag of a version production has served, and since when
+MODEL_DIGEST = "model_digest"  # tag: what is served (the ONNX bytes), so the same model is one version
+
+
+def model_digest(onnx: bytes) -> str:
+    return hashlib.sha256(onnx).hexdigest()[:20]
+
+
+def _versions(client: MlflowClient, name: str) -> list[Any]:
     from mlflow.exceptions import MlflowException
 
     try:
-        version = client.get_model_version_by_alias(name, PRODUCTION)
+        return list(client.search_model_versions(f"name = '{name}'"))
     except MlflowException as exc:
-        # Only a missing alias means "no production yet"; any other error must not open the gate.
-        if exc.error_code in {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"}:
-            return None, None, None
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
         raise
-    production = mlflow.sklearn.load_model(f"models:/{name}@{PRODUCTION}")
-    missing = [str(column) for column in production.feature_names_in_ if column not in test.columns]
-    if missing or target.name not in test.columns:
-        lacking = ", ".join(missing) or target.name
-        return str(version.version), None, f"was trained on inputs the data no longer has ({lacking})"
-    return str(version.version), regression_metrics(test[target.name], predict(production, test, target)), None
+
+
+def version_with_digest(client: MlflowClient, name: str, digest: str) -> str | None:
+    """The registered version of exactly this model, if a run registered it before."""
+    same = [int(v.version) for v in _versions(client, name) if (v.tags or {}).get(MODEL_DIGEST) == digest]
+    return str(min(same)) if same else None
+
+
+def _released(client: MlflowClient, name: str, version: str) -> Released:
+    """A registered version's pipeline and the metadata.json logged with its run."""
+    import mlflow
+
+    found = client.get_model_version(name, version)
+    pipeline = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=str(found.run_id), artifact_path="reports/metadata.json", dst_path=scratch
+        )
+        metadata = atomic.read_json(Path(path))
+    return Released(str(version), pipeline, metadata)
+
+
+def production_version(client: MlflowClient, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, PRODUCTION).version)
+    except MlflowException as exc:
+        # Only a missing alias (or model) means "no production yet"; any other error must not open the gate.
+        if exc.error_code in {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"}:
+            return None
+        raise
+
+
+def recent_releases(client: MlflowClient, name: str, count: int) -> list[str]:
+    """The versions production served most recently (newest first), as `promote` tagged them."""
+    released = [v for v in _versions(client, name) if RELEASED_AT in (v.tags or {})]
+    released.sort(key=lambda v: (v.tags[RELEASED_AT], int(v.version)), reverse=True)
+    return [str(v.version) for v in released[:count]]
+
+
+def gate_verdict(
+    client: MlflowClient, params: Params, candidate_version: str, backtest: dict[str, Any], *, data: pd.DataFrame,
+    inputs: Inputs,
+) -> GateVerdict:  # fmt: skip
+    """Score production and the recent production releases on the candidate's backtest folds, then judge."""
+    name, metric = params.tracking.registered_model, params.gate.metric
+    folds = [Fold(pd.Timestamp(f["start"]), pd.Timestamp(f["end"])) for f in backtest["folds"]]
+    candidate_values = [f["model"][metric] for f in backtest["folds"]]
+    retrained: dict[str, list[float]] = {}
+    scores: dict[str, Scored | str] = {}
+
+    def score(version: str) -> Scored | str:
+        if version not in scores:
+            released = _released(client, name, version)
+            scores[version] = score_released(
+                released, folds, data, inputs, settings=params.train, candidate_values=candidate_values, metric=metric,
+                retrained=retrained,
+            )  # fmt: skip
+        return scores[version]
+
+    current = production_version(client, name)
+    production = (current, score(current)) if current is not None else None
+    history = [(version, score(version)) for version in recent_releases(client, name, params.gate.releases_compared)]
+    verdict = judge(params.gate, candidate_version, backtest, production, history)
+    if candidate_version == current:  # the same bytes as production: promoting it would change nothing
+        note = f"the candidate is production's own model v{current} (the same ONNX bytes): nothing new to release"
+        verdict = replace(verdict, unchanged=True, notes=(*verdict.notes, note), reason=f"{verdict.reason}; {note}")
+    return verdict
 
 
 @dataclass(frozen=True)
@@ -189,13 +217,17 @@ def track_and_register(
     params: Params,
     pipeline: Pipeline,
     inputs: Inputs,
-    test: pd.DataFrame,
+    data: pd.DataFrame,
+    backtest: dict[str, Any],
     evaluation: dict[str, Any],
     metadata: dict[str, Any],
     lineage: dict[str, Any],
     artifacts: list[Path],
     local_dir: Path,
+    onnx: bytes,
 ) -> Registration:
+    """Log the run; register the served model as a new version, or find the version that holds these very bytes
+    (a retrain to the same model is the same version, so its bento and image keep their tag); judge it."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
@@ -214,44 +246,51 @@ def track_and_register(
         # dvc.lock is read while `register` runs: its own entry, if any, is the previous run's.
         **{f"dvc_stage.{s}": digest for s, digest in lineage.get("stage_hashes", {}).items() if s != "register"},
     }
-    example = test[list(inputs.names)].head(5)
+    example = data[list(inputs.names)].tail(5)
     with warnings.catch_warnings():
         # The inputs are integers on purpose: the service rejects missing values instead of encoding them.
         warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values")
         signature = infer_signature(example, predict(pipeline, example, target).to_numpy())
     with mlflow.start_run(run_name=f"{params.train.model}-{commit[:7]}", tags=tags) as run:
         mlflow.log_params(flat_params(params))
-        mlflow.log_metrics(_flat_metrics(evaluation, metadata))
+        mlflow.log_metrics(_flat_metrics(evaluation, metadata, backtest))
         for path in artifacts:  # before the model version exists, so a missing file registers nothing
             mlflow.log_artifact(str(path), artifact_path="reports")
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            signature=signature,
-            input_example=example,
-            serialization_format="skops",
-            skops_trusted_types=_trusted_types(pipeline),
-            pip_requirements=[f"scikit-learn=={metadata['libraries']['scikit-learn']}"],
-            registered_model_name=name,
-        )
-        version = str(info.registered_model_version)
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        production_version, production, incomparable = production_metrics(client, name, test, target)
-        verdict = judge(
-            params.gate, version, evaluation["model"], production_version, production, incomparable=incomparable
-        )
+        digest = model_digest(onnx)
+        existing = version_with_digest(client, name, digest)
+        if existing is not None:
+            version = existing
+            mlflow.set_tag("registered_as", f"{name} v{version} (the same model as before: not registered again)")
+        else:
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                signature=signature,
+                input_example=example,
+                serialization_format="skops",
+                skops_trusted_types=_trusted_types(pipeline),
+                pip_requirements=[f"scikit-learn=={metadata['libraries']['scikit-learn']}"],
+                registered_model_name=name,
+            )
+            version = str(info.registered_model_version)
+            for key, value in {**tags, MODEL_DIGEST: digest}.items():
+                client.set_model_version_tag(name, version, key, value)
+        verdict = gate_verdict(client, params, version, backtest, data=data, inputs=inputs)
         client.set_model_version_tag(name, version, "gate", "eligible" if verdict.eligible else "rejected")
         client.set_registered_model_alias(name, CANDIDATE, version)  # only once it carries its verdict
         mlflow.log_dict(verdict.to_dict(), "reports/gate.json")
     return Registration(run.info.run_id, experiment_id, name, version, verdict, mlflow.get_tracking_uri())
 
 
-def _flat_metrics(evaluation: dict[str, Any], metadata: dict[str, Any]) -> dict[str, float]:
+def _flat_metrics(evaluation: dict[str, Any], metadata: dict[str, Any], backtest: dict[str, Any]) -> dict[str, float]:
     flat = {f"test_{k}": v for k, v in evaluation["model"].items()}
     flat |= {f"baseline_{k}": v for k, v in evaluation["baseline"].items()}
-    flat |= {f"validation_{k}": v for k, v in metadata["metrics"]["validation"].items()}
+    validation = (metadata.get("evaluated_model") or metadata)["metrics"]["validation"]
+    flat |= {f"validation_{k}": v for k, v in validation.items()}
     flat["rmse_improvement_over_baseline"] = evaluation["rmse_improvement_over_baseline"]
+    for who in ("model", "baseline"):
+        for name, summary in backtest[who].items():
+            flat |= {f"backtest_{who}_{name}_mean": summary["mean"], f"backtest_{who}_{name}_std": summary["std"]}
     return flat
 
 
@@ -273,31 +312,25 @@ def promote(local_dir: Path, params: Params, version: str, force: bool = False, 
             "its run's reports/gate.json says why. Use --force to promote it anyway."
         )
     client.set_registered_model_alias(params.tracking.registered_model, alias, version)
+    if alias == PRODUCTION:  # the gate's memory: later candidates must not fall far behind the recent releases
+        released_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        client.set_model_version_tag(params.tracking.registered_model, version, RELEASED_AT, released_at)
 
 
-def render_gate_markdown(registration: Registration) -> str:
-    verdict = registration.verdict
-    word = "ELIGIBLE for promotion" if verdict.eligible else "REJECTED: not eligible for promotion"
-    rows = [
-        f"# Quality gate: {word}",
-        "",
-        f"Model `{registration.model_name}` version {verdict.candidate_version} (alias `{CANDIDATE}`), "
-        f"run `{registration.run_id}`.",
-        "",
-        f"{verdict.reason}.",
-        "",
-        f"| | {verdict.metric} |",
-        "| --- | ---: |",
-        f"| candidate v{verdict.candidate_version} | {verdict.candidate_value:.3f} |",
-    ]
-    if verdict.production_version is not None and verdict.production_value is not None:
-        rows.append(f"| production v{verdict.production_version} (same test rows) | {verdict.production_value:.3f} |")
-        rows.append(f"| largest allowed (+{verdict.tolerance:.1%}) | {verdict.allowed_value:.3f} |")
-    return "\n".join(rows) + "\n"
+def render_gate_markdown(registration: Registration, unit: str = "") -> str:
+    detail = (
+        f"Model `{registration.model_name}` version {registration.version} (alias `{CANDIDATE}`), "
+        f"run `{registration.run_id}`."
+    )
+    return render_markdown(registration.verdict, detail, unit)
 
 
 def save_gate(
-    registration: Registration, json_path: Path, markdown_path: Path, model_trained_at: str | None = None
+    registration: Registration,
+    json_path: Path,
+    markdown_path: Path,
+    model_trained_at: str | None = None,
+    unit: str = "",
 ) -> None:
     """Write the verdict; `model_trained_at` ties it to the model it judged (see `metadata.json`)."""
     record = {
@@ -311,4 +344,4 @@ def save_gate(
         "model_trained_at": model_trained_at,
     }
     atomic.write_json(json_path, record)
-    atomic.write_text(markdown_path, render_gate_markdown(registration))
+    atomic.write_text(markdown_path, render_gate_markdown(registration, unit))

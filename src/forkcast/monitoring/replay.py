@@ -78,7 +78,7 @@ def model_test_period(environment: str | None) -> tuple[dt.date, dt.date] | None
                 recorded = None
             period = recorded if isinstance(recorded, dict) else None
     if period is None:
-        metadata = atomic.read_json_if_exists(paths.MODEL_METADATA) or {}
+        metadata = atomic.read_json_if_exists(paths.SERVED_METADATA) or {}
         period = (metadata.get("splits") or {}).get("test")
     if not period or not period.get("start") or not period.get("end"):
         return None

@@ -13,6 +13,7 @@ from typing import Any
 
 from forkcast import atomic, paths
 from forkcast.data.declaration import Inputs, figure, read_inputs
+from forkcast.model.gate import comparison_table
 
 COMMENT_MARKER = "<!-- forkcast-pipeline -->"
 FAILED_CHECKS_SHOWN = 10
@@ -81,12 +82,38 @@ def metrics_section(metrics: dict[str, Any] | None, inputs: Inputs | None = None
     )
 
 
+def backtest_section(backtest: dict[str, Any] | None, inputs: Inputs | None = None) -> str:
+    """The rolling-origin backtest the gate judged: each fold, then each metric's mean and spread."""
+    if backtest is None:
+        return "### Backtest\n\nNot run: the pipeline stopped before it.\n"
+    unit = f" ({_cell(inputs.target.unit)})" if inputs else ""
+    lines = [
+        f"### Backtest: {len(backtest['folds'])} folds, each trained on every earlier row\n",
+        f"| fold | test rows | model RMSE{unit} | baseline RMSE{unit} | model MAE | baseline MAE |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for fold in backtest["folds"]:
+        model, baseline = fold["model"], fold["baseline"]
+        lines.append(
+            f"| {fold['fold']} | {fold['test_rows']:,} | {figure(model['rmse'])} | {figure(baseline['rmse'])} "
+            f"| {figure(model['mae'])} | {figure(baseline['mae'])} |"
+        )
+    model, baseline = backtest["model"], backtest["baseline"]
+    spread = " | ".join(
+        f"**{figure(who[m]['mean'])} ± {figure(who[m]['std'])}**"
+        for who, m in ((model, "rmse"), (baseline, "rmse"), (model, "mae"), (baseline, "mae"))
+    )
+    lines.append(f"| mean ± std | | {spread} |")
+    return "\n".join(lines) + "\n"
+
+
 def gate_section(gate: dict[str, Any] | None) -> str:
     if gate is None:
         return "### Quality gate\n\nNot run: the pipeline stopped before it. Nothing will be released.\n"
     verdict = "eligible for release" if gate["eligible"] else "REJECTED: nothing will be released"
+    table = "\n".join(comparison_table(gate["verdict"])).rstrip()
     return (
-        f"### Quality gate: {verdict}\n\n{gate['verdict']['reason']}\n\n"
+        f"### Quality gate: {verdict}\n\n{table}\n\n"
         f"Model `{gate['model_name']}` v{gate['version']}, MLflow run `{gate['run_id']}`.\n"
     )
 
@@ -96,24 +123,33 @@ def headline(validation: dict[str, Any] | None, gate: dict[str, Any] | None) -> 
         return "data validation failed"
     if gate is None:
         return "the pipeline did not finish"
+    if gate["eligible"] and gate["verdict"].get("unchanged"):
+        return "the same model as production: nothing to release"
     return "eligible for release" if gate["eligible"] else "the quality gate rejected the model"
 
 
 def gate_outputs(outputs: Path = paths.OUTPUTS) -> str | None:
-    """`eligible=true|false` for the workflow's release decision; None when the gate did not run."""
+    """`eligible=` and `unchanged=` (true|false) for the workflow's release decision: a model is released when it is
+    eligible and not production's own; None when the gate did not run."""
     gate = atomic.read_json_if_exists(outputs / "registry" / "gate.json")
-    return None if gate is None else f"eligible={'true' if gate['eligible'] else 'false'}\n"
+    if gate is None:
+        return None
+    unchanged = bool(gate["verdict"].get("unchanged"))
+    return f"eligible={str(gate['eligible']).lower()}\nunchanged={str(unchanged).lower()}\n"
 
 
 def job_summary(outputs: Path = paths.OUTPUTS) -> str:
     validation = read_validation(outputs)
     gate = atomic.read_json_if_exists(outputs / "registry" / "gate.json")
     metrics = atomic.read_json_if_exists(outputs / "evaluation" / "metrics.json") if gate is not None else None
+    backtest = atomic.read_json_if_exists(outputs / "evaluation" / "backtest.json") if gate is not None else None
+    inputs = read_inputs(outputs / "prepared" / "inputs.json")
     return "\n".join(
         [
             f"## Forkcast pipeline: {headline(validation, gate)}\n",
             validation_section(validation),
-            metrics_section(metrics, read_inputs(outputs / "prepared" / "inputs.json")),
+            metrics_section(metrics, inputs),
+            backtest_section(backtest, inputs),
             gate_section(gate),
         ]
     )
@@ -145,6 +181,10 @@ def pull_request_comment(base: str, params_diff: str, metrics_diff: str, outputs
             f"### Params diff\n\n{params_diff}",
             f"### Metrics diff\n\n{metrics_diff}",
             validation_section(validation),
+            backtest_section(
+                atomic.read_json_if_exists(outputs / "evaluation" / "backtest.json") if gate is not None else None,
+                read_inputs(outputs / "prepared" / "inputs.json"),
+            ),
             gate_section(gate),
             "_This comment is updated in place by each run of the pipeline workflow._",
         ]

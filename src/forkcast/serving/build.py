@@ -14,7 +14,7 @@ import io
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,30 +84,30 @@ def test_period(metadata: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
-    """The model the last `dvc repro` trained and registered."""
-    required = (paths.MODEL_PICKLE, paths.MODEL_METADATA, paths.METRICS_JSON, paths.GATE_JSON)
+    """The model the last `dvc repro` refit and registered (outputs/served)."""
+    required = (paths.SERVED_PICKLE, paths.SERVED_METADATA, paths.METRICS_JSON, paths.GATE_JSON)
     missing = [str(path) for path in required if not path.exists()]
     if missing:
         raise BuildError(f"missing pipeline outputs: {', '.join(missing)}. Run `make repro` (or `dvc repro`) first")
     gate = atomic.read_json(paths.GATE_JSON)
-    metadata = atomic.read_json(paths.MODEL_METADATA)
+    metadata = atomic.read_json(paths.SERVED_METADATA)
     if gate.get("model_trained_at") != metadata.get("trained_at"):
         raise BuildError(
-            f"{paths.GATE_JSON} judged another model than {paths.MODEL_PICKLE} (trained at "
+            f"{paths.GATE_JSON} judged another model than {paths.SERVED_PICKLE} (trained at "
             f"{gate.get('model_trained_at')}, not {metadata.get('trained_at')}): the register stage has not run "
-            "since training. Run `dvc repro`"
+            "since the refit. Run `dvc repro`"
         )
     if not gate["eligible"] and not force:
         raise BuildError(
             f"the quality gate rejected model version {gate['version']} ({paths.GATE_MD}); build it anyway with --force"
         )
     evaluation = atomic.read_json(paths.METRICS_JSON)
-    pipeline_bytes = paths.MODEL_PICKLE.read_bytes()
+    pipeline_bytes = paths.SERVED_PICKLE.read_bytes()
     return ModelSource(
         pipeline=joblib.load(io.BytesIO(pipeline_bytes)),
         pipeline_bytes=pipeline_bytes,
-        onnx=paths.MODEL_ONNX.read_bytes() if paths.MODEL_ONNX.exists() else None,
-        inputs=inputs_of(metadata, str(paths.MODEL_METADATA)),
+        onnx=paths.SERVED_ONNX.read_bytes() if paths.SERVED_ONNX.exists() else None,
+        inputs=inputs_of(metadata, str(paths.SERVED_METADATA)),
         lineage={
             "model_name": gate["model_name"],
             "model_version": str(gate["version"]),
@@ -185,16 +185,18 @@ def golden_cases(source: ModelSource, test: pd.DataFrame, count: int) -> pd.Data
 
 
 def bento_version(source: ModelSource, golden: pd.DataFrame, resolved_bentofile: Path, source_dir: Path) -> str:
-    """`v<model version>-<digest>`: the digest covers everything in the bento, so a change anywhere
-    (model, golden cases, input contract, serving code, pinned packages) gives a new tag, and nothing else does."""
+    """`v<model version>-<digest>`: the digest covers what is served (the model's bytes, golden cases, input
+    contract, serving code, pinned packages), not the run or commit that produced it, so a retrain to the same model
+    gives the same tag (and the registry the same version), and any change to what is served a new one."""
     digest = hashlib.sha256()
-    digest.update(f"{source.lineage['model_version']}/{source.lineage.get('run_id')}".encode())
     # The ONNX bytes, where there are any, are the same whether the model came from the pipeline or MLflow.
     digest.update(source.onnx if source.onnx is not None else source.pipeline_bytes)
     digest.update(golden.to_csv(index=False).encode())
     digest.update(source.inputs.model_dump_json().encode())
-    digest.update(resolved_bentofile.read_bytes())
-    for pattern in yaml.safe_load(resolved_bentofile.read_text()).get("include", []):
+    options = yaml.safe_load(resolved_bentofile.read_text())
+    options.pop("labels", None)  # the lineage of the run that built it: not what is served
+    digest.update(yaml.safe_dump(options, sort_keys=True).encode())
+    for pattern in options.get("include", []):
         for path in sorted(source_dir.glob(pattern)):
             digest.update(path.relative_to(source_dir).as_posix().encode() + path.read_bytes())
     return f"v{source.lineage['model_version']}-{digest.hexdigest()[:12]}"
@@ -249,6 +251,10 @@ def build(
     try:
         bentoml.bentos.get(bento_tag)
         reused = True
+        # The same model served the same way: the bento keeps the lineage of the run that first built it.
+        first = bentoml.models.get(model_tag).info
+        recorded = {key: value for key, value in first.metadata.items() if key in source.lineage}
+        labels, source = dict(first.labels), replace(source, lineage={**source.lineage, **recorded})
     except NotFound:
         reused = False
         _import_model(model_tag, source, golden, params, labels)

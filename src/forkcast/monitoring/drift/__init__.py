@@ -17,9 +17,10 @@ What is compared:
 - prediction drift: the Wasserstein distance of the logged predictions from the model's predictions on the
   reference, against `monitor.prediction_threshold`.
 - data quality: rows, missing values, values outside the training range and categories the model never saw.
-- performance, when labels are known: RMSE and MAE of the labelled rows against the model's test RMSE, allowed
-  to be `monitor.max_error_increase` worse, judged once
-  `monitor.min_labelled_cycles` natural cycles (days of sub-daily data) are labelled.
+- performance, when labels are known: the model's RMSE on the labelled rows against the naive seasonal baseline's
+  on the same rows (allowed `monitor.max_error_vs_baseline` worse), and its bias, mean error / mean true value
+  (allowed within ±`monitor.max_bias`): a model already bad at its test, or one that misses a level shift, is
+  caught either way. Judged once `monitor.min_labelled_cycles` natural cycles (days of sub-daily data) are labelled.
 
 Marginal distributions cannot tell "a slice of what the model saw" from "what it never saw": a window much
 narrower than the training period (a week of a nine-month set) differs from it in its seasonal features. The

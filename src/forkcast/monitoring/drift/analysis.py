@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from forkcast.data.declaration import Dataset, figure
+from forkcast.model.metrics import seasonal_baseline
 from forkcast.monitoring.drift import DRIFT, EXIT_DRIFT, EXIT_NO_DATA, EXIT_NO_DRIFT, NO_DATA, NO_DRIFT
 from forkcast.monitoring.drift.reference import ModelInfo, Reference
 from forkcast.monitoring.drift.traffic import SAMPLE_SEED, Traffic, Window, current_frame, join_labels, sample
@@ -162,40 +163,58 @@ def _read_snapshot(snapshot: Any, names: list[str]) -> Comparison:
     )
 
 
-def performance(labelled: pd.DataFrame | None, model: ModelInfo, context: Context) -> dict[str, Any] | None:
-    """RMSE and MAE of the labelled rows, against the model's test RMSE plus the allowed increase."""
+def performance(labelled: pd.DataFrame | None, reference: Reference, context: Context) -> dict[str, Any] | None:
+    """The error on labelled rows against the naive seasonal baseline's on the same rows (fitted on the reference),
+    and the bias: mean error / mean true value. Either beyond its threshold is drift."""
     if labelled is None:
         return None
     monitor, frequency = context.monitor, context.dataset.time.frequency
+    model = reference.model
     needed = round(monitor.min_labelled_cycles * frequency.rows_per_cycle * model.inputs.rows_per_period)
     rows = len(labelled)
-    error = labelled[PREDICTION].to_numpy(np.float64) - labelled["actual"].to_numpy(np.float64)
+    actual = labelled["actual"].to_numpy(np.float64)
+    error = labelled[PREDICTION].to_numpy(np.float64) - actual
     rmse = float(np.sqrt(np.mean(error**2))) if rows else None
     mae = float(np.mean(np.abs(error))) if rows else None
-    test_rmse = model.test_metrics.get("rmse")
-    allowed = test_rmse * (1 + monitor.max_error_increase) if test_rmse is not None else None
-    if test_rmse is None:
-        judgement = "not judged: the model's test RMSE is unknown"
-    elif rows < needed:
+    mean_actual = float(np.mean(actual)) if rows else None
+    bias = float(np.mean(error)) / mean_actual if rows and mean_actual else None
+    baseline_rmse = _baseline_rmse(labelled, reference, context) if rows else None
+    allowed = baseline_rmse * (1 + monitor.max_error_vs_baseline) if baseline_rmse is not None else None
+    if rows < needed:
         judgement = (
             f"not judged: {rows:,} labelled {context.dataset.inputs().rows}, fewer than monitor.min_labelled_cycles "
             f"({monitor.min_labelled_cycles:g} {frequency.cycle}s of {frequency.rows_per_cycle}: {needed:,})"
         )
     else:
-        judgement = "judged"
-    judged = judgement == "judged"
+        judgement = "judged" if allowed is not None else "judged on the bias only: the reference has no true values"
+    judged = rows >= needed
     return {
         "labelled_rows": rows,
         "needed_rows": needed,
         "rmse": rmse,
         "mae": mae,
-        "test_rmse": test_rmse,
-        "test_mae": model.test_metrics.get("mae"),
+        "mean_actual": mean_actual,
+        "bias": bias,
+        "max_bias": monitor.max_bias,
+        "baseline_rmse": baseline_rmse,
         "allowed_rmse": allowed,
+        "test_rmse": model.test_metrics.get("rmse"),
         "judged": judged,
         "judgement": judgement,
-        "worse_than_allowed": bool(judged and rmse is not None and allowed is not None and rmse > allowed),
+        "worse_than_baseline": bool(judged and rmse is not None and allowed is not None and rmse > allowed),
+        "biased": bool(judged and bias is not None and abs(bias) > monitor.max_bias),
     }
+
+
+def _baseline_rmse(labelled: pd.DataFrame, reference: Reference, context: Context) -> float | None:
+    """The naive seasonal baseline (the mean true value of the reference rows with the same seasonal keys) on the
+    labelled rows: what knowing nothing but the calendar would have scored on them."""
+    keys = list(context.dataset.seasonal_keys)
+    if reference.targets is None or any(key not in labelled.columns for key in keys):
+        return None
+    history = reference.frame[keys].assign(actual=reference.targets.to_numpy())
+    baseline = seasonal_baseline(history, "actual", labelled, keys).to_numpy(np.float64)
+    return float(np.sqrt(np.mean((baseline - labelled["actual"].to_numpy(np.float64)) ** 2)))
 
 
 def no_data_result(context: Context, traffic: Traffic) -> dict[str, Any]:
@@ -239,10 +258,16 @@ def result(
     prediction = comparison.prediction
     if prediction["drifted"]:
         reasons.append(f"prediction drift: distance {prediction['score']:.3f} >= {prediction['threshold']:g}")
-    if judged and judged["worse_than_allowed"]:
+    if judged and judged["worse_than_baseline"]:
         reasons.append(
-            f"labelled RMSE {figure(judged['rmse'])} > allowed {figure(judged['allowed_rmse'])} (test RMSE "
-            f"{figure(judged['test_rmse'])} + {monitor.max_error_increase:.0%}, in {context.dataset.unit})"
+            f"labelled RMSE {figure(judged['rmse'])} > allowed {figure(judged['allowed_rmse'])} (the seasonal "
+            f"baseline's {figure(judged['baseline_rmse'])} on the same rows + {monitor.max_error_vs_baseline:.0%}, "
+            f"in {context.dataset.unit})"
+        )
+    if judged and judged["biased"]:
+        reasons.append(
+            f"bias {judged['bias']:+.1%} of the mean true value {figure(judged['mean_actual'])} (beyond "
+            f"±{monitor.max_bias:.0%}): predictions are systematically {'high' if judged['bias'] > 0 else 'low'}"
         )
     drifted = bool(reasons)
     timestamps = traffic.table["timestamp"]
@@ -301,7 +326,9 @@ def analyse(
 ) -> tuple[dict[str, Any], Any]:
     """Everything the report says about a window with traffic; the result and Evidently's snapshot."""
     quality_rows = quality(traffic, reference.frame, context.kinds)
-    judged = performance(join_labels(traffic, labels) if labels is not None else None, reference.model, context)
+    keys = [key for key in context.dataset.seasonal_keys if key in traffic.table.column_names]
+    labelled = join_labels(traffic, labels, keys) if labels is not None else None
+    judged = performance(labelled, reference, context)
     compared, _ = sample(traffic.table, context.monitor.max_rows)
     current = current_frame(compared, reference.frame, context.features)
     comparison = compare(reference.frame, current, context.monitor, context.kinds)

@@ -76,17 +76,17 @@ def _deployed_model(environment: str, bento: str) -> ModelInfo:
 
 
 def _pipeline_model(environment: str) -> ModelInfo:
-    if not paths.MODEL_PICKLE.exists():
+    if not paths.SERVED_PICKLE.exists():
         raise DriftError(
-            f"no model to compare with: nothing is deployed to {environment} and {paths.MODEL_PICKLE} is missing. "
+            f"no model to compare with: nothing is deployed to {environment} and {paths.SERVED_PICKLE} is missing. "
             "Run `dvc repro` (or deploy with `forkcast deploy`)"
         )
-    metadata = _read_json(paths.MODEL_METADATA)
+    metadata = _read_json(paths.SERVED_METADATA)
     gate = _read_json(paths.GATE_JSON)
     trained_at = metadata.get("trained_at")
     same_model = trained_at is not None and gate.get("model_trained_at") == trained_at
     identity = {
-        "source": f"the pipeline's model {paths.MODEL_PICKLE} (nothing is deployed to {environment} here)",
+        "source": f"the pipeline's model {paths.SERVED_PICKLE} (nothing is deployed to {environment} here)",
         "model_version": str(gate["version"]) if same_model and "version" in gate else None,
         "data_hash": metadata.get("data_hash"),
         "trained_at": trained_at,
@@ -94,8 +94,8 @@ def _pipeline_model(environment: str) -> ModelInfo:
     model_metrics = _read_json(paths.METRICS_JSON).get("model", {})
     test_metrics = {key: float(model_metrics[key]) for key in ("rmse", "mae") if key in model_metrics}
     if "inputs" not in metadata:
-        raise DriftError(f"{paths.MODEL_METADATA} records no input contract: run `dvc repro`")
-    return ModelInfo(paths.MODEL_PICKLE, Inputs.model_validate(metadata["inputs"]), identity, test_metrics)
+        raise DriftError(f"{paths.SERVED_METADATA} records no input contract: run `dvc repro`")
+    return ModelInfo(paths.SERVED_PICKLE, Inputs.model_validate(metadata["inputs"]), identity, test_metrics)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -109,6 +109,7 @@ class Reference:
     model: ModelInfo
     identity: dict[str, Any]  # path, rows, time span, data hash where known
     warnings: tuple[str, ...]
+    targets: pd.Series | None = None  # the true values, where the reference file has them (the naive baseline's)
 
 
 def load_reference(path: Path, model: ModelInfo) -> Reference:
@@ -132,14 +133,16 @@ def load_reference(path: Path, model: ModelInfo) -> Reference:
     identity: dict[str, Any] = {"path": str(path), "rows": len(frame), "data_hash": _data_hash_of(path, frame)}
     if "timestamp" in frame.columns:
         identity |= {"start": str(frame["timestamp"].min()), "end": str(frame["timestamp"].max())}
-    return Reference(reference, model, identity, _reference_warnings(identity, model))
+    target = model.inputs.target.name
+    targets = frame[target].astype("float64") if target in frame.columns else None
+    return Reference(reference, model, identity, _reference_warnings(identity, model), targets)
 
 
 def _data_hash_of(path: Path, frame: pd.DataFrame) -> str | None:
     """The data version of the pipeline's training split, when the model metadata describes this very split."""
     if path.resolve() != paths.prepared_split("train").resolve() or "timestamp" not in frame.columns:
         return None
-    metadata = _read_json(paths.MODEL_METADATA)
+    metadata = _read_json(paths.SERVED_METADATA)
     recorded = (metadata.get("splits") or {}).get("train") or {}
     matches = recorded.get("rows") == len(frame) and recorded.get("start") == frame["timestamp"].min().isoformat()
     return metadata.get("data_hash") if matches else None

@@ -183,16 +183,22 @@ def _performance_table(outcome: dict[str, Any]) -> list[str]:
 
     verdict = "not judged"
     if perf["judged"]:
-        verdict = "**WORSE than allowed**" if perf["worse_than_allowed"] else "within the allowed error"
+        found = [word for word, hit in (("WORSE than the baseline", perf["worse_than_baseline"]),
+                                         ("BIASED", perf["biased"])) if hit]  # fmt: skip
+        verdict = f"**{' and '.join(found)}**" if found else "better than the baseline, unbiased"
+    bias = "unknown" if perf["bias"] is None else f"{perf['bias']:+.1%}"
+    thresholds = outcome["thresholds"]
     return [
         f"### Performance on labelled records: {verdict}",
         "",
-        f"| | rows | RMSE{_unit(outcome)} | MAE{_unit(outcome)} |",
+        f"| on the {perf['labelled_rows']:,} labelled records of the window | RMSE{_unit(outcome)} "
+        f"| MAE{_unit(outcome)} | bias |",
         "| --- | ---: | ---: | ---: |",
-        f"| labelled records in the window | {perf['labelled_rows']:,} | {number(perf['rmse'])} "
-        f"| {number(perf['mae'])} |",
-        f"| the model's test set | | {number(perf['test_rmse'])} | {number(perf['test_mae'])} |",
+        f"| the model | {number(perf['rmse'])} | {number(perf['mae'])} | {bias} |",
+        f"| the naive seasonal baseline | {number(perf['baseline_rmse'])} | | |",
         "",
-        f"Allowed RMSE: {number(perf['allowed_rmse'])} "
-        f"(test RMSE + {outcome['thresholds']['max_error_increase']:.0%}); {perf['judgement']}.",
+        f"Allowed: RMSE up to {number(perf['allowed_rmse'])} (the baseline's + "
+        f"{thresholds['max_error_vs_baseline']:.0%}), bias within ±{thresholds['max_bias']:.0%} of the mean true "
+        f"value {number(perf['mean_actual'])}; {perf['judgement']}. The model's own test RMSE was "
+        f"{number(perf['test_rmse'])}.",
     ]

@@ -116,8 +116,9 @@ def read_labels(path: Path) -> pd.DataFrame:
     return labels
 
 
-def join_labels(traffic: Traffic, labels: pd.DataFrame) -> pd.DataFrame:
-    """The window's labelled records: prediction and actual, over every row of the window (not the sample)."""
+def join_labels(traffic: Traffic, labels: pd.DataFrame, keys: Sequence[str] = ()) -> pd.DataFrame:
+    """The window's labelled records: prediction, actual and the seasonal `keys`, over every row of the window (not
+    the sample)."""
     known = pa.table(
         {
             "request_id": pa.array(labels["request_id"], pa.string()),
@@ -125,9 +126,9 @@ def join_labels(traffic: Traffic, labels: pd.DataFrame) -> pd.DataFrame:
             "actual": pa.array(labels["actual"], pa.float64()),
         }
     )
-    logged = traffic.table.select(["request_id", "position", PREDICTION])
+    logged = traffic.table.select(["request_id", "position", PREDICTION, *keys])
     joined = logged.join(known, keys=["request_id", "position"], join_type="inner")
-    labelled: pd.DataFrame = joined.select([PREDICTION, "actual"]).to_pandas()
+    labelled: pd.DataFrame = joined.select([PREDICTION, "actual", *keys]).to_pandas()
     return labelled
 
 

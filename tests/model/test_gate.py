@@ -209,6 +209,15 @@ def test_released_models_are_scored_only_where_they_never_saw_the_rows(
     assert len(retrained) == 1
     assert first.values != tuple(candidate)
 
+    # The same settings on other inputs (the declaration changed since): retrained with its own inputs.
+    fewer = inputs.model_copy(update={"features": tuple(f for f in inputs.features if f.name != "windspeed")})
+    narrower = {**refitted.metadata, "inputs": fewer.model_dump(mode="json"), "features": list(fewer.names)}
+    own = score_released(Released("5", refitted.pipeline, narrower), folds, rows, inputs, retrained=retrained, **kwargs)
+    assert isinstance(own, Scored)
+    assert "and inputs retrained on the same" in own.how
+    assert len(retrained) == 2
+    assert own.values != tuple(candidate)
+
     # A model of other inputs cannot be scored: said, not guessed.
     foreign = {**trained.metadata, "features": [*trained.metadata["features"], "dteday"]}
     why = score_released(Released("4", trained.pipeline, foreign), folds, rows, inputs, retrained={}, **kwargs)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from forkcast import paths
 from forkcast.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_USAGE,
@@ -48,7 +47,8 @@ def drift(
         ),
     ] = None,
     reference: Annotated[
-        Path | None, typer.Option(help="Training data to compare with (default: outputs/prepared/train.parquet).")
+        Path | None,
+        typer.Option(help="Training data to compare with (default: the prepared rows the served model was fitted on)."),
     ] = None,
     labels: Annotated[
         Path | None,
@@ -115,7 +115,7 @@ def drift(
             raise missing_model or monitoring.DriftError("no model to compare with")
         model.check_declared(params.dataset)
         with step("load the reference and the model's predictions on it"):
-            baseline = load_reference(reference or paths.prepared_split("train"), model)
+            baseline = load_reference(reference, model)  # by default the rows the served model learned
         with step(f"compare {traffic.rows:,} records with {len(baseline.frame):,} reference rows (Evidently)"):
             outcome, snapshot = analyse(context, traffic, baseline, known)
         write_outputs(directory, outcome, snapshot)

@@ -44,6 +44,11 @@ class Released:
             "hyperparameters": self.metadata["hyperparameters"],
         }
 
+    def inputs_or(self, current: Inputs) -> Inputs:
+        """The input contract it was trained with (its metadata records it), else the current one."""
+        recorded = self.metadata.get("inputs")
+        return Inputs.model_validate(recorded) if recorded else current
+
     @property
     def trained_until(self) -> pd.Timestamp | None:
         """The newest row it was fitted on (all rows when refit, else its training split)."""
@@ -124,18 +129,21 @@ def score_released(
             f"{until:%Y-%m-%d}: rows it never saw)",
         )  # fmt: skip
     everything = tuple(range(len(folds)))
-    if released.recipe == settings.recipe():
+    own = released.inputs_or(inputs)
+    if released.recipe == settings.recipe() and own.names == inputs.names:
         return Scored(
             everything, tuple(candidate_values),
-            f"(its settings are the candidate's, retrained on the same {len(folds)} folds: it saw them all)",
+            f"(its settings and inputs are the candidate's, retrained on the same {len(folds)} folds: it saw them "
+            "all)",
         )  # fmt: skip
-    key = json.dumps(released.recipe, sort_keys=True)
+    key = json.dumps([released.recipe, own.names], sort_keys=True)
     if key not in retrained:
-        scorer = refit_scorer(settings.with_recipe(released.recipe), inputs)
+        scorer = refit_scorer(settings.with_recipe(released.recipe), own)
         retrained[key] = [m[metric] for m in score_folds(data, folds, target, scorer)]
     return Scored(
         everything, tuple(retrained[key]),
-        f"(its settings, {released.recipe['model']}, retrained on the same {len(folds)} folds: its own model saw them)",
+        f"(its settings ({released.recipe['model']}) and inputs retrained on the same {len(folds)} folds: its own "
+        "model saw them)",
     )  # fmt: skip
 
 
@@ -192,7 +200,7 @@ def judge(
         # The release the candidate is furthest behind, on the folds each could be scored on; shown only when it
         # is stricter than production (else production is the best of them).
         strictest = max(recent, key=strictness)
-        current = next((c for c in comparisons if c.against.startswith("production")), None)
+        current = comparisons[-1] if comparisons[-1].against.startswith("production") else None
         if current is None or strictness(strictest) > strictness(current):
             comparisons.append(strictest)
     eligible = all(c.passed for c in comparisons)

@@ -115,6 +115,7 @@ def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
             "data_hash": metadata.get("data_hash"),
             "git_commit": metadata.get("git_commit"),
             "trained_at": metadata.get("trained_at"),
+            "fitted_on": metadata.get("fitted_on"),  # the rows it learned (all of them when refit)
             "metrics": {f"test_{key}": value for key, value in evaluation["model"].items()},
             "gate": "eligible" if gate["eligible"] else "rejected",
             "test_period": test_period(metadata),
@@ -161,6 +162,7 @@ def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
             "data_hash": tags.get("data_hash"),
             "git_commit": tags.get("git_commit"),
             "trained_at": metadata.get("trained_at"),
+            "fitted_on": metadata.get("fitted_on"),
             "metrics": {key: value for key, value in run.data.metrics.items() if key.startswith("test_")},
             "gate": tags.get("gate", "unknown"),
             "test_period": test_period(metadata),

@@ -69,6 +69,7 @@ def _deployed_model(environment: str, bento: str) -> ModelInfo:
         "model_version": description.labels.get("model_version"),
         "data_hash": description.labels.get("data_hash"),
         "trained_at": metadata.get("trained_at"),
+        "fitted_on": metadata.get("fitted_on"),  # the rows it learned: the drift reference
     }
     test_metrics = {key: float(metrics[f"test_{key}"]) for key in ("rmse", "mae") if f"test_{key}" in metrics}
     inputs = Inputs.model_validate(atomic.read_json(Path(model.path) / INPUTS_FILE))
@@ -90,6 +91,7 @@ def _pipeline_model(environment: str) -> ModelInfo:
         "model_version": str(gate["version"]) if same_model and "version" in gate else None,
         "data_hash": metadata.get("data_hash"),
         "trained_at": trained_at,
+        "fitted_on": metadata.get("fitted_on"),
     }
     model_metrics = _read_json(paths.METRICS_JSON).get("model", {})
     test_metrics = {key: float(model_metrics[key]) for key in ("rmse", "mae") if key in model_metrics}
@@ -112,16 +114,34 @@ class Reference:
     targets: pd.Series | None = None  # the true values, where the reference file has them (the naive baseline's)
 
 
-def load_reference(path: Path, model: ModelInfo) -> Reference:
-    """The training data with the model's own (clipped) predictions on it."""
-    import joblib
+def fitted_rows(model: ModelInfo) -> tuple[Path, pd.DataFrame]:
+    """The prepared rows the model was fitted on: all of them for a model refit on every row (`train.refit_on_all`),
+    the training split for one that was not (or whose metadata does not say)."""
+    fitted = model.identity.get("fitted_on") or {}
+    split = paths.prepared_split("train")
+    if not fitted.get("start") or not fitted.get("end"):
+        return split, _read_table(split)
+    frames = [_read_table(paths.prepared_split(name)) for name in paths.SPLITS]
+    rows = pd.concat(frames, ignore_index=True)
+    inside = (rows["timestamp"] >= pd.Timestamp(fitted["start"])) & (rows["timestamp"] <= pd.Timestamp(fitted["end"]))
+    return paths.PREPARED_DIR, rows[inside].reset_index(drop=True)
 
+
+def _read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DriftError(f"no reference data {path}: run `dvc repro` (or pass --reference PATH)")
     try:
-        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         raise DriftError(f"cannot read the reference data {path}: {exc}") from exc
+
+
+def load_reference(path: Path | None, model: ModelInfo) -> Reference:
+    """The training data (`path`, else the rows the model was fitted on) with the model's own (clipped)
+    predictions on it."""
+    import joblib
+
+    path, frame = fitted_rows(model) if path is None else (path, _read_table(path))
     names = list(model.inputs.names)
     missing = [name for name in names if name not in frame.columns]
     if missing or frame.empty:
@@ -139,12 +159,15 @@ def load_reference(path: Path, model: ModelInfo) -> Reference:
 
 
 def _data_hash_of(path: Path, frame: pd.DataFrame) -> str | None:
-    """The data version of the pipeline's training split, when the model metadata describes this very split."""
-    if path.resolve() != paths.prepared_split("train").resolve() or "timestamp" not in frame.columns:
+    """The data version of the pipeline's prepared rows, when the served model's metadata describes these very rows
+    (the rows it was fitted on, or its training split)."""
+    prepared = {paths.PREPARED_DIR.resolve(), paths.prepared_split("train").resolve()}
+    if path.resolve() not in prepared or "timestamp" not in frame.columns:
         return None
     metadata = _read_json(paths.SERVED_METADATA)
-    recorded = (metadata.get("splits") or {}).get("train") or {}
-    matches = recorded.get("rows") == len(frame) and recorded.get("start") == frame["timestamp"].min().isoformat()
+    described = [metadata.get("fitted_on") or {}, (metadata.get("splits") or {}).get("train") or {}]
+    start = frame["timestamp"].min().isoformat()
+    matches = any(d.get("rows") == len(frame) and d.get("start") == start for d in described)
     return metadata.get("data_hash") if matches else None
 
 
@@ -153,10 +176,10 @@ def _reference_warnings(identity: dict[str, Any], model: ModelInfo) -> tuple[str
     if ours and theirs and ours != theirs:
         version = model.identity.get("model_version") or "?"
         return (
-            f"the reference is the training split of data {ours}, but model v{version} was trained on data "
+            f"the reference is the prepared data {ours}, but model v{version} was trained on data "
             f"{theirs}: check that data out (`git checkout <its commit> data.dvc && dvc checkout && dvc repro`) "
             "or pass --reference",
         )
     if not ours:
-        return ("the reference's data version is unknown: it is not the split the pipeline's model metadata describes",)
+        return ("the reference's data version is unknown: these are not the rows the pipeline's model metadata names",)
     return ()

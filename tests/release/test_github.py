@@ -6,6 +6,7 @@ these commands call, shaped like GitHub's documented answers (and its known refu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -63,6 +64,9 @@ class FakeGitHub:
     branch_policies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     issues: dict[int, dict[str, Any]] = field(default_factory=dict)
+    releases: list[dict[str, Any]] = field(default_factory=list)  # newest first, as GitHub lists them
+    latest: str | None = None  # the tag GitHub answers for /releases/latest
+    assets: dict[int, bytes] = field(default_factory=dict)  # served from another origin, like GitHub's storage
     seen: list[Seen] = field(default_factory=list)
     next_id: int = 1000
 
@@ -84,6 +88,34 @@ class FakeGitHub:
         }
         self.comments.setdefault(number, []).append(comment)
         return comment
+
+    def add_release(self, tag: str, published_at: str, files: dict[str, bytes]) -> None:
+        assets = []
+        for name, data in files.items():
+            asset_id = self.new_id()
+            self.assets[asset_id] = data
+            assets.append({"id": asset_id, "name": name, "size": len(data)})
+        release = {"tag_name": tag, "draft": False, "published_at": published_at, "assets": assets}
+        self.releases.insert(0, release)
+
+    def releases_endpoint(self, method: str, _: str, query: Query, payload: Any) -> Answer:
+        per_page = min(int(query.get("per_page", ["30"])[0]), 100)
+        page = int(query.get("page", ["1"])[0])
+        link = ""
+        if page * per_page < len(self.releases):
+            link = f'<{self.url}/repos/{REPO}/releases?per_page={per_page}&page={page + 1}>; rel="next"'
+        return 200, self.releases[(page - 1) * per_page : page * per_page], link
+
+    def latest_endpoint(self, method: str, _: str, query: Query, payload: Any) -> Answer:
+        found = [release for release in self.releases if release["tag_name"] == self.latest]
+        return (200, found[0], "") if found else (404, {"message": "Not Found"}, "")
+
+    def asset_endpoint(self, method: str, asset_id: str, query: Query, payload: Any) -> Answer:
+        if int(asset_id) not in self.assets:
+            return 404, {"message": "Not Found"}, ""
+        # GitHub redirects a download to its storage, on another host, with a signed URL.
+        storage = self.url.replace("127.0.0.1", "localhost")
+        return 302, {"location": f"{storage}/storage/{asset_id}?signature=s"}, ""
 
     def environment(self, name: str) -> dict[str, Any]:
         config = self.environments[name]
@@ -133,6 +165,9 @@ class FakeGitHub:
             (rf"{prefix}/issues/(\d+)", self.issue_endpoint),
             (rf"{prefix}/issues/(\d+)/comments", self.comments_endpoint),
             (rf"{prefix}/issues/comments/(\d+)", self.comment_endpoint),
+            (rf"{prefix}/releases", self.releases_endpoint),
+            (rf"{prefix}/releases/(latest)", self.latest_endpoint),
+            (rf"{prefix}/releases/assets/(\d+)", self.asset_endpoint),
         ]
         for pattern, endpoint in routes:
             if match := re.fullmatch(pattern, path):
@@ -221,6 +256,9 @@ def _handler(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             payload = json.loads(self.rfile.read(length)) if length else None
             fake.seen.append(Seen(self.command, self.path, payload, dict(self.headers.items())))
+            if url.path.startswith("/storage/"):
+                self._storage(int(url.path.rsplit("/", 1)[1]))
+                return
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 status, body, link = 401, {"message": "Bad credentials"}, ""
             else:
@@ -231,6 +269,21 @@ def _handler(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             if link:
                 self.send_header("Link", link)
+            if status == 302:
+                self.send_header("Location", body["location"])
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _storage(self, asset_id: int) -> None:
+            """Like a signed storage URL: it refuses a request that also carries the API token."""
+            if "Authorization" in self.headers:
+                self.send_response(400)
+                self.end_headers()
+                return
+            data = fake.assets[asset_id]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
@@ -242,22 +295,28 @@ def _handler(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeGitHub]:
-    state = FakeGitHub()
+@contextlib.contextmanager
+def serving(state: FakeGitHub) -> Iterator[FakeGitHub]:
+    """The fake answering on a free port of 127.0.0.1 (its `url`) until the block ends."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    monkeypatch.setenv("GITHUB_API_URL", state.url)
-    monkeypatch.setenv("GH_TOKEN", TOKEN)
-    for name in ("GITHUB_TOKEN", "GITHUB_REPOSITORY"):
-        monkeypatch.delenv(name, raising=False)
     try:
         yield state
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeGitHub]:
+    with serving(FakeGitHub()) as state:
+        monkeypatch.setenv("GITHUB_API_URL", state.url)
+        monkeypatch.setenv("GH_TOKEN", TOKEN)
+        for name in ("GITHUB_TOKEN", "GITHUB_REPOSITORY"):
+            monkeypatch.delenv(name, raising=False)
+        yield state
 
 
 @pytest.fixture

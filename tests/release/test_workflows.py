@@ -27,9 +27,11 @@ from forkcast.config import Params
 from forkcast.data.prepare import build_features, load_raw
 from forkcast.model.onnx import columns_of_frame
 from forkcast.model.train import TrainedModel
+from forkcast.release.github_registry import write_model_assets
 from forkcast.serving.inference_log import InferenceLog
 
 from ..conftest import BIN, ROOT, free_port, make_project, run_ok, tool_env
+from .test_github import REPO, TOKEN, FakeGitHub, serving
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 ACTIONS = ROOT / ".github" / "actions"
@@ -365,10 +367,13 @@ class Act:
     project: Path
     artifacts: Path
     cache: Path
+    github: FakeGitHub  # the GitHub API the workflows talk to (GitHub itself is out of reach)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = [str(BIN / "act"), *args, "-P", "ubuntu-latest=-self-hosted", "--no-cache-server"]
         command += ["--action-cache-path", str(self.cache), "--env", f"FORKCAST_ACT_ARTIFACTS={self.artifacts}"]
+        command += ["--env", f"GITHUB_API_URL={self.github.url}", "--env", f"GITHUB_REPOSITORY={REPO}"]
+        command += ["-s", f"GITHUB_TOKEN={TOKEN}"]
         for uses in sorted(remote_actions()):
             action = SHA_PIN.match(uses)
             assert action
@@ -419,9 +424,10 @@ def act(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Act]:
     text = re.sub(r"staging_port: \d+", f"staging_port: {free_port()}", text)
     params.write_text(re.sub(r"production_port: \d+", f"production_port: {free_port()}", text))
     run_ok(["git", "commit", "-qam", "free ports for this machine"], project)
-    runner = Act(project, root / "artifacts", root / "cache")
-    yield runner
-    runner.stop_servers()
+    with serving(FakeGitHub()) as github:
+        runner = Act(project, root / "artifacts", root / "cache", github)
+        yield runner
+        runner.stop_servers()
 
 
 @pytest.mark.slow
@@ -440,6 +446,37 @@ def test_act_runs_the_pipeline_workflow(act: Act) -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
+def test_a_second_pipeline_run_compares_with_the_first_release_and_releases_nothing_new(
+    act: Act, tmp_path: Path
+) -> None:
+    """No MLflow server: GitHub Releases are the registry. The first run's model, published as the release workflow
+    publishes it, is production for the second run, which trains the same model: compared, and nothing to release."""
+    kept = act.artifacts / "pipeline-outputs"
+    if not (kept / "served").exists():
+        pytest.fail("runs after test_act_runs_the_pipeline_workflow, which keeps the pipeline's outputs")
+    served = kept / "served"
+    assets = write_model_assets(served / "model.joblib", served / "model.onnx", served / "metadata.json", tmp_path)
+    act.github.add_release("forkcast-v1-0123456789ab", "2026-12-01T10:00:00Z", {a.name: a.read_bytes() for a in assets})
+    act.github.latest = "forkcast-v1-0123456789ab"
+    try:
+        result = act.run("push", "-W", ".github/workflows/pipeline.yml", "-j", "pipeline")
+    finally:
+        act.github.latest, act.github.releases = None, []
+
+    assert result.returncode == 0, tail(result)
+    assert "registered 1 released model(s) from octocat/forkcast; production is forkcast-v1-0123456789ab" in (
+        result.stdout
+    )
+    gate = json.loads((kept / "registry" / "gate.json").read_text())
+    assert gate["version"] == "1"  # the released model's version: the same bytes
+    assert [c["against"] for c in gate["verdict"]["comparisons"]] == ["the seasonal baseline", "production v1"]
+    assert gate["verdict"]["unchanged"]
+    assert "::set-output:: unchanged=true" in result.stdout
+    assert "Summary - ## Forkcast pipeline: the same model as production: nothing to release" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_act_runs_the_release_through_the_staging_smoke_tests(act: Act) -> None:
     if not (act.artifacts / "pipeline-outputs").exists():
         pytest.fail("runs after test_act_runs_the_pipeline_workflow, which keeps the pipeline's outputs")
@@ -454,7 +491,7 @@ def test_act_runs_the_release_through_the_staging_smoke_tests(act: Act) -> None:
     built = (release / "build" / "build.json").read_text()
     assert (release / "release" / "bento.bento").stat().st_size > 0
     args = (release / "release" / "image.args").read_text().splitlines()
-    assert args[args.index("--tag") + 1].startswith("ghcr.io/nektos/act:v1-")  # act's stand-in repository name
+    assert args[args.index("--tag") + 1].startswith(f"ghcr.io/{REPO}:v1-")  # the repository act is told it runs in
     assert f"dev.forkcast.bento={yaml.safe_load(built)['bento']}" in args
     # The one step GitHub runs and act cannot: no container engine here, so the local target skips it.
     assert "Run Main Build and push the image" not in result.stdout
@@ -488,7 +525,8 @@ def test_a_broken_pipeline_step_fails_the_pipeline_workflow(act: Act) -> None:
     finally:
         params.write_text(original)
     assert result.returncode != 0
-    assert "❌  Failure - Main Run the pipeline (dvc repro)" in result.stdout
+    # The first step that reads params.yaml stops the job: seeding the registry, before `dvc repro`.
+    assert "❌  Failure - Main Production from the GitHub Releases (no MLflow server)" in result.stdout
     assert "learning_rat" in result.stdout  # the message names the typo
     assert "::set-output:: eligible" not in result.stdout  # so the release job does not start
 
@@ -525,7 +563,7 @@ def test_act_runs_the_nightly_drift_job_on_a_fixture_log(
     assert "::set-output:: verdict=drift" in result.stdout
     assert "Summary - ## Drift: production: **DRIFT**" in result.stdout
     assert "336 records (1 smoke-test and probe records dropped)" in result.stdout
-    assert "POST /repos/nektos/act/issues  (dry run: not sent)" in result.stdout
+    assert f"POST /repos/{REPO}/issues  (dry run: not sent)" in result.stdout
     assert '"title": "Input drift in production"' in result.stdout
     assert "Run Main Retrain" not in result.stdout  # retraining is opt-in (FORKCAST_RETRAIN_ON_DRIFT)
     kept = act.artifacts / "drift-report" / "production"

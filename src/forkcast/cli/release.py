@@ -241,3 +241,54 @@ def check_approval(repo: RepoOption = None) -> None:
             EXIT_CHECK_FAILED,
         )
     typer.echo(f"production on {target} waits for a required reviewer's approval")
+
+
+MODEL_ASSETS_DIR = paths.OUTPUTS / "release" / "model"
+
+
+@release_app.command("model-assets")
+def release_model_assets(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write them.")] = MODEL_ASSETS_DIR,
+) -> None:
+    """Write the served model as a production release carries it (model.skops, model.onnx, metadata.json): the
+    registry of a fork without an MLflow server."""
+    from forkcast.release.github_registry import RegistryAssetsError, write_model_assets
+
+    try:
+        written = write_model_assets(paths.SERVED_PICKLE, paths.SERVED_ONNX, paths.SERVED_METADATA, directory)
+    except RegistryAssetsError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    typer.echo(" ".join(str(path) for path in written))
+
+
+@release_app.command("seed-registry")
+def release_seed_registry(
+    repo: RepoOption = None,
+    params_file: ParamsOption = PARAMS_FILE,
+    directory: Annotated[Path, typer.Option("--dir", help="Where the releases' models are downloaded.")] = (
+        paths.OUTPUTS / "release" / "registry"
+    ),
+) -> None:
+    """Register production and the recent production releases (GitHub Releases that carry a model) in the local
+    MLflow store, so the gate compares with them: the pipeline workflow runs it when no MLFLOW_TRACKING_URI is set."""
+    from forkcast.cli.common import load_params, tracking_errors
+    from forkcast.release import github
+    from forkcast.release.github_registry import RegistryAssetsError, seed
+
+    params = load_params(params_file)
+    target = repo_name(repo)
+    with step(f"seed the local registry from the releases of {target}"), github_errors(), tracking_errors():
+        try:
+            with github.client() as gh:
+                seeded = seed(
+                    gh, target, params, local_dir=paths.LOCAL_MLFLOW_DIR, directory=directory,
+                    progress=lambda line: typer.echo(line, err=True),
+                )  # fmt: skip
+        except RegistryAssetsError as exc:
+            raise fail(str(exc), EXIT_CHECK_FAILED) from exc
+    if not seeded:
+        typer.echo(f"no release of {target} carries a model yet: the gate compares with the baseline only")
+        return
+    production = next((s for s in seeded if s.production), None)
+    where = f"production is {production.tag} (v{production.version})" if production else "none of them is production"
+    typer.echo(f"registered {len(seeded)} released model(s) from {target}; {where}")

@@ -71,6 +71,8 @@ def use_tracking(local_dir: Path, experiment: str) -> str:
 
     uri = tracking_uri(local_dir)
     check_reachable(uri)
+    # Downloads of a released model's metadata would draw progress bars into the stage's log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if is_local(uri):
         local_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -103,7 +105,7 @@ def flat_params(params: Params) -> dict[str, Any]:
     }
 
 
-def _trusted_types(pipeline: Pipeline) -> list[str]:
+def trusted_types(pipeline: Pipeline) -> list[str]:
     """The scikit-learn types skops needs to be told about to load this pipeline again."""
     import skops.io
 
@@ -262,17 +264,7 @@ def track_and_register(
             version = existing
             mlflow.set_tag("registered_as", f"{name} v{version} (the same model as before: not registered again)")
         else:
-            info = mlflow.sklearn.log_model(
-                pipeline,
-                name="model",
-                signature=signature,
-                input_example=example,
-                serialization_format="skops",
-                skops_trusted_types=_trusted_types(pipeline),
-                pip_requirements=[f"scikit-learn=={metadata['libraries']['scikit-learn']}"],
-                registered_model_name=name,
-            )
-            version = str(info.registered_model_version)
+            version = _log_model(pipeline, metadata, name, signature=signature, example=example)
             for key, value in {**tags, MODEL_DIGEST: digest}.items():
                 client.set_model_version_tag(name, version, key, value)
         verdict = gate_verdict(client, params, version, backtest, data=data, inputs=inputs)
@@ -280,6 +272,57 @@ def track_and_register(
         client.set_registered_model_alias(name, CANDIDATE, version)  # only once it carries its verdict
         mlflow.log_dict(verdict.to_dict(), "reports/gate.json")
     return Registration(run.info.run_id, experiment_id, name, version, verdict, mlflow.get_tracking_uri())
+
+
+def _log_model(pipeline: Pipeline, metadata: dict[str, Any], name: str, **described: Any) -> str:
+    """Log the pipeline (skops, scikit-learn types only) in the active run as a new version of `name`."""
+    import mlflow
+
+    info = mlflow.sklearn.log_model(
+        pipeline,
+        name="model",
+        signature=described.get("signature"),
+        input_example=described.get("example"),
+        serialization_format="skops",
+        skops_trusted_types=trusted_types(pipeline),
+        pip_requirements=[f"scikit-learn=={metadata['libraries']['scikit-learn']}"],
+        registered_model_name=name,
+    )
+    return str(info.registered_model_version)
+
+
+def register_released(
+    local_dir: Path, params: Params, *, pipeline: Pipeline, metadata: dict[str, Any], onnx: bytes, release: str,
+    released_at: str, production: bool, metadata_file: Path,
+) -> tuple[str, bool]:  # fmt: skip
+    """A model production served (a GitHub release of it) as a registered version, tagged as released when it was,
+    and aliased production when it is; the version and whether the store already held these bytes."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    use_tracking(local_dir, params.tracking.experiment)
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
+    client, name, digest = MlflowClient(), params.tracking.registered_model, model_digest(onnx)
+    version = version_with_digest(client, name, digest)
+    reused = version is not None
+    if version is None:
+        with mlflow.start_run(run_name=f"released {release}", tags={"github_release": release}):
+            mlflow.log_artifact(str(metadata_file), artifact_path="reports")  # what the gate reads of it
+            version = _log_model(pipeline, metadata, name)
+    tags = {
+        "git_commit": metadata.get("git_commit") or "unknown",
+        "data_hash": metadata.get("data_hash") or "unknown",
+        "model_type": metadata.get("model_type", "unknown"),
+        "github_release": release,
+        MODEL_DIGEST: digest,
+        RELEASED_AT: released_at,
+        "gate": "eligible",  # it was released: the gate passed it then
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if production:
+        client.set_registered_model_alias(name, PRODUCTION, version)
+    return version, reused
 
 
 def _flat_metrics(evaluation: dict[str, Any], metadata: dict[str, Any], backtest: dict[str, Any]) -> dict[str, float]:

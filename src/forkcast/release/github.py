@@ -203,9 +203,15 @@ class GitHub:
     def note_unsent(self, method: str, path: str) -> None:
         self.echo(f"{method} {path}  (dry run without a token: not sent)")
 
-    def _send(self, method: str, path: str, params: Mapping[str, Any] | None, payload: Any = None) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, params: Mapping[str, Any] | None, payload: Any = None, *, raw: bool = False
+    ) -> httpx.Response:
+        # A raw download is answered with a redirect to the file's storage: httpx follows it without the token.
+        headers = {"Accept": "application/octet-stream"} if raw else None
         try:
-            response = self._http.request(method, path, params=params, json=payload)
+            response = self._http.request(
+                method, path, params=params, json=payload, headers=headers, follow_redirects=raw
+            )
         except httpx.HTTPError as exc:
             raise GitHubError(
                 method, path, None, f"cannot reach {self.api_url}: {exc}", "check GITHUB_API_URL and the network"
@@ -221,6 +227,12 @@ class GitHub:
         if not self.can_read:
             raise TokenMissingError(f"GET {path} needs a token")
         return _json(self._send("GET", path, params))
+
+    def download(self, path: str) -> bytes:
+        """A release asset's bytes (`/repos/{repo}/releases/assets/{id}`)."""
+        if not self.can_read:
+            raise TokenMissingError(f"GET {path} needs a token")
+        return self._send("GET", path, None, raw=True).content
 
     def paginate(self, path: str, *, key: str | None = None, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """Every item of a listing, page by page (100 per page, following the `Link: rel="next"` header)."""

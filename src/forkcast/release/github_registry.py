@@ -1,0 +1,145 @@
+"""GitHub Releases as the model registry of a fork that has no MLflow server.
+
+Each pipeline run on GitHub starts with an empty local MLflow store, so without help its gate would compare with
+nothing. The release workflow therefore publishes the served model with every production release
+(`forkcast-v<version>-<digest>`): the pipeline as skops (loaded without pickle), its ONNX export and its
+metadata; the release it marks as the repository's latest is production (a rollback marks the release it
+restores). Before `dvc repro`, the pipeline workflow seeds the local store from the recent releases, oldest first,
+with production's alias on the latest: the gate then runs exactly as it does locally.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from forkcast import atomic
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+    from forkcast.config import Params
+    from forkcast.release.github import GitHub
+
+RELEASE_PREFIX = "forkcast-v"
+SKOPS_FILE = "model.skops"
+ONNX_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+MODEL_ASSETS = (SKOPS_FILE, ONNX_FILE, METADATA_FILE)
+
+
+class RegistryAssetsError(Exception):
+    """A release's model cannot be written or read back."""
+
+
+def write_model_assets(pipeline_file: Path, onnx_file: Path, metadata_file: Path, directory: Path) -> list[Path]:
+    """The served model as a release carries it: skops (no pickle to trust), ONNX, metadata."""
+    import joblib
+    import skops.io
+
+    from forkcast.model.registry import trusted_types
+
+    missing = [str(path) for path in (pipeline_file, onnx_file, metadata_file) if not path.exists()]
+    if missing:
+        raise RegistryAssetsError(f"missing {', '.join(missing)}: run `dvc repro` first")
+    pipeline = joblib.load(pipeline_file)
+    trusted_types(pipeline)  # refuses a pipeline with types from outside scikit-learn
+    written = [directory / name for name in MODEL_ASSETS]
+    atomic.write_atomic(written[0], lambda tmp: skops.io.dump(pipeline, tmp))
+    atomic.write_atomic(written[1], lambda tmp: shutil.copyfile(onnx_file, tmp))
+    atomic.write_atomic(written[2], lambda tmp: shutil.copyfile(metadata_file, tmp))
+    return written
+
+
+def load_pipeline(path: Path) -> Pipeline:
+    """A released pipeline, loading only scikit-learn types (skops refuses anything else)."""
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(file=path)
+    foreign = [name for name in untrusted if not name.startswith("sklearn.")]
+    if foreign:
+        raise RegistryAssetsError(f"{path} holds types from outside scikit-learn: {foreign}; not loaded")
+    pipeline: Pipeline = skops.io.load(path, trusted=untrusted)
+    return pipeline
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    tag: str
+    published_at: str
+    assets: dict[str, int]  # asset name -> id, for the model assets
+    production: bool  # the repository's latest release
+
+
+def released_models(github: GitHub, repo: str, count: int) -> list[ReleasedModel]:
+    """The last `count` published Forkcast releases that carry a model, oldest first, and production among them."""
+    from forkcast.release.github import GitHubError
+
+    try:
+        latest = github.get(f"/repos/{repo}/releases/latest").get("tag_name")
+    except GitHubError as exc:
+        if exc.status != 404:
+            raise
+        latest = None  # no release yet
+    found = []
+    for release in github.paginate(f"/repos/{repo}/releases"):
+        assets = {asset["name"]: int(asset["id"]) for asset in release.get("assets", [])}
+        tag = str(release.get("tag_name", ""))
+        if release.get("draft") or not tag.startswith(RELEASE_PREFIX) or not set(MODEL_ASSETS) <= set(assets):
+            continue
+        chosen = {name: assets[name] for name in MODEL_ASSETS}
+        found.append(ReleasedModel(tag, str(release.get("published_at") or ""), chosen, tag == latest))
+    found.sort(key=lambda release: release.published_at)
+    recent = found[-count:]
+    current = next((release for release in found if release.production), None)
+    if current is not None and current not in recent:  # rolled back to an older release: it is production
+        recent = [current, *(found[-(count - 1) :] if count > 1 else [])]
+        recent.sort(key=lambda release: release.published_at)
+    return recent
+
+
+def download(github: GitHub, repo: str, release: ReleasedModel, directory: Path) -> Path:
+    """The release's model assets, into `directory/<tag>/`."""
+    target = directory / release.tag
+    for name, asset_id in release.assets.items():
+        data = github.download(f"/repos/{repo}/releases/assets/{asset_id}")
+        atomic.write_atomic(target / name, partial(_write, data))
+    return target
+
+
+def _write(data: bytes, path: Path) -> None:
+    path.write_bytes(data)
+
+
+@dataclass(frozen=True)
+class Seeded:
+    tag: str
+    version: str
+    production: bool
+    reused: bool  # already in the store (the same bytes)
+
+
+def seed(
+    github: GitHub, repo: str, params: Params, *, local_dir: Path, directory: Path,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> list[Seeded]:  # fmt: skip
+    """Register the recent production releases in the local MLflow store (oldest first) and alias production."""
+    from forkcast.model.registry import register_released
+
+    seeded = []
+    for release in released_models(github, repo, params.gate.releases_compared):
+        files = download(github, repo, release, directory)
+        metadata: dict[str, Any] = atomic.read_json(files / METADATA_FILE)
+        version, reused = register_released(
+            local_dir, params, pipeline=load_pipeline(files / SKOPS_FILE), metadata=metadata,
+            onnx=(files / ONNX_FILE).read_bytes(), release=release.tag, released_at=release.published_at,
+            production=release.production, metadata_file=files / METADATA_FILE,
+        )  # fmt: skip
+        seeded.append(Seeded(release.tag, version, release.production, reused))
+        mark = " (production)" if release.production else ""
+        progress(f"  {release.tag}{mark}: version {version}{', already here' if reused else ''}")
+    return seeded

@@ -1,0 +1,140 @@
+"""GitHub Releases as the registry of a fork without an MLflow server, against the local fake of GitHub's API:
+a production release carries the served model; the pipeline seeds its empty local store from the recent releases
+and the gate compares with production, as it does locally."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forkcast.cli import main
+from forkcast.config import HistGradientBoostingParams, Params, TrackingParams
+from forkcast.data.prepare import Splits
+from forkcast.model.refit import refit
+from forkcast.model.registry import PRODUCTION, RELEASED_AT
+from forkcast.model.train import TrainedModel, save, train
+from forkcast.release import github
+from forkcast.release.github_registry import (
+    MODEL_ASSETS,
+    RegistryAssetsError,
+    load_pipeline,
+    seed,
+    write_model_assets,
+)
+
+from ..conftest import ROOT
+from ..model.test_registry import register
+from .test_github import REPO, FakeGitHub, fake  # noqa: F401 - the fake GitHub fixture
+
+pytestmark = pytest.mark.bikes
+
+
+def release_files(model: TrainedModel, directory: Path) -> dict[str, bytes]:
+    """What the release workflow uploads for `model` (`forkcast release model-assets`)."""
+    pipeline, onnx, metadata = directory / "model.joblib", directory / "model.onnx", directory / "metadata.json"
+    save(model, pipeline, onnx, metadata)
+    written = write_model_assets(pipeline, onnx, metadata, directory / "assets")
+    return {path.name: path.read_bytes() for path in written}
+
+
+def with_max_iter(params: Params, max_iter: int) -> Params:
+    settings = params.train.model_copy(update={"hist_gradient_boosting": HistGradientBoostingParams(max_iter=max_iter)})
+    return params.model_copy(update={"train": settings})
+
+
+@pytest.fixture
+def local(params: Params, monkeypatch: pytest.MonkeyPatch) -> Params:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return params.model_copy(update={"tracking": TrackingParams(experiment="seeded", registered_model="seeded")})
+
+
+def test_the_release_assets_load_back_as_the_same_model_without_pickle(
+    trained: TrainedModel, splits: Splits, params: Params, tmp_path: Path
+) -> None:
+    files = release_files(trained, tmp_path)
+    assert sorted(files) == sorted(MODEL_ASSETS)
+    loaded = load_pipeline(tmp_path / "assets" / "model.skops")
+    rows = splits.test[trained.metadata["features"]].head(100)
+    np.testing.assert_array_equal(loaded.predict(rows), trained.pipeline.predict(rows))
+    with pytest.raises(RegistryAssetsError, match=r"missing .*none/model\.joblib, .*/x: run `dvc repro` first"):
+        write_model_assets(tmp_path / "none" / "model.joblib", tmp_path / "model.onnx", tmp_path / "x", tmp_path)
+
+
+def test_the_pipeline_seeds_the_recent_releases_and_the_gate_compares_with_production(
+    fake: FakeGitHub,  # noqa: F811
+    trained: TrainedModel,
+    splits: Splits,
+    local: Params,
+    tmp_path: Path,
+) -> None:
+    from mlflow import MlflowClient
+
+    inputs = local.dataset.inputs()
+    first = refit(local, splits.as_dict(), inputs, trained, data_hash="first.dir")
+    weaker = with_max_iter(local, 45)
+    second = refit(weaker, splits.as_dict(), inputs, train(weaker, splits.as_dict(), inputs, None), data_hash=None)
+    fake.add_release("forkcast-v1-aaaaaaaaaaaa", "2026-01-05T10:00:00Z", release_files(first, tmp_path / "first"))
+    fake.add_release("notes-2026", "2026-01-20T10:00:00Z", {"notes.md": b"not a model"})
+    fake.add_release("forkcast-v2-bbbbbbbbbbbb", "2026-02-05T10:00:00Z", release_files(second, tmp_path / "second"))
+    fake.add_release("forkcast-v3-cccccccccccc", "2026-03-05T10:00:00Z", {"manifest.json": b"{}"})  # no model
+    fake.latest = "forkcast-v1-aaaaaaaaaaaa"  # rolled back: the first release is production again
+
+    store = tmp_path / ".mlflow"
+    with github.client() as gh:
+        seeded = seed(gh, REPO, local, local_dir=store, directory=tmp_path / "downloads")
+    assert [(s.tag, s.production, s.reused) for s in seeded] == [
+        ("forkcast-v1-aaaaaaaaaaaa", True, False),
+        ("forkcast-v2-bbbbbbbbbbbb", False, False),
+    ]
+    storage = [s for s in fake.seen if s.path.startswith("/storage/")]
+    assert len(storage) == 6
+    assert all("Authorization" not in s.headers for s in storage)  # the token never leaves the API's host
+
+    client = MlflowClient(f"sqlite:///{(store / 'mlflow.db').resolve()}")
+    production = client.get_model_version_by_alias("seeded", PRODUCTION)
+    assert production.tags["github_release"] == "forkcast-v1-aaaaaaaaaaaa"
+    assert production.tags[RELEASED_AT] == "2026-01-05T10:00:00Z"
+    assert production.tags["data_hash"] == "first.dir"
+
+    # A second run seeds again: the same bytes are the same versions.
+    with github.client() as gh:
+        again = seed(gh, REPO, local, local_dir=store, directory=tmp_path / "downloads")
+    assert [(s.version, s.reused) for s in again] == [(s.version, True) for s in seeded]
+
+    # The gate: production's own model is unchanged; a much weaker one is refused by production and the baseline.
+    same = register(local, trained, splits, tmp_path)
+    assert same.version == str(production.version)
+    assert same.verdict.unchanged
+    weak = with_max_iter(local, 20)
+    worse = register(weak, train(weak, splits.as_dict(), inputs, None), splits, tmp_path)
+    assert not worse.verdict.eligible
+    compared = {c.against: c.passed for c in worse.verdict.comparisons}
+    assert compared[f"production v{production.version}"] is False
+
+
+def test_the_command_says_when_no_release_carries_a_model(
+    fake: FakeGitHub,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("params.yaml", "dataset.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    fake.add_release("forkcast-v1-aaaaaaaaaaaa", "2026-01-05T10:00:00Z", {"manifest.json": b"{}"})
+    assert main(["release", "seed-registry", "--repo", REPO]) == 0
+    assert "no release of octocat/forkcast carries a model yet" in capsys.readouterr().out
+    assert not (tmp_path / ".mlflow").exists()  # nothing registered, nothing written
+
+
+def test_a_release_with_a_foreign_type_is_refused_not_loaded(tmp_path: Path) -> None:
+    import skops.io
+
+    path = tmp_path / "model.skops"
+    skops.io.dump({"model": np.float64(1.0), "hook": Path("/")}, path)
+    with pytest.raises(RegistryAssetsError, match="types from outside scikit-learn"):
+        load_pipeline(path)

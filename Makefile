@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON ?= python3
 
 # The traffic `make run` and `make replay` send to production: by default the model's own test period
-# (rows it never trained on); REPLAY_FROM and REPLAY_TO (YYYY-MM-DD) pick other dates.
+# (rows the evaluated model never trained on); REPLAY_FROM and REPLAY_TO (YYYY-MM-DD) pick other dates.
 REPLAY := forkcast replay --env production $(if $(REPLAY_FROM),--from $(REPLAY_FROM)) $(if $(REPLAY_TO),--to $(REPLAY_TO))
 
 .PHONY: help install data run dataset repro build staging production status stop summary test test-fast lint lint-workflows format typecheck ui new-data replay drift probe bench bench-serving bench-drift clean

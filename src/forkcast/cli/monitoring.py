@@ -164,7 +164,8 @@ def replay(
 ) -> None:
     """Send real rows of the data through a running service (request ids replay-...); keep their true values as labels.
 
-    By default it replays the model's own test period (rows it never trained on), one natural cycle per request.
+    By default it replays the model's own test period (rows the evaluated model never trained on), one natural cycle
+    per request.
     """
     import datetime as dt
 

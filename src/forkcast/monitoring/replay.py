@@ -1,7 +1,8 @@
 """Traffic replay: rows of the real data sent through a deployed service, as callers would send them.
 
-Replaying periods the model never trained on (its own test period, by default) fills the service's inference
-log with true seasonal traffic, for demos of the drift job and for tests.
+Replaying the model's test period (by default: rows the evaluated model never trained on, though the served
+model, refit on every row, has seen them) fills the service's inference log with true seasonal traffic, for demos
+of the drift job and for tests.
 
 Every request carries `x-request-id: replay-<uuid>` (the service logs
 it; smoke tests send `smoke-`, probes `probe-`), so the drift job can tell replayed traffic apart.

@@ -77,15 +77,15 @@ def make_project(workdir: Path) -> None:
     splits = split_by_time(build_features(load_raw(ROOT / dataset.file, dataset), dataset), params.split)
     write_splits(splits, {name: paths.prepared_split(name) for name in paths.SPLITS}, inputs, paths.PREPARED_INPUTS)
     pipeline = fit(params.train, splits.train, inputs)
-    paths.MODEL_DIR.mkdir(parents=True, exist_ok=True)
-    joblib.dump(pipeline, paths.MODEL_PICKLE)
+    paths.SERVED_DIR.mkdir(parents=True, exist_ok=True)  # the model the drift job compares with
+    joblib.dump(pipeline, paths.SERVED_PICKLE)
     metadata = {
         "data_hash": lineage.data_hash(ROOT / "data.dvc"),
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "splits": {"train": {"rows": len(splits.train), "start": splits.train["timestamp"].min().isoformat()}},
         "inputs": inputs.model_dump(mode="json"),
     }
-    paths.MODEL_METADATA.write_text(json.dumps(metadata))
+    paths.SERVED_METADATA.write_text(json.dumps(metadata))
     paths.EVALUATION_DIR.mkdir(parents=True, exist_ok=True)
     test = regression_metrics(splits.test[dataset.target], predict(pipeline, splits.test, inputs.target))
     paths.METRICS_JSON.write_text(json.dumps({"model": test}))
@@ -110,7 +110,7 @@ def write_log(workdir: Path, sink: Path, rows: int, seed: int = 0) -> dict[str, 
     year = pd.concat([pd.read_parquet(paths.prepared_split(name)) for name in paths.SPLITS], ignore_index=True)
     rng = np.random.default_rng(seed)
     records = year.iloc[rng.integers(0, len(year), size=rows)].reset_index(drop=True)
-    predictions = predict(load_pipeline(paths.MODEL_PICKLE), records, inputs.target).to_numpy(np.float32)
+    predictions = predict(load_pipeline(paths.SERVED_PICKLE), records, inputs.target).to_numpy(np.float32)
     sizes = rng.integers(1, 25, size=rows)  # more requests than needed; cut below
     starts = np.concatenate([[0], np.cumsum(sizes)])
     starts = starts[starts < rows]

@@ -100,7 +100,7 @@ class GateParams(_Section):
     # A floor that does not move: the candidate's backtest error must be at least this share below the naive
     # seasonal baseline's on the same folds.
     min_improvement_over_baseline: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
-    # A candidate may be worse than production, and than the best of the last `releases_compared` production
+    # A candidate may be worse than production, and than each of the last `releases_compared` production
     # releases, by at most this share (the second bound stops a chain of small steps down).
     tolerance: Annotated[float, Field(ge=0.0)] = 0.05
     releases_compared: Annotated[int, Field(ge=1, le=50)] = 5
@@ -110,7 +110,7 @@ class BacktestParams(_Section):
     # Rolling origin: the last `folds` blocks of `fold_cycles` natural cycles each (a cycle is a day of hourly
     # rows, a week of daily ones, a year of weekly ones) are each in turn the test, with every earlier row trained on.
     folds: Annotated[int, Field(ge=2, le=52)] = 8
-    fold_cycles: Annotated[int, Field(ge=1)] = 7
+    fold_cycles: Annotated[int, Field(ge=1, le=520)] = 7
 
 
 class TrackingParams(_Section):

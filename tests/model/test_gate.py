@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from forkcast.config import BacktestParams, GateParams, HistGradientBoostingParams, Params
+from forkcast.data.declaration import Feature
 from forkcast.data.prepare import Splits
 from forkcast.model.backtest import BacktestError, all_rows, backtest, cycle_length, make_folds, summarise
 from forkcast.model.gate import Released, Scored, judge, render_markdown, score_released
@@ -65,9 +66,9 @@ def test_exactly_at_the_tolerance_passes_despite_float_rounding() -> None:
     assert verdict.eligible
 
 
-def test_a_chain_of_small_steps_down_is_stopped_by_the_best_recent_release() -> None:
-    """v1 43.8, v2 45.4 (3.7% worse: allowed, released), v3 47.5: 4.7% worse than production v2, but 8.6% worse
-    than v1, the best of the recent releases: refused, and the verdict names v1."""
+def test_a_chain_of_small_steps_down_is_stopped_by_the_recent_releases() -> None:
+    """v1 43.8, v2 45.4 (3.7% worse: allowed, released), v3 47.5: 4.7% worse than production v2, but 8.4% worse
+    than v1, one of the recent releases: refused, and the verdict names v1."""
     history = [("2", everywhere([45.4, 45.4])), ("1", everywhere([43.8, 43.8]))]
     verdict = judge(GATE, "3", backtest_of([47.5, 47.5], [62.0, 62.0]), ("2", history[0][1]), history)
     assert not verdict.eligible
@@ -75,20 +76,24 @@ def test_a_chain_of_small_steps_down_is_stopped_by_the_best_recent_release() -> 
     assert passed == {
         "the seasonal baseline": True,
         "production v2": True,
-        "v1, the best of the last 2 production releases": False,
+        "release v1, one of the last 2": False,
     }
-    assert "FAILS: rmse 47.5 vs v1, the best of the last 2 production releases 43.8 (8.4% worse" in verdict.reason
+    assert "FAILS: rmse 47.5 vs release v1, one of the last 2 43.8 (8.4% worse" in verdict.reason
 
 
-def test_the_best_release_is_not_compared_twice_when_it_is_production() -> None:
-    history = [("2", everywhere([40.0])), ("1", everywhere([43.8]))]
-    verdict = judge(GATE, "3", backtest_of([41.0], [62.0]), ("2", history[0][1]), history)
-    assert [c.against for c in verdict.comparisons] == ["the seasonal baseline", "production v2"]
+def test_every_recent_release_is_named_and_production_once() -> None:
+    history = [("3", everywhere([40.0])), ("2", "records settings this code cannot retrain"), ("1", everywhere([43.8]))]
+    verdict = judge(GATE, "4", backtest_of([41.0], [62.0]), ("3", history[0][1]), history)
+    assert [c.against for c in verdict.comparisons] == [
+        "the seasonal baseline", "production v3", "release v1, one of the last 3",
+    ]  # fmt: skip
+    assert verdict.notes == ("release v2 records settings this code cannot retrain: not compared",)
+    assert verdict.eligible
 
 
 def test_a_reference_scored_on_some_folds_is_compared_on_those_folds_only() -> None:
     """The candidate's mean over the same folds: 30 on the last fold, not 60 over both."""
-    unseen = Scored((1,), (31.0,), "(its own model, on the 1 of 2 folds after its training ended)")
+    unseen = Scored((1,), (31.0,), "(on the last fold only)")
     verdict = judge(GATE, "2", backtest_of([90.0, 30.0], [200.0, 200.0]), production=("1", unseen))
     assert verdict.production is not None
     assert verdict.production.candidate == pytest.approx(30.0)
@@ -121,7 +126,7 @@ def test_the_markdown_shows_every_comparison_and_its_result() -> None:
     verdict = judge(GATE, "3", backtest_of([47.5, 47.6], [62.0, 63.0]), ("2", history[0][1]), history)
     text = render_markdown(verdict, "Model `m` version 3.", "bikes")
     assert "# Quality gate: REJECTED" in text
-    assert "| v1, the best of the last 2 production releases | 47.5 | 43.8 | 45.99 | 1 | **FAIL** |" in text
+    assert "| release v1, one of the last 2 | 47.5 | 43.8 | 45.99 | 1 | **FAIL** |" in text
     assert "mean ± standard deviation over 2 folds" in text
 
 
@@ -170,55 +175,67 @@ def test_a_deliberately_weakened_model_is_refused_against_the_baseline(
     assert not verdict.comparisons[0].passed
 
 
-def test_a_backtest_longer_than_the_data_is_refused_with_what_to_change(rows: pd.DataFrame, params: Params) -> None:
-    too_long = BacktestParams(folds=52, fold_cycles=7)
-    with pytest.raises(BacktestError, match=r"too short for a backtest of 52 folds of 7 days.*backtest.folds"):
-        make_folds(rows["timestamp"], params.dataset.inputs().frequency, too_long)
+def test_a_backtest_longer_than_the_data_keeps_the_folds_that_fit_or_says_what_to_change(
+    rows: pd.DataFrame, params: Params
+) -> None:
+    frequency = params.dataset.inputs().frequency
+    fitted = make_folds(rows["timestamp"], frequency, BacktestParams(folds=52, fold_cycles=7))
+    assert len(fitted) == 51  # 365 days: 52 weeks, the first of them kept for training
+    assert (rows["timestamp"] < fitted[0].start).sum() >= 7 * 24 - 30  # a week of hours before it (gaps allowed)
+    with pytest.raises(BacktestError, match=r"too short for a backtest of 2 folds of 200 days.*backtest.fold_cycles"):
+        make_folds(rows["timestamp"], frequency, BacktestParams(folds=2, fold_cycles=200))
 
 
 @pytest.mark.bikes
-def test_released_models_are_scored_only_where_they_never_saw_the_rows(
+def test_released_models_are_compared_like_with_like_on_the_candidate_s_folds(
     trained: TrainedModel, splits: Splits, rows: pd.DataFrame, folds: list[Any], params: Params
 ) -> None:
+    """Never as they are (a refit model learned the folds, an older one knows fewer weeks): their settings and
+    inputs are retrained on the same folds, once per setting."""
     inputs = params.dataset.inputs()
     candidate = [1.0] * len(folds)
     kwargs: dict[str, Any] = {"settings": params.train, "candidate_values": candidate, "metric": "rmse"}
-
-    # Trained on the training split only: every fold lies after it, so the model itself is scored.
-    evaluated = score_released(Released("1", trained.pipeline, trained.metadata), folds, rows, inputs,
-                               retrained={}, **kwargs)  # fmt: skip
-    assert isinstance(evaluated, Scored)
-    assert evaluated.fold_indices == tuple(range(len(folds)))
-    assert "its own model" in evaluated.how
-    assert all(value > 1.0 for value in evaluated.values)
-
-    # Refit on every row: it saw all the folds; with the candidate's settings, the candidate's own folds stand.
     refitted = refit(params, splits.as_dict(), inputs, trained, data_hash=None)
-    same = score_released(Released("2", refitted.pipeline, refitted.metadata), folds, rows, inputs,
-                          retrained={}, **kwargs)  # fmt: skip
+
+    # The candidate's own settings and inputs: the candidate's folds stand, nothing is refitted.
+    retrained: dict[str, list[float]] = {}
+    same = score_released(Released("2", refitted.metadata), folds, rows, inputs, retrained=retrained, **kwargs)
     assert isinstance(same, Scored)
     assert same.values == tuple(candidate)
-    assert "saw them all" in same.how
+    assert same.fold_indices == tuple(range(len(folds)))
+    assert "the same result" in same.how
+    assert retrained == {}
 
-    # Other settings are retrained on the same folds, once per recipe.
+    # Other settings are retrained on the same folds, once per setting.
     other = {**refitted.metadata, "hyperparameters": {**refitted.metadata["hyperparameters"], "max_iter": 30}}
-    retrained: dict[str, list[float]] = {}
-    first = score_released(Released("3", refitted.pipeline, other), folds, rows, inputs, retrained=retrained, **kwargs)
+    first = score_released(Released("3", other), folds, rows, inputs, retrained=retrained, **kwargs)
+    again = score_released(Released("4", other), folds, rows, inputs, retrained=retrained, **kwargs)
     assert isinstance(first, Scored)
     assert "retrained on the same" in first.how
     assert len(retrained) == 1
-    assert first.values != tuple(candidate)
+    assert again == first
+    fewer_iterations = backtest(params.train.with_recipe({**refitted_recipe(other)}), rows, inputs, folds,
+                                seasonal_keys=params.dataset.seasonal_keys)  # fmt: skip
+    assert list(first.values) == [fold["model"]["rmse"] for fold in fewer_iterations["folds"]]
 
     # The same settings on other inputs (the declaration changed since): retrained with its own inputs.
     fewer = inputs.model_copy(update={"features": tuple(f for f in inputs.features if f.name != "windspeed")})
     narrower = {**refitted.metadata, "inputs": fewer.model_dump(mode="json"), "features": list(fewer.names)}
-    own = score_released(Released("5", refitted.pipeline, narrower), folds, rows, inputs, retrained=retrained, **kwargs)
+    own = score_released(Released("5", narrower), folds, rows, inputs, retrained=retrained, **kwargs)
     assert isinstance(own, Scored)
     assert "and inputs retrained on the same" in own.how
     assert len(retrained) == 2
-    assert own.values != tuple(candidate)
 
-    # A model of other inputs cannot be scored: said, not guessed.
-    foreign = {**trained.metadata, "features": [*trained.metadata["features"], "dteday"]}
-    why = score_released(Released("4", trained.pipeline, foreign), folds, rows, inputs, retrained={}, **kwargs)
+    # What cannot be retrained is said, not guessed: inputs the data lacks, settings this code no longer knows.
+    wider = inputs.model_copy(update={"features": (*inputs.features, Feature(name="dteday", type="str"))})
+    foreign = {**refitted.metadata, "inputs": wider.model_dump(mode="json")}
+    why = score_released(Released("6", foreign), folds, rows, inputs, retrained={}, **kwargs)
     assert why == "was trained on inputs the data no longer has (dteday)"
+    renamed = {**refitted.metadata, "hyperparameters": {"max_iterations": 100}}
+    why = score_released(Released("7", renamed), folds, rows, inputs, retrained={}, **kwargs)
+    assert isinstance(why, str)
+    assert why.startswith("records settings this code cannot retrain (ValidationError")
+
+
+def refitted_recipe(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {"model": metadata["model_type"], "seed": metadata["seed"], "hyperparameters": metadata["hyperparameters"]}

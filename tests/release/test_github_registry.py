@@ -80,6 +80,8 @@ def test_the_pipeline_seeds_the_recent_releases_and_the_gate_compares_with_produ
     fake.add_release("notes-2026", "2026-01-20T10:00:00Z", {"notes.md": b"not a model"})
     fake.add_release("forkcast-v2-bbbbbbbbbbbb", "2026-02-05T10:00:00Z", release_files(second, tmp_path / "second"))
     fake.add_release("forkcast-v3-cccccccccccc", "2026-03-05T10:00:00Z", {"manifest.json": b"{}"})  # no model
+    broken = {**release_files(second, tmp_path / "broken"), "model.skops": b"not a zip"}
+    fake.add_release("forkcast-v4-dddddddddddd", "2026-03-20T10:00:00Z", broken)
     fake.latest = "forkcast-v1-aaaaaaaaaaaa"  # rolled back: the first release is production again
 
     store = tmp_path / ".mlflow"
@@ -88,9 +90,13 @@ def test_the_pipeline_seeds_the_recent_releases_and_the_gate_compares_with_produ
     assert [(s.tag, s.production, s.reused) for s in seeded] == [
         ("forkcast-v1-aaaaaaaaaaaa", True, False),
         ("forkcast-v2-bbbbbbbbbbbb", False, False),
+        ("forkcast-v4-dddddddddddd", False, False),
     ]
+    assert seeded[2].version is None  # one unreadable release is left out, and says why; it stops nothing
+    assert seeded[2].skipped is not None
+    assert seeded[2].skipped.startswith("BadZipFile")
     storage = [s for s in fake.seen if s.path.startswith("/storage/")]
-    assert len(storage) == 6
+    assert len(storage) == 9
     assert all("Authorization" not in s.headers for s in storage)  # the token never leaves the API's host
 
     client = MlflowClient(f"sqlite:///{(store / 'mlflow.db').resolve()}")
@@ -102,7 +108,7 @@ def test_the_pipeline_seeds_the_recent_releases_and_the_gate_compares_with_produ
     # A second run seeds again: the same bytes are the same versions.
     with github.client() as gh:
         again = seed(gh, REPO, local, local_dir=store, directory=tmp_path / "downloads")
-    assert [(s.version, s.reused) for s in again] == [(s.version, True) for s in seeded]
+    assert [(s.version, s.reused) for s in again[:2]] == [(s.version, True) for s in seeded[:2]]
 
     # The gate: production's own model is unchanged; a much weaker one is refused by production and the baseline.
     same = register(local, trained, splits, tmp_path)
@@ -127,7 +133,7 @@ def test_the_command_says_when_no_release_carries_a_model(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     fake.add_release("forkcast-v1-aaaaaaaaaaaa", "2026-01-05T10:00:00Z", {"manifest.json": b"{}"})
     assert main(["release", "seed-registry", "--repo", REPO]) == 0
-    assert "no release of octocat/forkcast carries a model yet" in capsys.readouterr().out
+    assert "no release of octocat/forkcast carries a readable model" in capsys.readouterr().out
     assert not (tmp_path / ".mlflow").exists()  # nothing registered, nothing written
 
 
@@ -138,3 +144,20 @@ def test_a_release_with_a_foreign_type_is_refused_not_loaded(tmp_path: Path) -> 
     skops.io.dump({"model": np.float64(1.0), "hook": Path("/")}, path)
     with pytest.raises(RegistryAssetsError, match="types from outside scikit-learn"):
         load_pipeline(path)
+
+
+def test_production_is_the_newest_release_with_a_model_when_the_latest_carries_none(
+    fake: FakeGitHub,  # noqa: F811
+    trained: TrainedModel,
+    local: Params,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.add_release("forkcast-v1-aaaaaaaaaaaa", "2026-01-05T10:00:00Z", release_files(trained, tmp_path))
+    fake.add_release("docs-2026-02", "2026-02-01T10:00:00Z", {"notes.md": b"a release of something else"})
+    fake.latest = "docs-2026-02"  # GitHub makes a newer release latest by default
+    lines: list[str] = []
+    with github.client() as gh:
+        seeded = seed(gh, REPO, local, local_dir=tmp_path / ".mlflow", directory=tmp_path / "d", progress=lines.append)
+    assert [(s.tag, s.production) for s in seeded] == [("forkcast-v1-aaaaaaaaaaaa", True)]
+    assert any("latest release (docs-2026-02) carries no Forkcast model" in line for line in lines)

@@ -81,6 +81,12 @@ def backtest(params_file: ParamsOption = PARAMS_FILE) -> None:
     except BacktestError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
     size = f"{params.backtest.fold_cycles} {inputs.frequency.cycle}s"
+    if len(folds) < params.backtest.folds:
+        typer.echo(
+            f"warning: the data holds room for {len(folds)} of the {params.backtest.folds} backtest folds of {size} "
+            "(each needs a fold's length of training before it): the gate judges those",
+            err=True,
+        )
     with step(f"backtest {params.train.model}: {len(folds)} folds of {size}, each trained on every earlier row"):
         result = run_backtest(
             params.train, data, inputs, folds, seasonal_keys=params.dataset.seasonal_keys,
@@ -161,13 +167,22 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
         raise fail(f"the data failed validation ({paths.VALIDATION_MD}): nothing is registered", EXIT_CHECK_FAILED)
     inputs = read_inputs()
     metadata = atomic.read_json(paths.SERVED_METADATA)
+    backtest = atomic.read_json(paths.BACKTEST_JSON)
+    served_recipe = {"model": metadata.get("model_type"), "seed": metadata.get("seed"),
+                     "hyperparameters": metadata.get("hyperparameters")}  # fmt: skip
+    if backtest.get("recipe") != served_recipe:
+        raise fail(
+            f"{paths.BACKTEST_JSON} backtested other settings than the served model's ({paths.SERVED_METADATA}): "
+            "run `dvc repro` so both follow params.yaml",
+            EXIT_USAGE,
+        )
     with step("register in MLflow and judge on the backtest's folds"), tracking_errors():
         registration = track_and_register(
             params=params,
             pipeline=load_pipeline(paths.SERVED_PICKLE),
             inputs=inputs,
             data=all_rows(read_splits()),
-            backtest=atomic.read_json(paths.BACKTEST_JSON),
+            backtest=backtest,
             evaluation=atomic.read_json(paths.METRICS_JSON),
             metadata=metadata,
             lineage=lineage.lineage(paths.DATA_DVC, paths.DVC_LOCK),

@@ -286,9 +286,11 @@ def release_seed_registry(
                 )  # fmt: skip
         except RegistryAssetsError as exc:
             raise fail(str(exc), EXIT_CHECK_FAILED) from exc
-    if not seeded:
-        typer.echo(f"no release of {target} carries a model yet: the gate compares with the baseline only")
+    registered = [entry for entry in seeded if entry.skipped is None]
+    if not registered:
+        typer.echo(f"no release of {target} carries a readable model: the gate compares with the baseline only")
         return
-    production = next((s for s in seeded if s.production), None)
+    production = next((entry for entry in registered if entry.production), None)
     where = f"production is {production.tag} (v{production.version})" if production else "none of them is production"
-    typer.echo(f"registered {len(seeded)} released model(s) from {target}; {where}")
+    skipped = f"; {len(seeded) - len(registered)} skipped (see above)" if len(registered) < len(seeded) else ""
+    typer.echo(f"registered {len(registered)} released model(s) from {target}; {where}{skipped}")

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.pipeline import Pipeline
 
 from forkcast import atomic
 from forkcast.config import BacktestParams, TrainParams
@@ -46,19 +45,20 @@ def cycle_length(frequency: Frequency) -> pd.Timedelta:
 
 
 def make_folds(stamps: pd.Series, frequency: Frequency, params: BacktestParams) -> list[Fold]:
-    """The last `folds` blocks of `fold_cycles` cycles, ending with the newest row's day; empty blocks are dropped."""
-    length = cycle_length(frequency) * params.fold_cycles
+    """The last `folds` blocks of `fold_cycles` cycles, ending with the newest row's day, each with at least one
+    fold's length of data before it: fewer folds when the data is short (at least 2); empty blocks are dropped."""
     stop = stamps.max().normalize() + pd.Timedelta(days=1)
-    starts = [stop - length * (params.folds - i) for i in range(params.folds)]
-    folds = [Fold(start, start + length) for start in starts]
-    first = folds[0].start
-    if (stamps < first).sum() == 0 or stamps.min() > first - length:
-        span = f"{params.folds} folds of {params.fold_cycles} {frequency.cycle}s"
+    length_days = cycle_length(frequency).days * params.fold_cycles
+    room = (stop - stamps.min().normalize()).days // length_days - 1  # folds with a fold's length of data before
+    count = min(params.folds, room)
+    if count < 2:
         raise BacktestError(
-            f"the data ({stamps.min():%Y-%m-%d}..{stamps.max():%Y-%m-%d}) is too short for a backtest of {span} "
-            f"with at least one fold's length of training before it: lower backtest.folds or backtest.fold_cycles "
-            "in params.yaml"
+            f"the data ({stamps.min():%Y-%m-%d}..{stamps.max():%Y-%m-%d}) is too short for a backtest of 2 folds of "
+            f"{params.fold_cycles} {frequency.cycle}s with a fold's length of training before them: lower "
+            "backtest.fold_cycles in params.yaml, or add data"
         )
+    length = pd.Timedelta(days=length_days)
+    folds = [Fold(stop - length * (count - i), stop - length * (count - i - 1)) for i in range(count)]
     kept = [fold for fold in folds if ((stamps >= fold.start) & (stamps < fold.end)).any()]
     if len(kept) < 2:
         raise BacktestError(f"only {len(kept)} of the {params.folds} backtest folds hold any rows: the data has gaps")
@@ -100,11 +100,6 @@ def refit_scorer(settings: TrainParams, inputs: Inputs) -> Scorer:
     return score
 
 
-def fitted_scorer(pipeline: Pipeline, inputs: Inputs) -> Scorer:
-    """A model as it is (one trained before every fold it scores)."""
-    return lambda _history, test: predict(pipeline, test, inputs.target)
-
-
 def baseline_scorer(target: str, seasonal_keys: Sequence[str]) -> Scorer:
     return lambda history, test: seasonal_baseline(history, target, test, seasonal_keys)
 
@@ -130,7 +125,8 @@ def backtest(
         )
     model_summary = summarise([row["model"] for row in rows])
     baseline_summary = summarise([row["baseline"] for row in rows])
-    improvement = 1.0 - model_summary["rmse"]["mean"] / baseline_summary["rmse"]["mean"]
+    baseline_rmse = baseline_summary["rmse"]["mean"]
+    improvement = 1.0 - model_summary["rmse"]["mean"] / baseline_rmse if baseline_rmse > 0 else 0.0
     return {
         "folds": rows,
         "model": model_summary,

@@ -6,9 +6,10 @@ A candidate is eligible only when its mean backtest error
 - is within `gate.tolerance` of the best of the last `gate.releases_compared` production releases, so a chain of
   small steps down (each within the tolerance of the one before) is stopped.
 
-Released models are compared like with like: a model is scored as it is only on folds after its training ended
-(rows it never saw); when no fold is that new (it was refit on the candidate's rows), its settings are retrained
-on the same folds instead. Each comparison says which it made.
+Released models are compared like with like: their settings (and inputs) are retrained on the candidate's own
+folds, each fold on every earlier row, exactly as the candidate's were. Scoring a released model as it is would be
+unfair either way: a refit model has learned the folds' rows, and an older one knows fewer weeks than the
+candidate's fold models did.
 """
 
 from __future__ import annotations
@@ -19,21 +20,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
-from sklearn.pipeline import Pipeline
 
 from forkcast.config import GateParams, TrainParams
 from forkcast.data.declaration import Inputs
-from forkcast.model.backtest import Fold, fitted_scorer, refit_scorer, score_folds
+from forkcast.model.backtest import Fold, refit_scorer, score_folds
 
 PASS_SLACK = 1e-9  # exactly at a bound passes, whatever the float rounding
 
 
 @dataclass(frozen=True)
 class Released:
-    """A model production served: its registry version, its fitted pipeline and its metadata.json."""
+    """A model production served: its registry version and its metadata.json (its settings and inputs)."""
 
     version: str
-    pipeline: Pipeline
     metadata: dict[str, Any]
 
     @property
@@ -48,12 +47,6 @@ class Released:
         """The input contract it was trained with (its metadata records it), else the current one."""
         recorded = self.metadata.get("inputs")
         return Inputs.model_validate(recorded) if recorded else current
-
-    @property
-    def trained_until(self) -> pd.Timestamp | None:
-        """The newest row it was fitted on (all rows when refit, else its training split)."""
-        fitted = self.metadata.get("fitted_on") or (self.metadata.get("splits") or {}).get("train") or {}
-        return pd.Timestamp(fitted["end"]) if fitted.get("end") else None
 
 
 @dataclass(frozen=True)
@@ -113,43 +106,25 @@ def score_released(
     released: Released, folds: Sequence[Fold], data: pd.DataFrame, inputs: Inputs, *, settings: TrainParams,
     candidate_values: Sequence[float], metric: str, retrained: dict[str, list[float]],
 ) -> Scored | str:  # fmt: skip
-    """How `released` does on the candidate's folds (like with like), or why it cannot be compared."""
-    missing = [name for name in released.metadata.get("features", []) if name not in data.columns]
+    """`released`'s settings and inputs retrained on the candidate's folds, or why it cannot be compared."""
+    try:
+        own, recipe = released.inputs_or(inputs), released.recipe
+        retrainable = settings.with_recipe(recipe)
+    except (KeyError, TypeError, ValueError) as exc:  # metadata of an older release, or settings renamed since
+        return f"records settings this code cannot retrain ({type(exc).__name__}: {exc})"
+    missing = [name for name in own.names if name not in data.columns]
     if missing:
         return f"was trained on inputs the data no longer has ({', '.join(missing)})"
-    until = released.trained_until
-    unseen = tuple(i for i, fold in enumerate(folds) if until is not None and fold.start > until)
-    target = inputs.target.name
-    if unseen:
-        chosen = [folds[i] for i in unseen]
-        values = [m[metric] for m in score_folds(data, chosen, target, fitted_scorer(released.pipeline, inputs))]
-        return Scored(
-            unseen, tuple(values),
-            f"(its own model, on the {len(unseen)} of {len(folds)} folds after its training ended "
-            f"{until:%Y-%m-%d}: rows it never saw)",
-        )  # fmt: skip
     everything = tuple(range(len(folds)))
-    own = released.inputs_or(inputs)
-    if released.recipe == settings.recipe() and own.names == inputs.names:
-        return Scored(
-            everything, tuple(candidate_values),
-            f"(its settings and inputs are the candidate's, retrained on the same {len(folds)} folds: it saw them "
-            "all)",
-        )  # fmt: skip
-    key = json.dumps([released.recipe, own.names], sort_keys=True)
+    if recipe == settings.recipe() and own.names == inputs.names:
+        how = f"(its settings and inputs are the candidate's: the same {len(folds)} folds give the same result)"
+        return Scored(everything, tuple(candidate_values), how)
+    key = json.dumps([recipe, own.names], sort_keys=True)
     if key not in retrained:
-        scorer = refit_scorer(settings.with_recipe(released.recipe), own)
-        retrained[key] = [m[metric] for m in score_folds(data, folds, target, scorer)]
-    return Scored(
-        everything, tuple(retrained[key]),
-        f"(its settings ({released.recipe['model']}) and inputs retrained on the same {len(folds)} folds: its own "
-        "model saw them)",
-    )  # fmt: skip
-
-
-def strictness(comparison: Comparison) -> float:
-    """How far behind the reference the candidate is (above 1: worse)."""
-    return comparison.candidate / max(comparison.reference, 1e-12)
+        scorer = refit_scorer(retrainable, own)
+        retrained[key] = [m[metric] for m in score_folds(data, folds, inputs.target.name, scorer)]
+    how = f"(its settings ({recipe['model']}) and inputs retrained on the same {len(folds)} folds)"
+    return Scored(everything, tuple(retrained[key]), how)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -191,18 +166,13 @@ def judge(
     else:
         comparisons.append(against(f"production v{production[0]}", production[1]))
     production_version = production[0] if production else None
-    recent = [
-        against(f"v{version}, the best of the last {len(history)} production releases", scored)
-        for version, scored in history
-        if isinstance(scored, Scored) and version != production_version
-    ]
-    if recent:
-        # The release the candidate is furthest behind, on the folds each could be scored on; shown only when it
-        # is stricter than production (else production is the best of them).
-        strictest = max(recent, key=strictness)
-        current = comparisons[-1] if comparisons[-1].against.startswith("production") else None
-        if current is None or strictness(strictest) > strictness(current):
-            comparisons.append(strictest)
+    for version, scored in history:  # every recent release, so the sum of small steps down is bounded
+        if version == production_version:
+            continue
+        if isinstance(scored, str):
+            notes.append(f"release v{version} {scored}: not compared")
+        else:
+            comparisons.append(against(f"release v{version}, one of the last {len(history)}", scored))
     eligible = all(c.passed for c in comparisons)
     head = "eligible" if eligible else "not eligible"
     reason = f"{head}: " + "; ".join(c.sentence(metric) for c in comparisons)

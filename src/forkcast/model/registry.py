@@ -141,18 +141,21 @@ def version_with_digest(client: MlflowClient, name: str, digest: str) -> str | N
     return str(min(same)) if same else None
 
 
-def _released(client: MlflowClient, name: str, version: str) -> Released:
-    """A registered version's pipeline and the metadata.json logged with its run."""
+def _released(client: MlflowClient, name: str, version: str) -> Released | str:
+    """A registered version's metadata.json (logged with its run), or why it cannot be read."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     found = client.get_model_version(name, version)
-    pipeline = mlflow.sklearn.load_model(f"models:/{name}/{version}")
     with tempfile.TemporaryDirectory() as scratch:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=str(found.run_id), artifact_path="reports/metadata.json", dst_path=scratch
-        )
-        metadata = atomic.read_json(Path(path))
-    return Released(str(version), pipeline, metadata)
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=str(found.run_id), artifact_path="reports/metadata.json", dst_path=scratch
+            )
+            metadata = atomic.read_json(Path(path))
+        except (MlflowException, OSError, ValueError) as exc:
+            return f"has no readable metadata.json in its run ({type(exc).__name__})"
+    return Released(str(version), metadata) if isinstance(metadata, dict) else "has a metadata.json that is no mapping"
 
 
 def production_version(client: MlflowClient, name: str) -> str | None:
@@ -188,7 +191,7 @@ def gate_verdict(
     def score(version: str) -> Scored | str:
         if version not in scores:
             released = _released(client, name, version)
-            scores[version] = score_released(
+            scores[version] = released if isinstance(released, str) else score_released(
                 released, folds, data, inputs, settings=params.train, candidate_values=candidate_values, metric=metric,
                 retrained=retrained,
             )  # fmt: skip
@@ -268,7 +271,8 @@ def track_and_register(
             for key, value in {**tags, MODEL_DIGEST: digest}.items():
                 client.set_model_version_tag(name, version, key, value)
         verdict = gate_verdict(client, params, version, backtest, data=data, inputs=inputs)
-        client.set_model_version_tag(name, version, "gate", "eligible" if verdict.eligible else "rejected")
+        if not verdict.unchanged:  # production's own tag stays as its release found it
+            client.set_model_version_tag(name, version, "gate", "eligible" if verdict.eligible else "rejected")
         client.set_registered_model_alias(name, CANDIDATE, version)  # only once it carries its verdict
         mlflow.log_dict(verdict.to_dict(), "reports/gate.json")
     return Registration(run.info.run_id, experiment_id, name, version, verdict, mlflow.get_tracking_uri())

@@ -11,6 +11,7 @@ with production's alias on the latest: the gate then runs exactly as it does loc
 from __future__ import annotations
 
 import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -47,7 +48,10 @@ def write_model_assets(pipeline_file: Path, onnx_file: Path, metadata_file: Path
     if missing:
         raise RegistryAssetsError(f"missing {', '.join(missing)}: run `dvc repro` first")
     pipeline = joblib.load(pipeline_file)
-    trusted_types(pipeline)  # refuses a pipeline with types from outside scikit-learn
+    try:
+        trusted_types(pipeline)  # refuses a pipeline with types from outside scikit-learn
+    except TypeError as exc:
+        raise RegistryAssetsError(f"{pipeline_file}: {exc}; a release carries scikit-learn models only") from exc
     written = [directory / name for name in MODEL_ASSETS]
     atomic.write_atomic(written[0], lambda tmp: skops.io.dump(pipeline, tmp))
     atomic.write_atomic(written[1], lambda tmp: shutil.copyfile(onnx_file, tmp))
@@ -75,8 +79,9 @@ class ReleasedModel:
     production: bool  # the repository's latest release
 
 
-def released_models(github: GitHub, repo: str, count: int) -> list[ReleasedModel]:
-    """The last `count` published Forkcast releases that carry a model, oldest first, and production among them."""
+def released_models(github: GitHub, repo: str, count: int) -> tuple[list[ReleasedModel], str | None]:
+    """The last `count` published Forkcast releases that carry a model, oldest first, production among them; and a
+    note when the repository's latest release is not one of them (production is then the newest that is)."""
     from forkcast.release.github import GitHubError
 
     try:
@@ -94,12 +99,20 @@ def released_models(github: GitHub, repo: str, count: int) -> list[ReleasedModel
         chosen = {name: assets[name] for name in MODEL_ASSETS}
         found.append(ReleasedModel(tag, str(release.get("published_at") or ""), chosen, tag == latest))
     found.sort(key=lambda release: release.published_at)
+    note = None
+    if found and not any(release.production for release in found):
+        newest = found[-1]
+        note = (
+            f"the repository's latest release ({latest or 'none'}) carries no Forkcast model: production is taken to "
+            f"be the newest release that does, {newest.tag}"
+        )
+        found[-1] = ReleasedModel(newest.tag, newest.published_at, newest.assets, production=True)
     recent = found[-count:]
     current = next((release for release in found if release.production), None)
     if current is not None and current not in recent:  # rolled back to an older release: it is production
         recent = [current, *(found[-(count - 1) :] if count > 1 else [])]
         recent.sort(key=lambda release: release.published_at)
-    return recent
+    return recent, note
 
 
 def download(github: GitHub, repo: str, release: ReleasedModel, directory: Path) -> Path:
@@ -118,9 +131,10 @@ def _write(data: bytes, path: Path) -> None:
 @dataclass(frozen=True)
 class Seeded:
     tag: str
-    version: str
+    version: str | None  # None: skipped
     production: bool
     reused: bool  # already in the store (the same bytes)
+    skipped: str | None = None  # why a release's model could not be registered
 
 
 def seed(
@@ -130,15 +144,25 @@ def seed(
     """Register the recent production releases in the local MLflow store (oldest first) and alias production."""
     from forkcast.model.registry import register_released
 
+    releases, note = released_models(github, repo, params.gate.releases_compared)
+    if note:
+        progress(f"  note: {note}")
     seeded = []
-    for release in released_models(github, repo, params.gate.releases_compared):
+    for release in releases:
         files = download(github, repo, release, directory)
-        metadata: dict[str, Any] = atomic.read_json(files / METADATA_FILE)
-        version, reused = register_released(
-            local_dir, params, pipeline=load_pipeline(files / SKOPS_FILE), metadata=metadata,
-            onnx=(files / ONNX_FILE).read_bytes(), release=release.tag, released_at=release.published_at,
-            production=release.production, metadata_file=files / METADATA_FILE,
-        )  # fmt: skip
+        try:
+            metadata: dict[str, Any] = atomic.read_json(files / METADATA_FILE)
+            version, reused = register_released(
+                local_dir, params, pipeline=load_pipeline(files / SKOPS_FILE), metadata=metadata,
+                onnx=(files / ONNX_FILE).read_bytes(), release=release.tag, released_at=release.published_at,
+                production=release.production, metadata_file=files / METADATA_FILE,
+            )  # fmt: skip
+        except (RegistryAssetsError, OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            # One unreadable release must not stop every later pipeline run: it is left out, and said so.
+            reason = f"{type(exc).__name__}: {exc}"
+            seeded.append(Seeded(release.tag, None, release.production, reused=False, skipped=reason))
+            progress(f"  {release.tag}: skipped, its model cannot be read ({reason})")
+            continue
         seeded.append(Seeded(release.tag, version, release.production, reused))
         mark = " (production)" if release.production else ""
         progress(f"  {release.tag}{mark}: version {version}{', already here' if reused else ''}")

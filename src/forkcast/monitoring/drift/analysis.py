@@ -177,7 +177,8 @@ def performance(labelled: pd.DataFrame | None, reference: Reference, context: Co
     rmse = float(np.sqrt(np.mean(error**2))) if rows else None
     mae = float(np.mean(np.abs(error))) if rows else None
     mean_actual = float(np.mean(actual)) if rows else None
-    bias = float(np.mean(error)) / mean_actual if rows and mean_actual else None
+    # Relative to the size of the true values (their mean's magnitude), so a negative target keeps the sign.
+    bias = float(np.mean(error)) / abs(mean_actual) if rows and mean_actual and abs(mean_actual) > 1e-9 else None
     baseline_rmse = _baseline_rmse(labelled, reference, context) if rows else None
     allowed = baseline_rmse * (1 + monitor.max_error_vs_baseline) if baseline_rmse is not None else None
     if rows < needed:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,28 @@ def test_a_busy_port_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         port = holder.getsockname()[1]
         with pytest.raises(DeployError, match=f"port {port} for staging is taken"):
             deploy.start("staging", "forkcast:v1-abc", "forkcast-demand:v1-abc", port, str(tmp_path))
+
+
+def test_status_exits_1_naming_a_deployed_environment_that_is_down(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record whose server is gone (its pid ended, its port answers nothing): status says DOWN and fails."""
+    from forkcast.cli import main
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid no longer runs
+    port = free_port()
+    deploy.save(
+        Deployment(
+            environment="staging", bento="forkcast:v1-abc", model="forkcast-demand:v1-abc", port=port,
+            pid=finished.pid, url=f"http://127.0.0.1:{port}",
+            inference_log="outputs/inference/staging", server_log="outputs/deploy/staging.log",
+            started_at="2026-12-05T10:00:00+00:00",
+        )
+    )  # fmt: skip
+    assert main(["status"]) == 1
+    captured = capsys.readouterr()
+    assert f"staging    forkcast:v1-abc  http://127.0.0.1:{port}" in captured.out
+    assert "DOWN" in captured.out
+    assert "production not deployed" in captured.out
+    assert "staging deployed but down: start again with `forkcast deploy --env staging`" in captured.err

@@ -286,11 +286,11 @@ def release_seed_registry(
                 )  # fmt: skip
         except RegistryAssetsError as exc:
             raise fail(str(exc), EXIT_CHECK_FAILED) from exc
-    registered = [entry for entry in seeded if entry.skipped is None]
-    if not registered:
+    readable = [entry for entry in seeded if entry.skipped is None]
+    if not readable:
         typer.echo(f"no release of {target} carries a readable model: the gate compares with the baseline only")
         return
-    production = next((entry for entry in registered if entry.production), None)
+    production = next((entry for entry in readable if entry.production), None)
     where = f"production is {production.tag} (v{production.version})" if production else "none of them is production"
-    skipped = f"; {len(seeded) - len(registered)} skipped (see above)" if len(registered) < len(seeded) else ""
-    typer.echo(f"registered {len(registered)} released model(s) from {target}; {where}{skipped}")
+    skipped = f"; {len(seeded) - len(readable)} skipped (see above)" if len(readable) < len(seeded) else ""
+    typer.echo(f"registered {len(readable)} released model(s) from {target}; {where}{skipped}")

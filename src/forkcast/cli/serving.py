@@ -143,18 +143,26 @@ def undeploy(env: Annotated[str, typer.Option("--env", help="staging, production
 
 @app.command()
 def status() -> None:
-    """What runs where: bento, URL, pid, health and smoke result per environment."""
+    """What runs where: bento, URL, pid, health and smoke result per environment; exit 1 when a deployed one is
+    down (so scripts and probes can act on it)."""
     from forkcast.serving import deploy as deployments
 
+    down = []
     for name in deployments.ENVIRONMENTS:
         current = deployments.load(name)
         if current is None:
             typer.echo(f"{name:<10} not deployed")
             continue
         health = "ready" if deployments.is_alive(current) and deployments.is_ready(current.url) else "DOWN"
+        if health == "DOWN":
+            down.append(name)
         typer.echo(
             f"{name:<10} {current.bento}  {current.url}  pid {current.pid}  {health}  smoke {current.smoke_state}"
         )
+    if down:
+        again = " ".join(f"`forkcast deploy --env {name}`" for name in down)
+        message = f"{', '.join(down)} deployed but down: start again with {again}, or `forkcast undeploy`"
+        raise fail(message, EXIT_CHECK_FAILED)
 
 
 @app.command()

@@ -232,3 +232,54 @@ def test_new_data_without_a_feed_says_how_to_declare_one(in_project: Path, capsy
     assert main(["new-data", "--next-month"]) == 2
     assert "no feed to take months from" in capsys.readouterr().err
     assert (in_project / "data" / "bikeshare_hourly.csv").read_bytes() == before
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_tracking_server_that_hangs_after_the_check_fails_register_and_leaves_no_stale_verdict(
+    in_project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It answers /health, then never answers a request: `register` gives up (mlflow alone would wait ~15 min) and
+    the previous run's gate.json is not left as if it were this run's."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from forkcast.model.registry import TRACKING_LIMITS
+
+    released = threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+                return
+            released.wait(120)
+
+        do_POST = do_GET
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    for name in ("validate", "prepare", "train", "evaluate", "backtest", "refit"):
+        assert main([name]) == 0
+    stale = in_project / "outputs/registry/gate.json"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text('{"eligible": true, "verdict": "of an earlier run"}')
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in TRACKING_LIMITS:
+        monkeypatch.delenv(name, raising=False)  # the defaults forkcast sets
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        assert main(["register"]) == 1
+    finally:
+        released.set()
+        server.shutdown()
+        server.server_close()
+    error = capsys.readouterr().err
+    assert "the MLflow server stopped answering" in error
+    assert "Read timed out" in error
+    assert not stale.exists()

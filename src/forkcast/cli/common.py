@@ -86,6 +86,12 @@ def tracking_errors() -> Iterator[None]:
     except TrackingUnavailableError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
     except MlflowException as exc:
+        if "failed with exception" in exc.message:  # the server stopped answering after the start-up check
+            raise fail(
+                f"the MLflow server stopped answering: {exc.message}. This run is incomplete and its verdict was not "
+                "written; start the server (or unset MLFLOW_TRACKING_URI) and run again",
+                EXIT_CHECK_FAILED,
+            ) from exc
         usage = exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
         code = EXIT_USAGE if usage else EXIT_CHECK_FAILED
         raise fail(f"MLflow refused the request: {exc.message}", code) from exc

@@ -165,6 +165,8 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
     require(paths.SERVED_PICKLE, *reports)
     if not atomic.read_json(paths.VALIDATION_JSON)["passed"]:
         raise fail(f"the data failed validation ({paths.VALIDATION_MD}): nothing is registered", EXIT_CHECK_FAILED)
+    for stale in (paths.GATE_JSON, paths.GATE_MD):  # a failed run must not leave the last run's verdict as its own
+        stale.unlink(missing_ok=True)
     inputs = read_inputs()
     metadata = atomic.read_json(paths.SERVED_METADATA)
     backtest = atomic.read_json(paths.BACKTEST_JSON)

@@ -45,6 +45,14 @@ def is_local(uri: str) -> bool:
     return uri.startswith("sqlite:")
 
 
+# Per request: 10 s to answer, 2 retries 1 s and 2 s apart; a dead server fails a call in ~3 s, a hung one in ~33 s.
+TRACKING_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
 class TrackingUnavailableError(Exception):
     """The configured MLflow tracking server does not answer."""
 
@@ -73,6 +81,10 @@ def use_tracking(local_dir: Path, experiment: str) -> str:
     check_reachable(uri)
     # Downloads of a released model's metadata would draw progress bars into the stage's log.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # mlflow waits 120 s per request and retries 7 times with backoff: a server that dies or hangs after the check
+    # above would hold `register` for many minutes. Bounded here (each variable can still be set):
+    for name, value in TRACKING_LIMITS.items():
+        os.environ.setdefault(name, value)
     if is_local(uri):
         local_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)

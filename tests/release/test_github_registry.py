@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from forkcast.cli import main
-from forkcast.config import HistGradientBoostingParams, Params, TrackingParams
+from forkcast.config import Params, TrackingParams
 from forkcast.data.prepare import Splits
 from forkcast.model.refit import refit
 from forkcast.model.registry import PRODUCTION, RELEASED_AT
@@ -26,7 +26,7 @@ from forkcast.release.github_registry import (
 )
 
 from ..conftest import ROOT
-from ..model.test_registry import register
+from ..model.test_registry import register, with_max_iter
 from .test_github import REPO, FakeGitHub, fake  # noqa: F401 - the fake GitHub fixture
 
 pytestmark = pytest.mark.bikes
@@ -38,11 +38,6 @@ def release_files(model: TrainedModel, directory: Path) -> dict[str, bytes]:
     save(model, pipeline, onnx, metadata)
     written = write_model_assets(pipeline, onnx, metadata, directory / "assets")
     return {path.name: path.read_bytes() for path in written}
-
-
-def with_max_iter(params: Params, max_iter: int) -> Params:
-    settings = params.train.model_copy(update={"hist_gradient_boosting": HistGradientBoostingParams(max_iter=max_iter)})
-    return params.model_copy(update={"train": settings})
 
 
 @pytest.fixture

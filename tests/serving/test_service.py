@@ -190,6 +190,34 @@ def test_a_caller_request_id_is_kept(client: TestClient, record: dict[str, Any])
     assert response.headers["x-request-id"] == "abc-123"
 
 
+@pytest.mark.parametrize(
+    ("request_id", "why"),
+    [("x" * 129, "129 bytes given"), ("x" * 500_000, "500,000 bytes given"), ("two words", "9 bytes given"), ("", "")],
+)
+def test_a_request_id_that_is_not_a_short_token_is_refused_before_any_work(
+    client: TestClient, record: dict[str, Any], request_id: str, why: str
+) -> None:
+    """It would be written into every logged row of the request and echoed: a huge one multiplied memory."""
+    response = client.post("/predict", json={"records": [record]}, headers={"x-request-id": request_id})
+    if len(request_id) > 16 * 1024 - 200:
+        assert response.status_code == 431  # all headers together are too large first
+        assert response.json()["detail"][0]["loc"] == ["header"]
+        return
+    assert response.status_code == 400
+    assert response.json()["detail"][0]["loc"] == ["header", "x-request-id"]
+    assert why in response.json()["error"]
+    assert "x-request-id" not in response.headers
+
+
+def test_headers_larger_than_16_kib_in_all_are_refused_with_431(client: TestClient, record: dict[str, Any]) -> None:
+    headers = {f"x-padding-{number}": "y" * 1_000 for number in range(20)}
+    response = client.post("/predict", json={"records": [record]}, headers=headers)
+    assert response.status_code == 431
+    assert "at most 16,384 are read" in response.json()["error"]
+    fine = client.post("/predict", json={"records": [record]}, headers={"x-padding": "y" * 1_000})
+    assert fine.status_code == 200
+
+
 @pytest.mark.datasets
 def test_every_prediction_is_in_the_inference_log_after_shutdown(
     built: Built, splits: Splits, params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -8,6 +8,7 @@ field, instead of being scored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,9 @@ BENTO_MODEL_NAME = "forkcast-demand"  # the model inside every bento
 MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"  # which model the service loads: set at build and by `forkcast deploy`
 # Request ids of our own checks: the drift job tells them from real traffic in the inference log.
 REQUEST_ID_HEADER = "x-request-id"  # a caller's id for its request, logged and echoed back
+# What an id may be: it is written into every logged row of its request and echoed, so never stored whole otherwise.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_HEADER_BYTES = 16 * 1024  # all header names and values of one request together
 PREDICTION = "prediction"  # the inference log's column for what was answered
 
 SMOKE_REQUEST_PREFIX = "smoke-"

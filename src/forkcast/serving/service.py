@@ -29,7 +29,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from forkcast.serving import contract, predictor
-from forkcast.serving.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV, REQUEST_ID_HEADER, ModelInfo, Predictions
+from forkcast.serving.contract import (
+    BENTO_MODEL_NAME,
+    MAX_HEADER_BYTES,
+    MODEL_TAG_ENV,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_PATTERN,
+    ModelInfo,
+    Predictions,
+)
 from forkcast.serving.inference_log import DEFAULT_SINK, SINK_ENV, InferenceLog
 
 log = logging.getLogger("bentoml.forkcast")  # bentoml prints the INFO lines of its own loggers
@@ -66,6 +74,33 @@ class JsonBodiesOnly:
                 detail = {"type": "unsupported_media_type", "loc": ["header", "content-type"], "msg": "must be JSON"}
                 body = {"error": f"send JSON (Content-Type: application/json), not {declared.decode('latin-1')!r}"}
                 await JSONResponse({**body, "detail": [detail]}, status_code=415)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class HeaderLimits:
+    """Refuse oversized headers (431) and a request id that is not a short token (400), before any work is done:
+    an id is written into every logged row of its request and echoed back, so a huge one would multiply."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = sum(len(name) + len(value) for name, value in headers)
+            if size > MAX_HEADER_BYTES:
+                detail = {"type": "too_large", "loc": ["header"], "msg": f"at most {MAX_HEADER_BYTES} bytes"}
+                body = {"error": f"the request's headers hold {size:,} bytes; at most {MAX_HEADER_BYTES:,} are read"}
+                await JSONResponse({**body, "detail": [detail]}, status_code=431)(scope, receive, send)
+                return
+            given = dict(headers).get(REQUEST_ID_HEADER.encode())
+            if given is not None and not REQUEST_ID_PATTERN.fullmatch(given.decode("latin-1")):
+                detail = {"type": "value_error", "loc": ["header", REQUEST_ID_HEADER],
+                          "msg": "1 to 128 letters, digits or . _ : -"}  # fmt: skip
+                body = {"error": f"{REQUEST_ID_HEADER} must be 1 to 128 letters, digits or . _ : - ({len(given):,} "
+                        "bytes given); leave it out and the service makes one"}  # fmt: skip
+                await JSONResponse({**body, "detail": [detail]}, status_code=400)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -189,4 +224,5 @@ class Forecaster:
 
 
 Forecaster.add_asgi_middleware(JsonBodiesOnly)  # type: ignore[attr-defined]  # a bentoml Service at runtime
+Forecaster.add_asgi_middleware(HeaderLimits)  # type: ignore[attr-defined]
 Forecaster.add_asgi_middleware(RecycleConnections)  # type: ignore[attr-defined]

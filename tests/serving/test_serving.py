@@ -50,14 +50,15 @@ class Server:
             self.process.wait(timeout=60)
 
 
-def serve(bento: str, directory: Path) -> Server:
+def serve(bento: str, directory: Path, sink: Path | None = None) -> Server:
     environment = deploy.server_environment(
         Path(os.environ["BENTOML_HOME"]),
         home=directory / "bentoml",
         bento=bento,
         model=build.describe(bento).model,
         environment="test",
-        inference_log=str(directory / "inference"),
+        inference_log=str(sink or directory / "inference"),
+        spill_dir=directory / "spill",
     )
     return launch(bento, environment, directory)
 
@@ -103,6 +104,28 @@ def test_the_bentoml_client_gets_the_pipeline_predictions(
     expected = predict(trained.pipeline, rows, params.dataset.inputs().target).to_numpy()
     assert gap(answer["predictions"], expected) <= params.train.onnx_tolerance
     assert answer["model_version"] == info["model_version"] == "7"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rows_the_sink_refuses_at_shutdown_are_spilled_to_the_deployment_s_directory_not_into_the_bento(
+    built: Built, splits: Splits, params: Params, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the log's directory should be: every write fails")
+    running = serve(built.tag, tmp_path, sink=blocked / "inference")
+    rows = splits.test.head(30)[list(params.dataset.feature_names)].to_dict(orient="records")
+    try:
+        for start in range(0, 30, 10):
+            response = httpx.post(f"{running.url}/predict", json={"records": rows[start : start + 10]}, timeout=30)
+            assert response.status_code == 200
+    finally:
+        running.stop()  # SIGTERM: the workers flush, the sink refuses, the rows are spilled
+    spilled = inference_log.read(str(tmp_path / "spill")).to_pandas()
+    assert len(spilled) == 30
+    bento_code = deploy.bento_source(Path(os.environ["BENTOML_HOME"]), built.tag)
+    assert not list(bento_code.rglob("inference-spill"))  # the issue: spilled rows were inside the bento
+    assert f"rows written to {tmp_path / 'spill'} instead" in running.output.read_text()
 
 
 def suite(built: Built, params: Params, **changes: Any) -> smoke.SmokeSuite:

@@ -21,6 +21,7 @@ from forkcast.data.declaration import Feature, Inputs
 MAX_RECORDS = 1_000  # per request; more is a batch job, not a request
 BENTO_MODEL_NAME = "forkcast-demand"  # the model inside every bento
 MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"  # which model the service loads: set at build and by `forkcast deploy`
+SPILL_ENV = "FORKCAST_INFERENCE_SPILL"  # where the rows the log's sink refuses at shutdown go (set by deploy)
 # Request ids of our own checks: the drift job tells them from real traffic in the inference log.
 REQUEST_ID_HEADER = "x-request-id"  # a caller's id for its request, logged and echoed back
 # What an id may be: it is written into every logged row of its request and echoed, so never stored whole otherwise.

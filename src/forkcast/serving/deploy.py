@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from forkcast import atomic, paths
-from forkcast.serving.contract import MODEL_TAG_ENV
+from forkcast.serving.contract import MODEL_TAG_ENV, SPILL_ENV
 
 Environment = Literal["staging", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("staging", "production")
@@ -140,10 +140,14 @@ def bento_source(store: Path, bento: str) -> Path:
 
 
 def server_environment(
-    store: Path, *, home: Path, bento: str, model: str, environment: str, inference_log: str
-) -> dict[str, str]:
+    store: Path, *, home: Path, bento: str, model: str, environment: str, inference_log: str,
+    spill_dir: Path | None = None,
+) -> dict[str, str]:  # fmt: skip
     """What `bentoml serve` needs to run `bento` as it was built: its own BENTOML_HOME over the store,
-    the bento's frozen code first on the path, its own model, one scoring thread per worker."""
+    the bento's frozen code first on the path, its own model, one scoring thread per worker, and the project's
+    spill directory (`outputs/inference-spill/<env>` by default: the server runs inside the bento, where spilled
+    rows would be deleted with it)."""
+    spill = spill_dir or paths.OUTPUTS / "inference-spill" / environment
     return {
         **os.environ,
         "BENTOML_HOME": str(serving_home(store, home).resolve()),
@@ -151,6 +155,7 @@ def server_environment(
         MODEL_TAG_ENV: model,  # the bento's own model, whatever else the store holds
         "FORKCAST_ENVIRONMENT": environment,
         "FORKCAST_INFERENCE_LOG": inference_log,
+        SPILL_ENV: str(spill.resolve()),
         "BENTOML_DO_NOT_TRACK": "True",
         "OMP_NUM_THREADS": "1",
     }

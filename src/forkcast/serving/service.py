@@ -35,6 +35,7 @@ from forkcast.serving.contract import (
     MODEL_TAG_ENV,
     REQUEST_ID_HEADER,
     REQUEST_ID_PATTERN,
+    SPILL_ENV,
     ModelInfo,
     Predictions,
 )
@@ -182,10 +183,12 @@ class Forecaster:
             inputs=CONTRACT.inputs.model_dump(mode="json"),
             example=CONTRACT.example,
         )
+        spill = os.environ.get(SPILL_ENV)
         self.inference_log = InferenceLog(
             os.environ.get(SINK_ENV, DEFAULT_SINK),
             CONTRACT.inputs,
             environment=os.environ.get("FORKCAST_ENVIRONMENT", "local"),
+            spill_dir=Path(spill) if spill else None,
         )
         log.info(
             "serving %s version %s with %s, code from %s",

@@ -13,7 +13,7 @@ from forkcast.config import BacktestParams, GateParams, HistGradientBoostingPara
 from forkcast.data.declaration import Feature
 from forkcast.data.prepare import Splits
 from forkcast.model.backtest import BacktestError, all_rows, backtest, cycle_length, make_folds, summarise
-from forkcast.model.gate import Released, Scored, judge, render_markdown, score_released
+from forkcast.model.gate import Released, Scored, judge, recipe_of, render_markdown, score_released
 from forkcast.model.refit import refit
 from forkcast.model.train import TrainedModel
 
@@ -214,7 +214,7 @@ def test_released_models_are_compared_like_with_like_on_the_candidate_s_folds(
     assert "retrained on the same" in first.how
     assert len(retrained) == 1
     assert again == first
-    fewer_iterations = backtest(params.train.with_recipe({**refitted_recipe(other)}), rows, inputs, folds,
+    fewer_iterations = backtest(params.train.with_recipe(recipe_of(other)), rows, inputs, folds,
                                 seasonal_keys=params.dataset.seasonal_keys)  # fmt: skip
     assert list(first.values) == [fold["model"]["rmse"] for fold in fewer_iterations["folds"]]
 
@@ -235,7 +235,3 @@ def test_released_models_are_compared_like_with_like_on_the_candidate_s_folds(
     why = score_released(Released("7", renamed), folds, rows, inputs, retrained={}, **kwargs)
     assert isinstance(why, str)
     assert why.startswith("records settings this code cannot retrain (ValidationError")
-
-
-def refitted_recipe(metadata: dict[str, Any]) -> dict[str, Any]:
-    return {"model": metadata["model_type"], "seed": metadata["seed"], "hyperparameters": metadata["hyperparameters"]}

@@ -154,6 +154,7 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
     from forkcast import atomic
     from forkcast.model import lineage
     from forkcast.model.backtest import all_rows
+    from forkcast.model.gate import recipe_of
     from forkcast.model.registry import save_gate, track_and_register
     from forkcast.model.train import load_pipeline
 
@@ -170,9 +171,7 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
     inputs = read_inputs()
     metadata = atomic.read_json(paths.SERVED_METADATA)
     backtest = atomic.read_json(paths.BACKTEST_JSON)
-    served_recipe = {"model": metadata.get("model_type"), "seed": metadata.get("seed"),
-                     "hyperparameters": metadata.get("hyperparameters")}  # fmt: skip
-    if backtest.get("recipe") != served_recipe:
+    if backtest.get("recipe") != recipe_of(metadata):
         raise fail(
             f"{paths.BACKTEST_JSON} backtested other settings than the served model's ({paths.SERVED_METADATA}): "
             "run `dvc repro` so both follow params.yaml",

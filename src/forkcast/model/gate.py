@@ -3,7 +3,7 @@
 A candidate is eligible only when its mean backtest error
 - beats the naive seasonal baseline on the same folds by `gate.min_improvement_over_baseline`,
 - is within `gate.tolerance` of production's, and
-- is within `gate.tolerance` of the best of the last `gate.releases_compared` production releases, so a chain of
+- is within `gate.tolerance` of each of the last `gate.releases_compared` production releases, so a chain of
   small steps down (each within the tolerance of the one before) is stopped.
 
 Released models are compared like with like: their settings (and inputs) are retrained on the candidate's own
@@ -28,6 +28,11 @@ from forkcast.model.backtest import Fold, refit_scorer, score_folds
 PASS_SLACK = 1e-9  # exactly at a bound passes, whatever the float rounding
 
 
+def recipe_of(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A model's settings as its metadata.json records them, in the shape of `TrainParams.recipe()`."""
+    return {"model": metadata["model_type"], "seed": metadata["seed"], "hyperparameters": metadata["hyperparameters"]}
+
+
 @dataclass(frozen=True)
 class Released:
     """A model production served: its registry version and its metadata.json (its settings and inputs)."""
@@ -37,11 +42,7 @@ class Released:
 
     @property
     def recipe(self) -> dict[str, Any]:
-        return {
-            "model": self.metadata["model_type"],
-            "seed": self.metadata["seed"],
-            "hyperparameters": self.metadata["hyperparameters"],
-        }
+        return recipe_of(self.metadata)
 
     def inputs_or(self, current: Inputs) -> Inputs:
         """The input contract it was trained with (its metadata records it), else the current one."""

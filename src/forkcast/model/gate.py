@@ -61,7 +61,7 @@ class Scored:
 
 @dataclass(frozen=True)
 class Comparison:
-    against: str  # "the seasonal baseline", "production v3", "v2, the best of the last 5 production releases"
+    against: str  # "the seasonal baseline", "production v3", "release v2, one of the last 5"
     how: str
     folds: int
     candidate: float  # the candidate's mean error on those folds

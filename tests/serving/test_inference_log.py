@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import subprocess
 import threading
@@ -121,6 +122,145 @@ def test_at_shutdown_rows_the_sink_refuses_are_spilled_locally(tmp_path: Path) -
     assert read(spill).num_rows == 2
     with pytest.raises(RuntimeError, match="closed"):
         log.append("r2", "1", columns(1), np.zeros(1))
+
+
+class Recorded:
+    """The counters the service gives the log (Prometheus there), recorded."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.most_buffered = 0
+
+    def count(self, outcome: inference_log.Outcome, rows: int) -> None:
+        self.counts[outcome] += rows
+
+    def buffered(self, rows: int) -> None:
+        self.most_buffered = max(self.most_buffered, rows)
+
+
+def wait_for(condition: Any, what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still waiting for {what} after {seconds:.0f} s")
+        time.sleep(0.02)
+
+
+def append_requests(log: InferenceLog, count: int, rows: int = 10) -> None:
+    """`count` requests at a pace the writer can follow (a tight loop outruns it: then rows are dropped)."""
+    for request in range(count):
+        log.append(f"r{request:04d}", "1", columns(rows), np.full(rows, float(request)))
+        time.sleep(0.001)
+
+
+def test_while_the_sink_fails_the_buffer_stays_bounded_and_is_retried_with_backoff_not_per_request(
+    tmp_path: Path,
+) -> None:
+    """The fault measured: a failing sink made every request rebuild and retry the whole growing buffer."""
+    sink = tmp_path / "sink"
+    sink.write_text("a file where the log directory should be: every write fails")
+    counters = Recorded()
+    log = InferenceLog(
+        str(sink), INPUTS, flush_seconds=0.02, flush_rows=100, max_rows=1_000, retry_seconds=(60, 60),
+        spill_dir=tmp_path / "spill", counters=counters,
+    )  # fmt: skip
+    most_buffered = 0
+    for request in range(600):  # 6,000 rows, six times the bound, at a pace the writer can follow
+        log.append(f"r{request:04d}", "1", columns(10), np.full(10, float(request)))
+        most_buffered = max(most_buffered, log.stats.buffered)
+        time.sleep(0.001)
+    wait_for(lambda: log.stats.buffered <= 1_000, "the writer to make room")
+    assert log.stats.failures == 1  # the next attempt waits for the backoff, whatever the traffic
+    assert most_buffered <= 2_000 and counters.most_buffered <= 2_000
+    assert log.stats.spilled >= 4_000 and counters.counts["spilled"] == log.stats.spilled
+    assert log.stats.dropped == 0 and log.stats.written == 0
+    spilled = inference_log.read(str(tmp_path / "spill"), schema=SCHEMA).to_pandas()
+    assert len(spilled) == log.stats.spilled
+    assert spilled["request_id"].min() == "r0000"  # the oldest rows are the ones that leave memory
+    sink.unlink()  # the sink works again: close() writes what is still in memory
+    log.close()
+    assert log.stats.written + log.stats.spilled == 6_000
+
+
+def test_spilled_rows_are_moved_into_the_sink_once_it_works_again_and_none_is_lost_or_doubled(
+    tmp_path: Path,
+) -> None:
+    sink = tmp_path / "sink"
+    sink.write_text("blocked")
+    counters = Recorded()
+    log = InferenceLog(
+        str(sink), INPUTS, flush_seconds=0.02, flush_rows=100, max_rows=500, retry_seconds=(0.05, 0.2),
+        spill_dir=tmp_path / "spill", counters=counters,
+    )  # fmt: skip
+    append_requests(log, 300)
+    wait_for(lambda: log.stats.spilled > 0, "a spill")
+    sink.unlink()
+    wait_for(lambda: log.stats.returned == log.stats.spilled, "the spilled rows to be moved into the sink")
+    log.close()
+    assert not log.failing
+    logged = read(sink).to_pandas()
+    assert len(logged) == 3_000
+    assert not logged.duplicated(["request_id", "position"]).any()
+    assert counters.counts["returned"] == log.stats.returned and counters.counts["failed"] >= 1
+    assert not list((tmp_path / "spill").rglob("*.parquet"))
+
+
+def test_rows_spilled_at_shutdown_are_moved_into_the_sink_by_the_next_server(tmp_path: Path) -> None:
+    sink, spill = tmp_path / "sink", tmp_path / "spill"
+    sink.write_text("blocked")
+    first = InferenceLog(str(sink), INPUTS, flush_seconds=3600, spill_dir=spill)
+    append_requests(first, 5)
+    first.close()
+    assert read(spill).num_rows == 50
+    sink.unlink()
+    second = InferenceLog(str(sink), INPUTS, flush_seconds=0.02, spill_dir=spill)
+    wait_for(lambda: second.stats.returned == 50, "the next server to move the spilled rows")
+    second.close()
+    assert sorted(read(sink).to_pandas()["request_id"].unique()) == [f"r{n:04d}" for n in range(5)]
+
+
+def test_when_the_spill_fails_too_the_oldest_rows_are_dropped_and_counted(tmp_path: Path) -> None:
+    sink, spill = tmp_path / "sink", tmp_path / "spill"
+    sink.write_text("blocked")
+    spill.write_text("a file where the spill directory should be")
+    counters = Recorded()
+    log = InferenceLog(
+        str(sink), INPUTS, flush_seconds=0.02, flush_rows=100, max_rows=1_000, retry_seconds=(60, 60),
+        spill_dir=spill, counters=counters,
+    )  # fmt: skip
+    append_requests(log, 300)
+    wait_for(lambda: log.stats.buffered <= 1_000, "the writer to make room")
+    assert log.stats.dropped >= 2_000 and counters.counts["dropped"] == log.stats.dropped
+    assert log.stats.spilled == 0
+    sink.unlink()
+    log.close()
+    kept = read(sink).to_pandas()
+    assert len(kept) + log.stats.dropped == 3_000
+    assert kept["request_id"].max() == "r0299"  # the newest rows are kept
+    assert kept["request_id"].min() > "r0000"
+
+
+def test_a_write_that_fills_the_disk_leaves_no_partial_file_behind(tmp_path: Path) -> None:
+    """A real small filesystem (tmpfs; mounting one needs root): the failed file must not keep the space."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.decode().strip()}")
+    try:
+        log = InferenceLog(  # written only when flush() is called
+            str(disk / "log"), INPUTS, flush_seconds=3600, flush_rows=10**9, spill_dir=tmp_path / "spill"
+        )
+        noise = np.random.default_rng(0)
+        for request in range(400):  # 20,000 rows of random predictions: over 64 KiB of Parquet
+            log.append(f"r{request}", "1", columns(50), noise.random(50))
+        with pytest.raises(OSError, match="No space left|Error writing"):
+            log.flush()
+        assert not [path for path in disk.rglob("*") if path.is_file()]
+        log.close()  # spilled instead
+        assert read(tmp_path / "spill").num_rows == 20_000
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
 
 
 def test_a_day_that_fails_is_retried_without_writing_the_other_day_twice(tmp_path: Path) -> None:

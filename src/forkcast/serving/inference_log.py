@@ -8,8 +8,15 @@ Runtime scores with), text as strings.
 
 Requests only append to an in-memory buffer; a background thread writes it out every
 `flush_seconds` (5 s by default, or sooner when it grows large), so logging costs a request microseconds.
-`close()` writes what is left, and a write that fails keeps its rows for the next attempt;
-at shutdown, rows that still cannot be written go to a local spill directory instead.
+`close()` writes what is left. A worker that is killed (not stopped) loses the rows of its last
+`flush_seconds` at most.
+
+When the sink fails (a full disk, an unreachable bucket), serving goes on at the same speed and memory:
+- the rows stay buffered and the write is retried with backoff (1 s, doubling up to 60 s), not per request;
+- beyond `max_rows` buffered rows, the oldest are spilled to a local directory (`spill_dir`), up to
+  `max_spill_bytes` per worker; beyond that, or if the spill fails too, the oldest rows are dropped;
+- once the sink takes writes again, spilled files are moved into it (rows spilled at shutdown included).
+Every failure, spill and drop is counted (`stats`, and the service's Prometheus metrics) and logged in one line.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import itertools
 import logging
 import os
 import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +47,9 @@ log = logging.getLogger(__name__)
 
 SINK_ENV = "FORKCAST_INFERENCE_LOG"
 DEFAULT_SINK = "outputs/inference/local"
+FLUSH_ENV = "FORKCAST_INFERENCE_FLUSH_SECONDS"  # how often workers write their rows (the crash-loss window)
+BUFFER_ENV = "FORKCAST_INFERENCE_BUFFER_ROWS"  # rows a worker holds in memory while the sink fails
+Outcome = Literal["written", "spilled", "dropped", "returned", "failed"]  # "failed": one write attempt
 _TYPES = {"int": pa.int64(), "float": pa.float32(), "str": pa.string()}
 _REQUEST_FIELDS = [
     pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
@@ -75,6 +87,35 @@ def resolve_sink(sink: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(sink).resolve())
 
 
+@dataclass
+class LogStats:
+    """What became of the rows so far; `failures` counts failed writes to the sink."""
+
+    written: int = 0
+    spilled: int = 0
+    dropped: int = 0
+    returned: int = 0  # spilled rows moved into the sink once it worked again
+    failures: int = 0
+    buffered: int = 0
+    failing_since: float | None = field(default=None, repr=False)  # time.monotonic() of the first failure
+
+
+class Counters(Protocol):
+    """Where the log reports what became of its rows (the service's Prometheus metrics)."""
+
+    def count(self, outcome: Outcome, rows: int) -> None: ...
+
+    def buffered(self, rows: int) -> None: ...
+
+
+class NoCounters:
+    def count(self, outcome: Outcome, rows: int) -> None:
+        return None
+
+    def buffered(self, rows: int) -> None:
+        return None
+
+
 class InferenceLog:
     def __init__(
         self,
@@ -84,7 +125,11 @@ class InferenceLog:
         environment: str = "local",
         flush_seconds: float = 5.0,
         flush_rows: int = 20_000,
+        max_rows: int = 50_000,
+        max_spill_bytes: int = 256 * 1024 * 1024,
+        retry_seconds: tuple[float, float] = (1.0, 60.0),
         spill_dir: Path | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self.sink = sink
         self.environment = environment
@@ -93,18 +138,34 @@ class InferenceLog:
         self._filesystem, self._root = resolve_sink(sink)
         self._flush_seconds = flush_seconds
         self._flush_rows = flush_rows
-        self._spill_dir = spill_dir or Path("outputs/inference-spill")
-        self._pending: list[_Request] = []
+        self._max_rows = max_rows
+        self._max_spill_bytes = max_spill_bytes
+        self._retry_first, self._retry_max = retry_seconds
+        self._spill_dir = (spill_dir or Path("outputs/inference-spill")).resolve()
+        self._counters = counters or NoCounters()
+        self._count = self._counters.count
+        self._pending: deque[_Request] = deque()
         self._pending_rows = 0
-        self._lock = threading.Lock()  # guards the buffer
+        self._lock = threading.Lock()  # guards the buffer and the stats
         self._write_lock = threading.Lock()  # one writer at a time
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._counter = itertools.count()
         self._run = uuid.uuid4().hex[:8]
-        self.rows_written = 0
+        self._retry_at = 0.0  # time.monotonic() of the next attempt while the sink fails
+        self._retry_delay = self._retry_first
+        self._spilled_bytes = 0
+        self.stats = LogStats()
         self._writer = threading.Thread(target=self._write_periodically, name="inference-log", daemon=True)
         self._writer.start()
+
+    @property
+    def rows_written(self) -> int:
+        return self.stats.written
+
+    @property
+    def failing(self) -> bool:
+        return self.stats.failing_since is not None
 
     def append(
         self,
@@ -116,13 +177,25 @@ class InferenceLog:
     ) -> None:
         """Queue one request's records and predictions; never blocks on I/O."""
         request = _Request(timestamp or dt.datetime.now(dt.UTC), request_id, model_version, columns, predictions)
+        dropped = 0
         with self._lock:  # closed is checked under the lock `close` takes: no row slips in after the last flush
             if self._closed.is_set():
                 raise RuntimeError("the inference log is closed")
             self._pending.append(request)
             self._pending_rows += len(predictions)
-            if self._pending_rows >= self._flush_rows:
-                self._wake.set()
+            if self._pending_rows > self._max_rows or (self._pending_rows >= self._flush_rows and not self.failing):
+                self._wake.set()  # the writer writes, or makes room
+            while self._pending_rows > 2 * self._max_rows:  # the writer is stuck: memory stays bounded regardless
+                dropped += self._pop_oldest()
+            self.stats.dropped += dropped
+            self.stats.buffered = self._pending_rows
+        if dropped:
+            self._count("dropped", dropped)
+
+    def _pop_oldest(self) -> int:
+        rows = len(self._pending.popleft().predictions)
+        self._pending_rows -= rows
+        return rows
 
     def flush(self) -> int:
         """Write everything buffered so far, one file per day; returns the number of rows written.
@@ -132,7 +205,7 @@ class InferenceLog:
         """
         with self._write_lock:
             with self._lock:
-                batch, self._pending, self._pending_rows = self._pending, [], 0
+                batch, self._pending, self._pending_rows = list(self._pending), deque(), 0
             days: dict[dt.date, list[_Request]] = {}
             for request in batch:
                 days.setdefault(_utc_day(request.timestamp), []).append(request)
@@ -145,11 +218,15 @@ class InferenceLog:
             except Exception:
                 unwritten = [request for day in remaining for request in days[day]]
                 with self._lock:  # back to the front of the buffer, in order
-                    self._pending[:0] = unwritten
+                    self._pending.extendleft(reversed(unwritten))
                     self._pending_rows += sum(len(request.predictions) for request in unwritten)
                 raise
             finally:
-                self.rows_written += written
+                with self._lock:
+                    self.stats.written += written
+                    self.stats.buffered = self._pending_rows
+                if written:
+                    self._count("written", written)
             return written
 
     def close(self) -> None:
@@ -162,40 +239,166 @@ class InferenceLog:
         self._writer.join(timeout=30)
         try:
             self.flush()
-        except Exception:
-            log.exception("inference log: could not write to %s at shutdown", self.sink)
+        except Exception as error:
+            log.error("inference log: could not write to %s at shutdown (%s)", self.sink, _reason(error))
             with self._lock:
-                batch, self._pending = self._pending, []
-            spill = self._spill_dir.resolve()
-            rows = 0
-            for day in sorted({_utc_day(request.timestamp) for request in batch}):
-                requests = [request for request in batch if _utc_day(request.timestamp) == day]
-                rows += self._write(requests, day, pafs.LocalFileSystem(), str(spill))
-            log.error("inference log: %d rows written to %s instead; copy them to %s", rows, spill, self.sink)
+                batch, self._pending, self._pending_rows = list(self._pending), deque(), 0
+            rows = self._spill(batch, limit=None)
+            if rows:
+                log.error(
+                    "inference log: %d rows written to %s instead; the next server moves them into %s once it "
+                    "can write there", rows, self._spill_dir, self.sink,
+                )  # fmt: skip
 
     def _write_periodically(self) -> None:
         while not self._closed.is_set():
-            self._wake.wait(self._flush_seconds)
+            waiting = self._retry_at - time.monotonic() if self.failing else self._flush_seconds
+            self._wake.wait(max(0.0, min(waiting, self._flush_seconds)))
             self._wake.clear()
+            if self._closed.is_set():
+                return  # close() writes what is left
+            if self.failing and time.monotonic() < self._retry_at:
+                self._make_room()  # no write attempt before the backoff ends
+            else:
+                try:
+                    self.flush()
+                except Exception as error:
+                    self._failed(error)
+                    self._make_room()
+                else:
+                    self._succeeded()
+            self._counters.buffered(self.stats.buffered)
+
+    def _failed(self, error: Exception) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.stats.failures += 1
+            first = self.stats.failing_since is None
+            if first:
+                self.stats.failing_since = now
+                self._retry_delay = self._retry_first
+            else:
+                self._retry_delay = min(self._retry_delay * 2, self._retry_max)
+            self._retry_at = now + self._retry_delay
+            buffered = self._pending_rows
+        self._count("failed", 1)
+        message = "inference log: writing to %s failed (%s); %d rows kept in memory, next attempt in %g s"
+        (log.error if first else log.warning)(message, self.sink, _reason(error), buffered, self._retry_delay)
+
+    def _succeeded(self) -> None:
+        if self.failing:
+            with self._lock:
+                since, self.stats.failing_since = self.stats.failing_since, None
+                failures = self.stats.failures
+            log.warning(
+                "inference log: %s takes writes again after %.0f s (%d failed attempts so far)",
+                self.sink, time.monotonic() - (since or 0.0), failures,
+            )  # fmt: skip
+        self._return_spilled()
+
+    def _make_room(self) -> None:
+        """Spill (or drop) the oldest rows beyond `max_rows`, down to half of it: a few large files, not many."""
+        with self._lock:
+            if self._pending_rows <= self._max_rows:
+                return
+            oldest: list[_Request] = []
+            while self._pending_rows > self._max_rows // 2:
+                request = self._pending.popleft()
+                self._pending_rows -= len(request.predictions)
+                oldest.append(request)
+            self.stats.buffered = self._pending_rows
+        rows = sum(len(request.predictions) for request in oldest)
+        spilled = self._spill(oldest, limit=self._max_spill_bytes)
+        if spilled < rows:
+            with self._lock:
+                self.stats.dropped += rows - spilled
+            self._count("dropped", rows - spilled)
+            log.error(
+                "inference log: %d rows dropped (the sink %s fails and the spill directory %s is full or failing; "
+                "%d dropped so far)", rows - spilled, self.sink, self._spill_dir, self.stats.dropped,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "inference log: the sink %s fails; %d rows spilled to %s (%d so far), moved back when it works",
+                self.sink, spilled, self._spill_dir, self.stats.spilled,
+            )  # fmt: skip
+
+    def _spill(self, requests: list[_Request], limit: int | None) -> int:
+        """Write `requests` to the spill directory, a file per day; returns the rows spilled (0 when it fails
+        or would exceed `limit` bytes spilled by this worker)."""
+        if not requests or (limit is not None and self._spilled_bytes >= limit):
+            return 0
+        local = pafs.LocalFileSystem()
+        rows = 0
+        try:
+            for day in sorted({_utc_day(request.timestamp) for request in requests}):
+                of_day = [request for request in requests if _utc_day(request.timestamp) == day]
+                path = self._write_file(of_day, day, local, str(self._spill_dir))
+                self._spilled_bytes += Path(path).stat().st_size
+                rows += sum(len(request.predictions) for request in of_day)
+        except Exception as error:
+            log.error("inference log: spilling to %s failed too (%s)", self._spill_dir, _reason(error))
+        with self._lock:
+            self.stats.spilled += rows
+        if rows:
+            self._count("spilled", rows)
+        return rows
+
+    def _return_spilled(self) -> None:
+        """Move spilled files into the sink, each claimed first (a rename) so that two workers never both move it."""
+        if not self._spill_dir.is_dir():
+            return
+        returned = 0
+        for path in sorted(self._spill_dir.glob("date=*/part-*.parquet")):
+            claimed = path.with_name(f".{path.name}.{self._run}.claimed")
             try:
-                self.flush()
-            except Exception:
-                log.exception("inference log: writing to %s failed; will retry", self.sink)
+                path.rename(claimed)
+            except OSError:
+                continue  # another worker took it
+            try:
+                table = pq.read_table(claimed)  # as it was written, by this model's schema or an earlier one
+                directory = f"{self._root}/{path.parent.name}"
+                self._filesystem.create_dir(directory, recursive=True)
+                self._put(table, directory, path.stem, self._filesystem)
+            except Exception as error:
+                claimed.rename(path)
+                log.warning("inference log: could not move %s into %s yet (%s)", path, self.sink, _reason(error))
+                return
+            claimed.unlink()
+            returned += int(table.num_rows)
+        if returned:
+            with self._lock:
+                self.stats.returned += returned
+            self._count("returned", returned)
+            log.warning("inference log: %d spilled rows moved from %s into %s", returned, self._spill_dir, self.sink)
 
     def _write(self, requests: list[_Request], day: dt.date, filesystem: pafs.FileSystem, root: str) -> int:
         """One Parquet file with the rows of `requests`, all from `day`."""
-        table = self._table(requests)
+        self._write_file(requests, day, filesystem, root)
+        return sum(len(request.predictions) for request in requests)
+
+    def _write_file(self, requests: list[_Request], day: dt.date, filesystem: pafs.FileSystem, root: str) -> str:
         directory = f"{root}/date={day.isoformat()}"
         name = f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._run}-{next(self._counter)}"
         filesystem.create_dir(directory, recursive=True)
+        return self._put(self._table(requests), directory, name, filesystem)
+
+    @staticmethod
+    def _put(table: pa.Table, directory: str, name: str, filesystem: pafs.FileSystem) -> str:
+        path = f"{directory}/{name}.parquet"
         if isinstance(filesystem, pafs.LocalFileSystem):
-            # Readers skip dot-files: a half-written file is never read.
+            # Readers skip dot-files: a half-written file is never read, and one that failed is removed
+            # (on a full disk, it would hold the space the next attempt needs).
             temporary = f"{directory}/.{name}.parquet.tmp"
-            pq.write_table(table, temporary, filesystem=filesystem)
-            filesystem.move(temporary, f"{directory}/{name}.parquet")
+            try:
+                pq.write_table(table, temporary, filesystem=filesystem)
+                filesystem.move(temporary, path)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
         else:  # an object store makes the object visible only once it is complete
-            pq.write_table(table, f"{directory}/{name}.parquet", filesystem=filesystem)
-        return int(table.num_rows)
+            pq.write_table(table, path, filesystem=filesystem)
+        return path
 
     def _table(self, batch: list[_Request]) -> pa.Table:
         sizes = [len(request.predictions) for request in batch]
@@ -214,6 +417,11 @@ class InferenceLog:
             data[name] = [value for request in batch for value in request.columns[name]]
         data[PREDICTION] = np.concatenate([request.predictions for request in batch]).astype(np.float32)
         return pa.Table.from_pydict(data, schema=self.schema)
+
+
+def _reason(error: BaseException) -> str:
+    """An error in one line: its type and message, no traceback (a failing sink would repeat it every attempt)."""
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def _utc_day(timestamp: dt.datetime) -> dt.date:

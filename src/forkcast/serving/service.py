@@ -7,7 +7,9 @@ Endpoints (all JSON):
 
 Runtime settings come from the environment, which `forkcast deploy` sets:
 `FORKCAST_INFERENCE_LOG` (a directory or s3:// URI), `FORKCAST_ENVIRONMENT` (a label in the log),
-`FORKCAST_BACKEND=scikit-learn` to bypass ONNX Runtime.
+`FORKCAST_INFERENCE_SPILL` (where rows go while the log's sink fails), `FORKCAST_INFERENCE_FLUSH_SECONDS`
+(how often the log is written: 5), `FORKCAST_INFERENCE_BUFFER_ROWS` (rows a worker holds while the sink fails:
+50,000), `FORKCAST_BACKEND=scikit-learn` to bypass ONNX Runtime.
 
 The request's fields come from the model: its input contract (`inputs.json`, from `dataset.yaml` at training) is
 read from the model's directory when this module is imported, because the API's types are declared from it.
@@ -15,6 +17,7 @@ read from the model's directory when this module is imported, because the API's 
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -39,7 +42,14 @@ from forkcast.serving.contract import (
     ModelInfo,
     Predictions,
 )
-from forkcast.serving.inference_log import DEFAULT_SINK, SINK_ENV, InferenceLog
+from forkcast.serving.inference_log import (
+    BUFFER_ENV,
+    DEFAULT_SINK,
+    FLUSH_ENV,
+    SINK_ENV,
+    InferenceLog,
+    Outcome,
+)
 
 log = logging.getLogger("bentoml.forkcast")  # bentoml prints the INFO lines of its own loggers
 
@@ -57,6 +67,55 @@ def _contract(model: bentoml.models.BentoModel) -> predictor.Contract:
 
 CONTRACT = _contract(MODEL)
 Records = contract.records_type(CONTRACT.inputs, CONTRACT.example)
+
+
+class InferenceLogMetrics:
+    """Prometheus metrics of what became of the logged rows, shown on /metrics beside bentoml's own."""
+
+    def __init__(self) -> None:
+        # Imported here, in the worker: bentoml points prometheus_client at its multiprocess directory at start-up.
+        import prometheus_client
+
+        self.rows = prometheus_client.Counter(
+            "forkcast_inference_log_rows",
+            "Rows of the inference log: written to the sink; spilled locally while it fails; returned to it from "
+            "the spill; dropped (sink and spill both failing or full)",
+            ["outcome"],
+        )
+        self.failures = prometheus_client.Counter(
+            "forkcast_inference_log_write_failures", "Failed attempts to write the inference log to its sink"
+        )
+        self.waiting = prometheus_client.Gauge(
+            "forkcast_inference_log_buffered_rows", "Rows held in memory, not yet written", multiprocess_mode="livesum"
+        )
+
+    def count(self, outcome: Outcome, rows: int) -> None:
+        if outcome == "failed":
+            self.failures.inc(rows)
+        else:
+            self.rows.labels(outcome=outcome).inc(rows)
+
+    def buffered(self, rows: int) -> None:
+        self.waiting.set(rows)
+
+
+@functools.cache  # one set per worker process: prometheus_client refuses a metric registered twice
+def inference_log_metrics() -> InferenceLogMetrics:
+    return InferenceLogMetrics()
+
+
+def _number(name: str, default: float) -> float:
+    """A positive number from the environment, or a start-up error that names the variable."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if number <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive number")
+    return number
 
 
 class JsonBodiesOnly:
@@ -189,6 +248,9 @@ class Forecaster:
             CONTRACT.inputs,
             environment=os.environ.get("FORKCAST_ENVIRONMENT", "local"),
             spill_dir=Path(spill) if spill else None,
+            flush_seconds=_number(FLUSH_ENV, 5.0),
+            max_rows=int(_number(BUFFER_ENV, 50_000)),
+            counters=inference_log_metrics(),
         )
         log.info(
             "serving %s version %s with %s, code from %s",

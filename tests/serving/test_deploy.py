@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from forkcast.config import Params
@@ -228,3 +229,64 @@ def test_status_exits_1_naming_a_deployed_environment_that_is_down(
     assert "DOWN" in captured.out
     assert "production not deployed" in captured.out
     assert "staging deployed but down: start again with `forkcast deploy --env staging`" in captured.err
+
+
+def answers(url: str) -> bool:
+    """Anything answers /readyz at `url` (whoever serves it)."""
+    return deploy.is_ready(url)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_workers_left_behind_by_a_killed_server_are_found_reported_and_ended(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fault measured: after `kill -9` of the server, its workers served on; status said DOWN, deploy failed
+    on the taken port after deleting the record, and undeploy then said "nothing deployed"."""
+    from forkcast.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    model = build.describe(built.tag).model
+    first = deploy.start("staging", built.tag, model, port, str(tmp_path / "log-1"))
+    try:
+        workers = [process.pid for process in deploy.processes_of("staging") if process.pid != first.pid]
+        assert len(workers) == 2  # the service's two workers, in sessions of their own
+        os.kill(first.pid, 9)
+        psutil.Process(first.pid).wait(timeout=10)  # reaped: it is this test's child (a CLI's is init's)
+        assert answers(first.url)  # the orphaned workers still serve
+        assert main(["status"]) == 1
+        shown = capsys.readouterr()
+        assert "ORPHANED" in shown.out
+        assert f"workers {workers[0]}, {workers[1]}" in shown.out
+
+        # Redeploying ends the orphans (the port is free again) and starts afresh; a new log location counts.
+        second = deploy.start("staging", built.tag, model, port, str(tmp_path / "log-2"))
+        assert second.pid != first.pid
+        assert second.inference_log == str(tmp_path / "log-2")
+        assert not any(deploy.is_running(pid) for pid in workers)
+        assert deploy.health("staging").state == "ready"
+
+        # The record lost while the server runs: status reports the processes, undeploy ends them.
+        os.kill(second.pid, 9)
+        psutil.Process(second.pid).wait(timeout=10)
+        deploy.record_path("staging").unlink()
+        assert deploy.health("staging").state == "UNRECORDED"
+        assert main(["undeploy", "--env", "staging"]) == 0
+        assert "nothing recorded, but ended the processes that served it" in capsys.readouterr().out
+    finally:
+        deploy.stop("staging")
+    assert deploy.processes_of("staging") == []
+    assert not answers(first.url)
+    assert deploy.port_is_free(port)
+
+
+def test_one_deploy_or_stop_at_a_time_per_environment(in_tmp: Path) -> None:
+    held = pytest.raises(DeployError, match=r"staging is being deployed or stopped by pid \d+")
+    with deploy.exclusive("staging"):
+        with held, deploy.exclusive("staging", wait=0.3):
+            pass
+        with deploy.exclusive("production", wait=0.3):  # another environment is not held up
+            pass
+    with deploy.exclusive("staging", wait=0.3):  # released
+        pass

@@ -137,8 +137,17 @@ def undeploy(env: Annotated[str, typer.Option("--env", help="staging, production
 
     names = deployments.ENVIRONMENTS if env == "all" else (check_environment(env),)
     for name in names:
-        stopped = deployments.stop(name)
-        typer.echo(f"{name}: stopped {stopped.bento} (pid {stopped.pid})" if stopped else f"{name}: nothing deployed")
+        strays = [process.pid for process in deployments.processes_of(name)]
+        try:
+            stopped = deployments.stop(name)
+        except deployments.DeployError as exc:
+            raise fail(str(exc), EXIT_CHECK_FAILED) from exc
+        if stopped:
+            typer.echo(f"{name}: stopped {stopped.bento} (pid {stopped.pid}; processes {strays or 'none left'})")
+        elif strays:
+            typer.echo(f"{name}: nothing recorded, but ended the processes that served it: {strays}")
+        else:
+            typer.echo(f"{name}: nothing deployed")
 
 
 @app.command()
@@ -149,16 +158,18 @@ def status() -> None:
 
     down = []
     for name in deployments.ENVIRONMENTS:
-        current = deployments.load(name)
-        if current is None:
-            typer.echo(f"{name:<10} not deployed")
-            continue
-        health = "ready" if deployments.is_alive(current) and deployments.is_ready(current.url) else "DOWN"
-        if health == "DOWN":
+        health = deployments.health(name)
+        current = health.recorded
+        if not health.ok:
             down.append(name)
+        if current is None:
+            typer.echo(f"{name:<10} {health.state}  {health.detail}".rstrip())
+            continue
         typer.echo(
-            f"{name:<10} {current.bento}  {current.url}  pid {current.pid}  {health}  smoke {current.smoke_state}"
+            f"{name:<10} {current.bento}  {current.url}  pid {current.pid}  {health.state}  smoke {current.smoke_state}"
         )
+        if health.detail:
+            typer.echo(f"{'':<10} {health.detail}")
     if down:
         again = " ".join(f"`forkcast deploy --env {name}`" for name in down)
         message = f"{', '.join(down)} deployed but down: start again with {again}, or `forkcast undeploy`"

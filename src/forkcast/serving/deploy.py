@@ -3,21 +3,30 @@
 What runs where is recorded in `outputs/deploy/<environment>.json` (bento, port, pid, URL,
 inference log, smoke result); the server's output goes to `outputs/deploy/<environment>.log`.
 Production takes only a bento that passed the smoke tests in staging, and an explicit approval.
+
+A deployment is every process that runs with its environment's own BENTOML_HOME
+(`outputs/deploy/<environment>.bentoml`): the `bentoml serve` parent and its workers, which run in sessions
+of their own. Stopping or replacing a deployment ends all of them, whatever died first, and the record is
+replaced only once the new server answers. One deploy or stop at a time per environment (a lock file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+
+import psutil
 
 from forkcast import atomic, paths
 from forkcast.serving.contract import MODEL_TAG_ENV, SPILL_ENV
@@ -96,6 +105,54 @@ def is_alive(deployment: Deployment) -> bool:
     if not is_running(deployment.pid):
         return False
     return deployment.pid_started is None or process_started(deployment.pid) == deployment.pid_started
+
+
+def server_home(environment: Environment) -> Path:
+    """The BENTOML_HOME that only this environment's server and its workers run with."""
+    return (DEPLOY_DIR / f"{environment}.bentoml").resolve()
+
+
+def processes_of(environment: Environment) -> list[psutil.Process]:
+    """Every process of the environment's deployment, found by its BENTOML_HOME: the parent and its workers
+    (each in a session of its own), also when the parent died first or the record was lost."""
+    home = str(server_home(environment))
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):  # gone meanwhile, or another user's
+            if process.environ().get("BENTOML_HOME") == home:
+                found.append(process)
+    return found
+
+
+@contextlib.contextmanager
+def exclusive(environment: Environment, wait: float = 300.0) -> Iterator[None]:
+    """Hold the environment's lock: a second deploy or stop waits for the first (up to `wait` s), then fails."""
+    DEPLOY_DIR.mkdir(parents=True, exist_ok=True)
+    path = DEPLOY_DIR / f"{environment}.lock"
+    with path.open("a+") as lock:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    lock.seek(0)
+                    holder = lock.read().strip() or "another process"
+                    raise DeployError(
+                        f"{environment} is being deployed or stopped by {holder} for over {wait:.0f} s; "
+                        f"wait for it, or end it and run the command again"
+                    ) from None
+                time.sleep(0.2)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])})")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def is_ready(url: str, timeout: float = 2.0) -> bool:
@@ -190,14 +247,33 @@ def start(
 
     If the new server does not come up, the one it replaced is started again before the error is raised.
     """
+    with exclusive(environment):
+        return _replace(
+            environment, bento, model=model, port=port, inference_log=inference_log, approved_by=approved_by,
+            ready_timeout=ready_timeout,
+        )  # fmt: skip
+
+
+def _replace(
+    environment: Environment,
+    bento: str,
+    *,
+    model: str,
+    port: int,
+    inference_log: str,
+    approved_by: str | None,
+    ready_timeout: float,
+) -> Deployment:
     current = load(environment)
     url = f"http://{HOST}:{port}"
-    if current and current.bento == bento and current.port == port and is_alive(current) and is_ready(url):
+    unchanged = current and (current.bento, current.model, current.port, current.inference_log) == (
+        bento, model, port, inference_log,
+    )  # fmt: skip
+    if current and unchanged and is_alive(current) and is_ready(url):
         kept = replace(current, approved_by=approved_by or current.approved_by)  # already serving this bento
         save(kept)
         return kept
-    if current:
-        stop(environment)
+    end(environment)  # the record stays until the new server is up
     try:
         deployment = _launch(
             environment, bento, model, port, inference_log, approved_by=approved_by, ready_timeout=ready_timeout
@@ -211,6 +287,7 @@ def start(
                 approved_by=current.approved_by, ready_timeout=ready_timeout,
             )  # fmt: skip
         except DeployError as second:
+            record_path(environment).unlink(missing_ok=True)  # nothing runs there now
             raise DeployError(f"{failure}\nand {current.bento} could not be started again: {second}") from failure
         save(replace(previous, smoke=current.smoke))
         raise DeployError(f"{failure}\n{environment} serves {current.bento} again, as before") from failure
@@ -248,8 +325,8 @@ def _launch(
         )
     try:
         _wait_until_ready(process, f"http://{HOST}:{port}", server_log, log_start, ready_timeout)
-    except BaseException:  # a failed start, or Ctrl-C: leave no server behind
-        _stop_group(process.pid)
+    except BaseException:  # a failed start, or Ctrl-C: leave no server behind, workers included
+        end(environment, timeout=30)
         raise
     return Deployment(
         environment=environment,
@@ -292,34 +369,75 @@ def _tail(text: str, lines: int = 8) -> str:
 
 
 def stop(environment: Environment, timeout: float = 60.0) -> Deployment | None:
-    """Stop the environment's server (its workers flush their inference logs first) and forget it."""
+    """Stop every process of the environment's server (the workers flush their inference logs first) and forget
+    it; returns what the record said ran there (None without a record, even if stray processes were ended)."""
+    with exclusive(environment):
+        current = load(environment)
+        end(environment, timeout)
+        record_path(environment).unlink(missing_ok=True)
+        return current
+
+
+def end(environment: Environment, timeout: float = 60.0) -> list[int]:
+    """End every process of the environment's deployment: SIGTERM (bentoml stops its workers, which run their
+    shutdown hooks; workers whose parent is gone get it directly), then SIGKILL for those still there after
+    `timeout` s. Returns the pids ended; raises if one cannot be ended."""
+    processes = processes_of(environment)
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if process.parent() is None or process.parent() not in processes:  # the parent, or an orphan
+                process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    _, unkillable = psutil.wait_procs(alive, timeout=10)
+    if unkillable:
+        pids = ", ".join(str(process.pid) for process in unkillable)
+        raise DeployError(f"{environment}: could not end process {pids}; end it and run the command again")
+    return [process.pid for process in processes]
+
+
+@dataclass(frozen=True)
+class Health:
+    """How a deployment is doing: `ready`, or why not, and its processes."""
+
+    recorded: Deployment | None
+    pids: tuple[int, ...]
+    state: Literal["ready", "DOWN", "ORPHANED", "UNRECORDED", "not deployed"]
+
+    @property
+    def ok(self) -> bool:
+        return self.state in {"ready", "not deployed"}
+
+    @property
+    def detail(self) -> str:
+        processes = ", ".join(map(str, self.pids))
+        return {
+            "ready": "",
+            "DOWN": "nothing answers",
+            "ORPHANED": f"the server process is gone; workers {processes} serve on without it (nothing restarts them)",
+            "UNRECORDED": f"no record, but processes {processes} serve it",
+            "not deployed": "",
+        }[self.state]
+
+
+def health(environment: Environment) -> Health:
     current = load(environment)
+    pids = tuple(process.pid for process in processes_of(environment))
     if current is None:
-        return None
+        return Health(None, pids, "UNRECORDED" if pids else "not deployed")
     if is_alive(current):
-        _stop_group(current.pid, timeout)
-    record_path(environment).unlink(missing_ok=True)
-    return current
-
-
-def _stop_group(pid: int, timeout: float = 60.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)  # graceful: bentoml stops its workers, which run their shutdown hooks
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            finished, _ = os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-        except ChildProcessError:
-            finished = 0 if is_running(pid) else pid
-        if finished:
-            return
-        time.sleep(0.1)
-    os.killpg(pid, signal.SIGKILL)
+        return Health(current, pids, "ready" if is_ready(current.url) else "DOWN")
+    return Health(current, pids, "ORPHANED" if pids else "DOWN")
 
 
 def record_smoke(environment: Environment, passed: bool, report: Path) -> Deployment:
+    with exclusive(environment):
+        return _record_smoke(environment, passed, report)
+
+
+def _record_smoke(environment: Environment, passed: bool, report: Path) -> Deployment:
     current = load(environment)
     if current is None:
         raise DeployError(f"nothing is deployed to {environment}")

@@ -22,6 +22,7 @@ Every failure, spill and drop is counted (`stats`, and the service's Prometheus 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import logging
 import os
@@ -73,6 +74,41 @@ class _Request:
     model_version: str
     columns: dict[str, list[Any]]
     predictions: np.ndarray
+
+
+class InferenceLogMetrics:
+    """Prometheus metrics of what became of the logged rows, shown on /metrics beside bentoml's own."""
+
+    def __init__(self) -> None:
+        # Imported here, in the worker: bentoml points prometheus_client at its multiprocess directory at start-up.
+        import prometheus_client
+
+        self.rows = prometheus_client.Counter(
+            "forkcast_inference_log_rows",
+            "Rows of the inference log: written to the sink; spilled locally while it fails; returned to it from "
+            "the spill; dropped (sink and spill both failing or full)",
+            ["outcome"],
+        )
+        self.failures = prometheus_client.Counter(
+            "forkcast_inference_log_write_failures", "Failed attempts to write the inference log to its sink"
+        )
+        self.waiting = prometheus_client.Gauge(
+            "forkcast_inference_log_buffered_rows", "Rows held in memory, not yet written", multiprocess_mode="livesum"
+        )
+
+    def count(self, outcome: Outcome, rows: int) -> None:
+        if outcome == "failed":
+            self.failures.inc(rows)
+        else:
+            self.rows.labels(outcome=outcome).inc(rows)
+
+    def buffered(self, rows: int) -> None:
+        self.waiting.set(rows)
+
+
+@functools.cache  # one set per process: prometheus_client refuses a metric registered twice
+def inference_log_metrics() -> InferenceLogMetrics:
+    return InferenceLogMetrics()
 
 
 def resolve_sink(sink: str) -> tuple[pafs.FileSystem, str]:

@@ -17,7 +17,6 @@ read from the model's directory when this module is imported, because the API's 
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import os
@@ -48,7 +47,7 @@ from forkcast.serving.inference_log import (
     FLUSH_ENV,
     SINK_ENV,
     InferenceLog,
-    Outcome,
+    inference_log_metrics,
 )
 
 log = logging.getLogger("bentoml.forkcast")  # bentoml prints the INFO lines of its own loggers
@@ -67,41 +66,6 @@ def _contract(model: bentoml.models.BentoModel) -> predictor.Contract:
 
 CONTRACT = _contract(MODEL)
 Records = contract.records_type(CONTRACT.inputs, CONTRACT.example)
-
-
-class InferenceLogMetrics:
-    """Prometheus metrics of what became of the logged rows, shown on /metrics beside bentoml's own."""
-
-    def __init__(self) -> None:
-        # Imported here, in the worker: bentoml points prometheus_client at its multiprocess directory at start-up.
-        import prometheus_client
-
-        self.rows = prometheus_client.Counter(
-            "forkcast_inference_log_rows",
-            "Rows of the inference log: written to the sink; spilled locally while it fails; returned to it from "
-            "the spill; dropped (sink and spill both failing or full)",
-            ["outcome"],
-        )
-        self.failures = prometheus_client.Counter(
-            "forkcast_inference_log_write_failures", "Failed attempts to write the inference log to its sink"
-        )
-        self.waiting = prometheus_client.Gauge(
-            "forkcast_inference_log_buffered_rows", "Rows held in memory, not yet written", multiprocess_mode="livesum"
-        )
-
-    def count(self, outcome: Outcome, rows: int) -> None:
-        if outcome == "failed":
-            self.failures.inc(rows)
-        else:
-            self.rows.labels(outcome=outcome).inc(rows)
-
-    def buffered(self, rows: int) -> None:
-        self.waiting.set(rows)
-
-
-@functools.cache  # one set per worker process: prometheus_client refuses a metric registered twice
-def inference_log_metrics() -> InferenceLogMetrics:
-    return InferenceLogMetrics()
 
 
 def _number(name: str, default: float) -> float:

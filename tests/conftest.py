@@ -7,14 +7,18 @@ dataset (the bike rentals and the electricity demand of examples/electricity), a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +114,37 @@ def run_ok(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
     result = run(args, cwd, **env)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen[bytes]:
+    """A real tracking server (SQLite store, proxied artifacts under `root`) in a session of its own (killpg ends
+    its workers too), once it answers /health."""
+    command = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    with (root / "server.log").open("ab") as log:
+        server = subprocess.Popen(
+            command, cwd=root, env=tool_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            os.killpg(server.pid, signal.SIGKILL)
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop_mlflow_server(server: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, sig)
+    server.wait(timeout=30)
 
 
 def free_port() -> int:

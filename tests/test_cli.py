@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -283,3 +284,58 @@ def test_a_tracking_server_that_hangs_after_the_check_fails_register_and_leaves_
     assert "the MLflow server stopped answering" in error
     assert "Read timed out" in error
     assert not stale.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_tracking_server_killed_mid_run_fails_register_and_its_run_is_marked_failed_once_it_is_back(
+    in_project: Path, tmp_path: Path
+) -> None:
+    """A real `mlflow server`, killed (SIGKILL, workers too) once `register` has opened its run: register exits 1
+    within its documented bounds (the 600 s guard only stops a hang), leaves no verdict; the next register, with
+    the server back on the same store, marks the abandoned run FAILED."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    from .conftest import free_port, run, start_mlflow_server, stop_mlflow_server
+
+    for name in ("validate", "prepare", "train", "evaluate", "backtest", "refit"):
+        assert main([name]) == 0
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(store, port)
+    marker = in_project / "outputs/registry/open-run.json"
+    command = [str(BIN / "forkcast"), "register"]
+    register = subprocess.Popen(
+        command, cwd=in_project, env=tool_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():  # the run is open: the server dies now
+            assert register.poll() is None, register.communicate()
+            assert time.monotonic() < deadline, "register never opened its run"
+            time.sleep(0.05)
+        stop_mlflow_server(server, signal.SIGKILL)
+        _, error = register.communicate(timeout=600)
+    finally:
+        register.kill()
+    assert register.returncode == 1, error
+    assert "the MLflow server stopped answering" in error
+    assert not (in_project / "outputs/registry/gate.json").exists()
+    abandoned = json.loads(marker.read_text())["run_id"]
+
+    server = start_mlflow_server(store, port)
+    try:
+        again = run(command, in_project, MLFLOW_TRACKING_URI=uri)
+        assert again.returncode == 0, again.stderr
+        assert f"marked run {abandoned} FAILED" in again.stdout
+        client = MlflowClient(uri)
+        assert client.get_run(abandoned).info.status == "FAILED"
+        assert client.get_run(abandoned).data.tags["forkcast.failure"].startswith("the tracking server stopped")
+        assert not marker.exists()
+    finally:
+        stop_mlflow_server(server)

@@ -190,12 +190,16 @@ def register(params_file: ParamsOption = PARAMS_FILE) -> None:
             artifacts=reports,
             local_dir=paths.LOCAL_MLFLOW_DIR,
             onnx=paths.SERVED_ONNX.read_bytes(),
+            open_run=paths.OPEN_RUN,
         )  # fmt: skip
         save_gate(
             registration, paths.GATE_JSON, paths.GATE_MD, model_trained_at=metadata.get("trained_at"),
             unit=inputs.target.unit,
         )  # fmt: skip
     verdict = registration.verdict
+    if registration.closed_run:
+        typer.echo(f"marked run {registration.closed_run} FAILED: an earlier register left it open when the server "
+                   "stopped answering")  # fmt: skip
     typer.echo(
         f"registered {registration.model_name} v{registration.version} (alias candidate); gate: "
         f"{'ELIGIBLE' if verdict.eligible else 'REJECTED'}"

@@ -227,6 +227,30 @@ class Registration:
     version: str
     verdict: GateVerdict
     tracking_uri: str
+    closed_run: str | None = None  # an earlier register's run, left RUNNING by a server that stopped answering
+
+
+def close_abandoned_run(client: MlflowClient, marker: Path) -> str | None:
+    """Mark FAILED the run an earlier `register` left open (`marker` names it) when the tracking server stopped
+    answering mid-run: mlflow could not be told then. Returns its id if it was still RUNNING on this server."""
+    import mlflow
+
+    if not marker.exists():
+        return None
+    left = atomic.read_json(marker)
+    if left.get("tracking_uri") != mlflow.get_tracking_uri():
+        return None  # another server's run: closed when that one is used again
+    marker.unlink()
+    run_id = str(left["run_id"])
+    try:
+        status = client.get_run(run_id).info.status
+    except mlflow.exceptions.MlflowException:
+        return None  # deleted meanwhile
+    if status != "RUNNING":
+        return None
+    client.set_tag(run_id, "forkcast.failure", "the tracking server stopped answering during `register`")
+    client.set_terminated(run_id, "FAILED")
+    return run_id
 
 
 def track_and_register(
@@ -242,6 +266,7 @@ def track_and_register(
     artifacts: list[Path],
     local_dir: Path,
     onnx: bytes,
+    open_run: Path | None = None,
 ) -> Registration:
     """Log the run; register the served model as a new version, or find the version that holds these very bytes
     (a retrain to the same model is the same version, so its bento and image keep their tag); judge it."""
@@ -253,6 +278,7 @@ def track_and_register(
     # It cannot find pip in a uv environment and says so on every run; the requirements are given explicitly.
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
     client = MlflowClient()
+    closed = close_abandoned_run(client, open_run) if open_run else None
     name = params.tracking.registered_model
     target = inputs.target
     commit = lineage.get("git_commit") or "unknown"
@@ -269,6 +295,8 @@ def track_and_register(
         warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values")
         signature = infer_signature(example, predict(pipeline, example, target).to_numpy())
     with mlflow.start_run(run_name=f"{params.train.model}-{commit[:7]}", tags=tags) as run:
+        if open_run:  # removed once the run ends; still there, it names a run the next register marks FAILED
+            atomic.write_json(open_run, {"run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
         mlflow.log_params(flat_params(params))
         mlflow.log_metrics(_flat_metrics(evaluation, metadata, backtest))
         for path in artifacts:  # before the model version exists, so a missing file registers nothing
@@ -287,7 +315,9 @@ def track_and_register(
             client.set_model_version_tag(name, version, "gate", "eligible" if verdict.eligible else "rejected")
         client.set_registered_model_alias(name, CANDIDATE, version)  # only once it carries its verdict
         mlflow.log_dict(verdict.to_dict(), "reports/gate.json")
-    return Registration(run.info.run_id, experiment_id, name, version, verdict, mlflow.get_tracking_uri())
+    if open_run:
+        open_run.unlink(missing_ok=True)
+    return Registration(run.info.run_id, experiment_id, name, version, verdict, mlflow.get_tracking_uri(), closed)
 
 
 def _log_model(pipeline: Pipeline, metadata: dict[str, Any], name: str, **described: Any) -> str:

@@ -19,7 +19,7 @@ export UV_PYTHON ?= python3
 # (rows the evaluated model never trained on); REPLAY_FROM and REPLAY_TO (YYYY-MM-DD) pick other dates.
 REPLAY := forkcast replay --env production $(if $(REPLAY_FROM),--from $(REPLAY_FROM)) $(if $(REPLAY_TO),--to $(REPLAY_TO))
 
-.PHONY: help install data run dataset repro build staging production status stop summary test test-fast lint lint-workflows format typecheck ui new-data replay drift probe bench bench-serving bench-drift clean
+.PHONY: help install data run dataset repro build staging production status stop summary test test-fast lint lint-workflows format typecheck ui new-data replay drift probe bench bench-serving bench-faults bench-drift clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-14s %s\n", $$1, $$2}'
@@ -128,6 +128,9 @@ bench: install ## Time and peak memory of each stage at 10k, 100k and 1M rows
 
 bench-serving: install ## Latency and throughput: in-process, this service, mlflow models serve, Flask (needs wrk)
 	$(RUN) python benchmarks/serving.py
+
+bench-faults: install ## The service and tooling under faults: full log disk, dying tracking server, killed parent, hostile headers
+	$(RUN) python benchmarks/faults.py
 
 bench-drift: install ## Time and peak memory of the drift report at 10k, 100k and 1M logged rows
 	$(RUN) python benchmarks/drift.py

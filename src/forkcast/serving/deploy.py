@@ -82,13 +82,13 @@ def save(deployment: Deployment) -> None:
 
 
 def is_running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie, exited but not yet reaped by its parent, has)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 def process_started(pid: int) -> str | None:

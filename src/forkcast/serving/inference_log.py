@@ -13,7 +13,7 @@ Requests only append to an in-memory buffer; a background thread writes it out e
 
 When the sink fails (a full disk, an unreachable bucket), serving goes on at the same speed and memory:
 - the rows stay buffered and the write is retried with backoff (1 s, doubling up to 60 s), not per request;
-- beyond `max_rows` buffered rows, the oldest are spilled to a local directory (`spill_dir`), up to
+- beyond `max_rows` buffered rows (20,000), the oldest are spilled to a local directory (`spill_dir`), up to
   `max_spill_bytes` per worker; beyond that, or if the spill fails too, the oldest rows are dropped;
 - once the sink takes writes again, spilled files are moved into it (rows spilled at shutdown included).
 Every failure, spill and drop is counted (`stats`, and the service's Prometheus metrics) and logged in one line.
@@ -50,6 +50,8 @@ SINK_ENV = "FORKCAST_INFERENCE_LOG"
 DEFAULT_SINK = "outputs/inference/local"
 FLUSH_ENV = "FORKCAST_INFERENCE_FLUSH_SECONDS"  # how often workers write their rows (the crash-loss window)
 BUFFER_ENV = "FORKCAST_INFERENCE_BUFFER_ROWS"  # rows a worker holds in memory while the sink fails
+PROBE_ROWS = 1_000  # the first write after a failure: is the sink back?
+REPORT_SECONDS = 30.0  # spills and drops are logged at most this often (their counters are exact)
 Outcome = Literal["written", "spilled", "dropped", "returned", "failed"]  # "failed": one write attempt
 _TYPES = {"int": pa.int64(), "float": pa.float32(), "str": pa.string()}
 _REQUEST_FIELDS = [
@@ -161,7 +163,7 @@ class InferenceLog:
         environment: str = "local",
         flush_seconds: float = 5.0,
         flush_rows: int = 20_000,
-        max_rows: int = 50_000,
+        max_rows: int = 20_000,
         max_spill_bytes: int = 256 * 1024 * 1024,
         retry_seconds: tuple[float, float] = (1.0, 60.0),
         spill_dir: Path | None = None,
@@ -191,6 +193,7 @@ class InferenceLog:
         self._retry_at = 0.0  # time.monotonic() of the next attempt while the sink fails
         self._retry_delay = self._retry_first
         self._spilled_bytes = 0
+        self._reported: dict[str, float] = {}  # when spills and drops were last logged
         self.stats = LogStats()
         self._writer = threading.Thread(target=self._write_periodically, name="inference-log", daemon=True)
         self._writer.start()
@@ -233,15 +236,22 @@ class InferenceLog:
         self._pending_rows -= rows
         return rows
 
-    def flush(self) -> int:
-        """Write everything buffered so far, one file per day; returns the number of rows written.
+    def flush(self, at_most: int | None = None) -> int:
+        """Write everything buffered so far (or only the oldest requests up to `at_most` rows), one file per day;
+        returns the number of rows written.
 
         If a write fails, the requests of that day and of the days after it go back to the buffer
         (the days already written do not), and the error is raised.
         """
         with self._write_lock:
             with self._lock:
-                batch, self._pending, self._pending_rows = list(self._pending), deque(), 0
+                batch = []
+                taken = 0
+                while self._pending and (at_most is None or taken < at_most):
+                    request = self._pending.popleft()
+                    batch.append(request)
+                    taken += len(request.predictions)
+                self._pending_rows -= taken
             days: dict[dt.date, list[_Request]] = {}
             for request in batch:
                 days.setdefault(_utc_day(request.timestamp), []).append(request)
@@ -297,7 +307,11 @@ class InferenceLog:
                 self._make_room()  # no write attempt before the backoff ends
             else:
                 try:
-                    self.flush()
+                    # While the sink fails, a retry writes a small batch first: a whole buffer built into a table
+                    # only to fail again would cost the requests' CPU.
+                    self.flush(at_most=PROBE_ROWS if self.failing else None)
+                    if self.failing:
+                        self.flush()
                 except Exception as error:
                     self._failed(error)
                     self._make_room()
@@ -349,15 +363,24 @@ class InferenceLog:
             with self._lock:
                 self.stats.dropped += rows - spilled
             self._count("dropped", rows - spilled)
-            log.error(
-                "inference log: %d rows dropped (the sink %s fails and the spill directory %s is full or failing; "
-                "%d dropped so far)", rows - spilled, self.sink, self._spill_dir, self.stats.dropped,
-            )  # fmt: skip
-        else:
+            if self._due("dropped"):
+                log.error(
+                    "inference log: the sink %s fails and the spill directory %s is full or failing: %d rows "
+                    "dropped so far, the oldest first", self.sink, self._spill_dir, self.stats.dropped,
+                )  # fmt: skip
+        elif self._due("spilled"):
             log.warning(
-                "inference log: the sink %s fails; %d rows spilled to %s (%d so far), moved back when it works",
-                self.sink, spilled, self._spill_dir, self.stats.spilled,
+                "inference log: the sink %s fails: %d rows spilled to %s so far, moved into the sink when it works",
+                self.sink, self.stats.spilled, self._spill_dir,
             )  # fmt: skip
+
+    def _due(self, event: str) -> bool:
+        """Whether to log `event` now: the first time, then at most every REPORT_SECONDS."""
+        now = time.monotonic()
+        if now - self._reported.get(event, -REPORT_SECONDS) < REPORT_SECONDS:
+            return False
+        self._reported[event] = now
+        return True
 
     def _spill(self, requests: list[_Request], limit: int | None) -> int:
         """Write `requests` to the spill directory, a file per day; returns the rows spilled (0 when it fails
@@ -373,7 +396,8 @@ class InferenceLog:
                 self._spilled_bytes += Path(path).stat().st_size
                 rows += sum(len(request.predictions) for request in of_day)
         except Exception as error:
-            log.error("inference log: spilling to %s failed too (%s)", self._spill_dir, _reason(error))
+            if limit is None or self._due("spill failed"):
+                log.error("inference log: spilling to %s failed too (%s)", self._spill_dir, _reason(error))
         with self._lock:
             self.stats.spilled += rows
         if rows:

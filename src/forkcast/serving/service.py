@@ -9,7 +9,7 @@ Runtime settings come from the environment, which `forkcast deploy` sets:
 `FORKCAST_INFERENCE_LOG` (a directory or s3:// URI), `FORKCAST_ENVIRONMENT` (a label in the log),
 `FORKCAST_INFERENCE_SPILL` (where rows go while the log's sink fails), `FORKCAST_INFERENCE_FLUSH_SECONDS`
 (how often the log is written: 5), `FORKCAST_INFERENCE_BUFFER_ROWS` (rows a worker holds while the sink fails:
-50,000), `FORKCAST_BACKEND=scikit-learn` to bypass ONNX Runtime.
+20,000), `FORKCAST_BACKEND=scikit-learn` to bypass ONNX Runtime.
 
 The request's fields come from the model: its input contract (`inputs.json`, from `dataset.yaml` at training) is
 read from the model's directory when this module is imported, because the API's types are declared from it.
@@ -213,7 +213,7 @@ class Forecaster:
             environment=os.environ.get("FORKCAST_ENVIRONMENT", "local"),
             spill_dir=Path(spill) if spill else None,
             flush_seconds=_number(FLUSH_ENV, 5.0),
-            max_rows=int(_number(BUFFER_ENV, 50_000)),
+            max_rows=int(_number(BUFFER_ENV, 20_000)),
             counters=inference_log_metrics(),
         )
         log.info(

@@ -1,6 +1,6 @@
 """The service and the tooling on a bad day: the faults of a production endpoint, reproduced and measured.
 
-    python benchmarks/faults.py [--seconds 20] [--only disk,tracking,parent,headers] [--out FILE.json]
+    python benchmarks/faults.py [--seconds 20] [--only disk,tracking,parent,headers,crash] [--out FILE.json]
 
 Needs the pipeline's outputs, `forkcast build` and `wrk`; the full disk needs root (a 256 KiB tmpfs is mounted),
 without it the log's sink is made to fail instead (a file where its directory should be).
@@ -17,6 +17,8 @@ without it the log's sink is made to fail instead (a file where its directory sh
    its workers still answer, what `forkcast status` says, and whether `undeploy` leaves any process or the port.
 4. **Hostile headers**: a 1 MB header and a 500 KB `x-request-id` on 1,000-record requests: the answers and
    the workers' memory before and after.
+5. **A worker killed under load** (SIGKILL, as the OOM killer does), half-way through `--seconds` of 8 clients:
+   rows answered but never logged, with the default 5 s flush and with `FORKCAST_INFERENCE_FLUSH_SECONDS=1`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from forkcast.serving import build, deploy
 BENCHMARKS = ROOT / "benchmarks"
 WARM_UP_SECONDS = 3
 CONNECTIONS = 8
+CRASH_TRIALS = 3
 REGISTER_GUARD_SECONDS = 900.0  # a register still running after this is reported as hung
 PROJECT_FILES = ("params.yaml", "dataset.yaml", "data.dvc", "dvc.lock")
 PROJECT_OUTPUTS = ("validation", "prepared", "evaluation", "served")
@@ -346,6 +349,70 @@ def hostile_headers(scratch: Path) -> dict[str, Any]:
     return result
 
 
+# --- 5. a killed worker: the crash-loss window ----------------------------------------------------------------
+
+
+async def answered_rows(
+    url: str, body: bytes, clients: int, seconds: float, *, kill_at: float, kill: Callable[[], None]
+) -> int:
+    """Rows answered with a 200 by `clients` callers in `seconds`; `kill()` is called after `kill_at` s."""
+    import asyncio
+
+    answered = 0
+    stop_at = time.monotonic() + seconds
+    killed = False
+
+    async def caller(client: httpx.AsyncClient) -> None:
+        nonlocal answered, killed
+        while time.monotonic() < stop_at:
+            if not killed and time.monotonic() > stop_at - seconds + kill_at:
+                killed = True
+                kill()
+            with contextlib.suppress(httpx.HTTPError):
+                response = await client.post(url, content=body, headers={"content-type": "application/json"})
+                if response.status_code == 200:
+                    answered += len(response.json()["predictions"])
+
+    limits = httpx.Limits(max_connections=clients, keepalive_expiry=2.0)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        await asyncio.gather(*(caller(client) for _ in range(clients)))
+    return answered
+
+
+def crash_window(scratch: Path, seconds: int) -> dict[str, Any]:
+    """One worker killed with SIGKILL half-way through a load run: rows answered but never logged, for the default
+    flush interval and a 1 s one (more, smaller files)."""
+    import asyncio
+
+    from forkcast.serving import inference_log
+
+    print("5. a worker killed under load (the crash-loss window)", flush=True)
+    body = cycle_body()
+    results: dict[str, Any] = {}
+    for flush in ("5", "1"):
+        trials = []
+        for trial in range(CRASH_TRIALS):
+            sink = scratch / f"crash-log-{flush}-{trial}"
+            server = forkcast_server(scratch, sink, scratch / f"crash-spill-{flush}-{trial}")
+            server.env["FORKCAST_INFERENCE_FLUSH_SECONDS"] = flush
+            with running(server, scratch / f"crash-{flush}-{trial}.log") as (pid, _):
+                worker = psutil.Process(pid).children()[0]
+
+                def kill(worker: psutil.Process = worker) -> None:
+                    worker.kill()
+
+                answered = asyncio.run(
+                    answered_rows(server.url + "/predict", body, 8, seconds, kill_at=seconds / 2, kill=kill)
+                )
+            logged = inference_log.read(str(sink)).num_rows
+            trials.append({"answered_rows": answered, "lost_rows": answered - logged,
+                           "rows_per_second_per_worker": round(answered / seconds / 2),
+                           "files": len(list(sink.rglob("*.parquet")))})  # fmt: skip
+            print(f"  flush every {flush} s, trial {trial + 1}: {json.dumps(trials[-1])}", flush=True)
+        results[f"flush every {flush} s"] = {"trials": trials, "most_lost": max(t["lost_rows"] for t in trials)}
+    return results
+
+
 # --- report -----------------------------------------------------------------------------------------------
 
 
@@ -374,6 +441,7 @@ PARTS: dict[str, tuple[str, Callable[[Path, int], dict[str, Any]]]] = {
     "tracking": ("tracking server", lambda scratch, _: tracking(scratch)),
     "parent": ("killed parent", lambda scratch, _: killed_parent(scratch)),
     "headers": ("headers", lambda scratch, _: hostile_headers(scratch)),
+    "crash": ("killed worker", crash_window),
 }
 
 

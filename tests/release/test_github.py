@@ -56,6 +56,7 @@ class FakeGitHub:
     plan_refuses_rules: bool = False  # 422 on reviewers/wait timer, like a private repository on GitHub Free
     plan_drops_rules: bool = False  # accepts them but shows none: what fail-closed must catch
     refuse_writes: str | None = None  # a 403 message for every write (a fork's read-only GITHUB_TOKEN)
+    issues_off: bool = False  # 410 from the issues API, as for a fork (Issues are off in forks by default)
     users: dict[str, tuple[int, str]] = field(
         default_factory=lambda: {"alice": (101, "User"), "bob": (102, "User"), "github": (9919, "Organization")}
     )
@@ -213,6 +214,8 @@ class FakeGitHub:
         return 200, policy, ""
 
     def issues_endpoint(self, method: str, _: str, query: Query, payload: Any) -> Answer:
+        if self.issues_off:
+            return 410, {"message": "Issues are disabled for this repo", "status": "410"}, ""
         if method == "POST":
             number = self.new_id()
             issue = {"number": number, "state": "open", "html_url": f"https://github.com/{REPO}/issues/{number}"}
@@ -768,6 +771,23 @@ def test_an_alert_opens_one_issue_updates_it_and_closes_it_when_it_clears(
     assert main(alert_args(body, "--cleared")) == 0  # nothing open: nothing to do
     assert "nothing to clear" in capsys.readouterr().out
     assert [w.method for w in fake.writes] == ["POST", "PATCH", "POST", "PATCH"]
+
+
+def test_with_issues_turned_off_an_alert_warns_and_writes_the_job_summary_instead_of_failing(
+    fake: FakeGitHub, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork has Issues off: the API answers 410, and the hourly health job must not fail a healthy endpoint."""
+    fake.issues_off = True
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    body = tmp_path / "probe.md"
+    body.write_text("production answered 503")
+    assert main(alert_args(body, "--title", "Production endpoint unhealthy", "--label", "incident")) == 0
+    assert main(alert_args(body, "--cleared")) == 0
+    out = capsys.readouterr().out
+    assert out.count("::warning::Issues are turned off in octocat/forkcast") == 2
+    assert "### Production endpoint unhealthy\n\nproduction answered 503" in summary.read_text()
+    assert fake.writes == []
 
 
 def test_an_alert_dry_run_prints_the_issue_it_would_open(

@@ -241,6 +241,54 @@ def test_hygiene_rules_hold_in_every_job() -> None:
             assert "${{" not in step.get("run", ""), f"{path.name}: {step.get('name')}"
 
 
+def test_every_upload_survives_a_rerun_of_its_job() -> None:
+    """upload-artifact v4 refuses a second artifact of one name in a workflow run, and "Re-run failed jobs" is the
+    same run (actions/upload-artifact#493): without overwrite, the README's advice to re-run would fail there."""
+    uploads = [
+        (path.name, step)
+        for path in workflow_files()
+        for step in steps_of(load(path))
+        if step.get("uses", "").startswith("actions/upload-artifact@")
+    ]
+    assert len(uploads) == 3
+    for workflow, step in uploads:
+        assert step["with"].get("overwrite") is True, f"{workflow}: {step['with']['name']}"
+
+
+def test_every_job_that_checks_out_the_project_may_read_it() -> None:
+    """A job's own permissions replace the workflow's: one that names only `actions: read` cannot check out a
+    private repository ("Repository not found", actions/checkout#445)."""
+    for path in workflow_files():
+        document = load(path)
+        for name, job in document["jobs"].items():
+            if not any(step.get("uses", "").startswith("actions/checkout@") for step in job.get("steps", [])):
+                continue
+            permissions = job.get("permissions", document["permissions"])
+            assert permissions.get("contents") in {"read", "write"}, f"{path.name}:{name}"
+
+
+def test_production_waits_for_the_tests_but_a_rollback_does_not_run_them() -> None:
+    release = load(WORKFLOWS / "release.yml")["jobs"]
+    assert release["tests"]["uses"] == "./.github/workflows/ci.yml"
+    assert release["tests"]["if"] == "${{ inputs.rollback-to == '' }}"
+    assert "workflow_call" in load(WORKFLOWS / "ci.yml")["on"]
+    production = release["production"]
+    assert "tests" in production["needs"]
+    assert "needs.tests.result == 'success' || needs.tests.result == 'skipped'" in production["if"]
+    for job in ("build", "staging", "approval"):
+        assert f"needs.{job}.result == 'success'" in production["if"]
+    assert "tests" not in release["staging"].get("needs", [])  # staging does not wait: the tests run beside it
+
+
+def test_scheduled_jobs_with_nothing_to_do_do_not_start_a_runner() -> None:
+    for workflow, job, variable in (
+        ("health.yml", "probe", "FORKCAST_PRODUCTION_URL"),
+        ("monitor.yml", "drift", "FORKCAST_INFERENCE_LOG"),
+    ):
+        condition = load(WORKFLOWS / workflow)["jobs"][job]["if"]
+        assert condition == f"${{{{ vars.{variable} != '' || github.event_name == 'workflow_dispatch' }}}}"
+
+
 def test_deploys_are_serialised_and_never_cancelled() -> None:
     release = load(WORKFLOWS / "release.yml")["jobs"]
     for environment in ("staging", "production"):
@@ -529,6 +577,16 @@ def test_a_broken_pipeline_step_fails_the_pipeline_workflow(act: Act) -> None:
     assert "❌  Failure - Main Production from the GitHub Releases (no MLflow server)" in result.stdout
     assert "learning_rat" in result.stdout  # the message names the typo
     assert "::set-output:: eligible" not in result.stdout  # so the release job does not start
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_nightly_drift_job_is_skipped_without_an_inference_log(act: Act) -> None:
+    result = act.run("schedule", "-W", ".github/workflows/monitor.yml", "-j", "drift", "-v")
+
+    assert result.returncode == 0, tail(result)
+    assert "Skipping job 'Input and prediction drift'" in result.stdout
+    assert "Run Main" not in result.stdout
 
 
 @pytest.mark.slow

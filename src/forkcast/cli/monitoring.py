@@ -304,7 +304,26 @@ def alert(
             result = alerts.clear_alert(gh, target, marker, body, author)
         else:
             result = alerts.raise_alert(gh, target, marker, title=title, body=body, labels=label or [], author=author)
+    if result.action == "issues off":
+        _report_without_issues(target, title if not cleared else "cleared", body)
+        return
     where = f"{target}#{result.number}" if result.number else target
     typer.echo(
         f"{'dry run: would have ' if result.dry_run else ''}{result.action}: {where} {result.url or ''}".rstrip()
     )
+
+
+def _report_without_issues(repo: str, title: str, body: str) -> None:
+    """Issues are off (a fork's default): say so as a workflow warning and put the alert in the job summary."""
+    import os
+
+    typer.echo(
+        f"::warning::Issues are turned off in {repo}, so no issue was opened or closed; the alert is in this job's "
+        "summary. Turn them on (Settings, General, Features, Issues) to get one issue per problem."
+    )
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with Path(summary).open("a") as out:
+            out.write(f"### {title}\n\n{body}\n")
+    else:
+        typer.echo(f"{title}\n{body}")

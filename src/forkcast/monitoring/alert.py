@@ -3,6 +3,10 @@
 While the problem lasts, the nightly job opens the issue or updates it in place; when it clears, the job
 comments and closes it. The issue is found again by a hidden marker in its body among the open issues,
 so renaming it or its label does not make a second one.
+
+A repository with Issues turned off (a fork's default) answers 410: the alert then reports "issues off"
+instead of failing, and the caller puts it where it can (the job summary), so an hourly health check of a
+healthy endpoint never fails for want of an issue tracker.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from forkcast.release.github import GitHub, comment_body, hidden_marker
+from forkcast.release.github import GitHub, GitHubError, comment_body, hidden_marker
+
+ISSUES_OFF = 410  # GitHub's answer to the issues API of a repository with Issues turned off
 
 
 @dataclass(frozen=True)
 class AlertResult:
-    action: Literal["opened", "updated", "cleared", "nothing to clear"]
+    action: Literal["opened", "updated", "cleared", "nothing to clear", "issues off"]
     number: int | None  # None: a dry run that would open one, or nothing to clear
     url: str | None
     dry_run: bool = False
@@ -42,7 +48,12 @@ def raise_alert(
     """Open the problem's issue, or update the one already open."""
     tag = hidden_marker(marker)
     text = comment_body(tag, body)
-    existing = find_open(gh, repo, tag, author)
+    try:
+        existing = find_open(gh, repo, tag, author)
+    except GitHubError as exc:
+        if exc.status == ISSUES_OFF:
+            return AlertResult("issues off", None, None, gh.dry_run)
+        raise
     if existing is not None:
         number = int(existing["number"])
         gh.write("PATCH", f"/repos/{repo}/issues/{number}", {"title": title, "body": text})
@@ -54,7 +65,12 @@ def raise_alert(
 
 def clear_alert(gh: GitHub, repo: str, marker: str, body: str, author: str | None = None) -> AlertResult:
     """Say on the open issue that the problem cleared, and close it; nothing when none is open."""
-    existing = find_open(gh, repo, hidden_marker(marker), author)
+    try:
+        existing = find_open(gh, repo, hidden_marker(marker), author)
+    except GitHubError as exc:
+        if exc.status == ISSUES_OFF:
+            return AlertResult("issues off", None, None, gh.dry_run)
+        raise
     if existing is None:
         return AlertResult("nothing to clear", None, None, gh.dry_run)
     number = int(existing["number"])

@@ -222,6 +222,20 @@ def test_every_action_is_pinned_to_a_commit_and_has_a_stand_in() -> None:
                 assert re.search(r"@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), f"{path.name}: {line.strip()}"
 
 
+# The first major of each action that runs on Node 24 (its action.yml `runs.using`); GitHub is moving its
+# runners off Node 20. Read from each action's repository at its tags.
+NODE24_MAJORS = {"actions/checkout": 5, "actions/setup-python": 6, "actions/upload-artifact": 6,
+                 "actions/download-artifact": 7}  # fmt: skip
+
+
+def test_every_action_runs_on_node_24() -> None:
+    for path in [*workflow_files(), *ACTIONS.glob("*/action.yml")]:
+        for found in re.finditer(r"uses: ([\w.-]+/[\w.-]+)@[0-9a-f]{40} # v(\d+)\.", path.read_text()):
+            action, major = found[1], int(found[2])
+            assert action in NODE24_MAJORS, f"{path.name}: {action} (add its first Node 24 major)"
+            assert major >= NODE24_MAJORS[action], f"{path.name}: {action} v{major} runs on Node 20 or older"
+
+
 def test_hygiene_rules_hold_in_every_job() -> None:
     for workflow, name, job in jobs():
         where = f"{workflow}:{name}"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from forkcast import atomic, paths
 from forkcast.config import Params
@@ -152,3 +153,25 @@ def test_the_bento_describes_its_dataset(built: Built, params: Params) -> None:
     bento = bentoml.bentos.get(built.tag)
     assert bento.info.labels["dataset"] == params.dataset.name
     assert f"{params.dataset.target} ({params.dataset.unit}) per {params.dataset.time.frequency.period}" in bento.doc
+
+
+def test_the_bento_pins_every_package_it_needs_at_the_locked_version(built: Built) -> None:
+    """BentoML's Dockerfile installs the bento's requirements.txt as it is: a package left unpinned would be
+    resolved afresh from the index when the image is built, not taken from uv.lock."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    name, _, version = built.tag.partition(":")
+    bento = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version
+    lines = [line for line in (bento / "env/python/requirements.txt").read_text().splitlines() if line.strip()]
+    pins = {canonicalize_name(Requirement(line).name): str(Requirement(line).specifier) for line in lines}
+    assert all(specifier.startswith("==") for specifier in pins.values()), lines
+    assert len(pins) > 2 * len(yaml.safe_load((ROOT / "bentofile.yaml").read_text())["python"]["packages"])
+    for package, specifier in pins.items():
+        assert specifier == f"=={importlib.metadata.version(package)}", package  # the locked environment's
+        for line in importlib.metadata.requires(package) or []:
+            dependency = Requirement(line)
+            if dependency.marker is None or dependency.marker.evaluate({"extra": ""}):
+                assert canonicalize_name(dependency.name) in pins, f"{package} needs {dependency.name}: not pinned"

@@ -205,12 +205,36 @@ def bento_version(source: ModelSource, golden: pd.DataFrame, resolved_bentofile:
 
 
 def pinned(packages: list[str]) -> list[str]:
-    """Pin the bento's packages to the versions installed here: the ones the model was trained and tested with."""
-    return [f"{name}=={importlib_metadata.version(name)}" if "=" not in name else name for name in packages]
+    """The bento's packages and everything they need, each at the version installed here: the locked environment
+    (`uv sync --locked`) the model was trained and tested with.
+
+    BentoML's Dockerfile installs the bento's requirements as listed: with only the top-level packages pinned,
+    every other version would come fresh from the index when the image is built. Markers are evaluated for this
+    interpreter and platform (the image's Python is the same minor version; build images on Linux).
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    extras_of: dict[str, set[str]] = {}
+    waiting = [Requirement(package) for package in packages]
+    while waiting:
+        requirement = waiting.pop()
+        name = canonicalize_name(requirement.name)
+        if name in extras_of and set(requirement.extras) <= extras_of[name]:
+            continue
+        extras = extras_of.setdefault(name, set())
+        extras |= set(requirement.extras)
+        for line in importlib_metadata.requires(name) or []:
+            dependency = Requirement(line)
+            marker = dependency.marker
+            if marker is None or any(marker.evaluate({"extra": extra}) for extra in extras or {""}):
+                waiting.append(dependency)
+    return [f"{name}=={importlib_metadata.version(name)}" for name in sorted(extras_of)]
 
 
 def resolve_bentofile(bentofile: Path, labels: dict[str, str], inputs: Inputs, output_dir: Path) -> Path:
-    """`bentofile.yaml` with the packages pinned, the lineage labels added and the dataset described, as built."""
+    """`bentofile.yaml` with every package pinned (transitive ones too), the lineage labels added and the dataset
+    described, as built."""
     options = yaml.safe_load(bentofile.read_text())
     options["python"]["packages"] = pinned(options["python"].get("packages", []))
     options["labels"] = {**options.get("labels", {}), **labels, "dataset": inputs.dataset}

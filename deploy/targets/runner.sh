@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Deploy target "runner", the zero-secret default: run the pushed image on the workflow's own runner.
 # Usage: runner.sh staging|production, with FORKCAST_IMAGE=repository@sha256:... (and FORKCAST_MODEL).
+# FORKCAST_PORT and FORKCAST_CONTAINER override the port and the container's name (the tests use them).
 # Prints `url=...` on stdout (for $GITHUB_OUTPUT); everything else goes to stderr.
 set -euo pipefail
 
 environment=${1:?usage: runner.sh staging|production}
 : "${FORKCAST_IMAGE:?FORKCAST_IMAGE is empty: the runner target runs the image the build job pushed}"
 case "$environment" in
-  staging) port=3101 ;;     # serve.staging_port in params.yaml
-  production) port=3102 ;;  # serve.production_port
+  staging) port=${FORKCAST_PORT:-3101} ;;     # serve.staging_port in params.yaml
+  production) port=${FORKCAST_PORT:-3102} ;;  # serve.production_port
   *) echo "unknown environment '$environment': staging or production" >&2; exit 2 ;;
 esac
 
-name="forkcast-$environment"
+name=${FORKCAST_CONTAINER:-forkcast-$environment}
 docker rm --force "$name" >/dev/null 2>&1 || true
-docker pull --quiet "$FORKCAST_IMAGE" >&2
+if ! docker image inspect "$FORKCAST_IMAGE" >/dev/null 2>&1; then  # built on this machine: nothing to pull
+  docker pull --quiet "$FORKCAST_IMAGE" >&2
+fi
 docker run --detach --name "$name" --publish "127.0.0.1:$port:3000" \
   --env FORKCAST_ENVIRONMENT="$environment" \
   --env FORKCAST_MODEL_TAG="${FORKCAST_MODEL:-}" \

@@ -5,7 +5,8 @@ SHELL := bash
 
 UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
-# `install` keeps .venv in step with uv.lock, so runs skip uv's own sync check.
+# `install` keeps .venv in step with uv.lock, so runs skip uv's own sync check. UV_SYNC_FLAGS=--no-dev leaves out
+# the development packages (the release jobs, which run no tests).
 RUN := $(UV) run --no-sync
 
 # No telemetry from the tools, and no Python downloads: use the interpreter that is here.
@@ -30,7 +31,7 @@ $(CURDIR)/.tools/bin/uv:
 
 .venv/.installed: uv.lock pyproject.toml | $(UV)
 	@# Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set, every run would recompile mlflow.
-	$(UV) sync --locked $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
+	$(UV) sync --locked $(UV_SYNC_FLAGS) $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
 	@touch $@
 
 install: .venv/.installed ## Create .venv with the locked dependencies (installs uv first if needed)

@@ -185,7 +185,7 @@ def test_production_deploys_the_digest_the_build_job_pushed_and_never_rebuilds()
     assert "steps.pushed.outputs.image" in release["build"]["outputs"]["image"]
     promote = " ".join(step.get("run", "") for step in release["production"]["steps"])
     assert 'imagetools create --tag "${IMAGE%@*}:production" "$IMAGE"' in promote  # a tag on the same digest
-    assert release["production"]["needs"] == ["build", "staging", "approval"]
+    assert release["production"]["needs"] == ["build", "staging", "approval", "tests"]
 
 
 def test_the_pipeline_runs_on_changes_to_data_params_and_code() -> None:
@@ -225,7 +225,7 @@ def test_every_action_is_pinned_to_a_commit_and_has_a_stand_in() -> None:
 # The first major of each action that runs on Node 24 (its action.yml `runs.using`); GitHub is moving its
 # runners off Node 20. Read from each action's repository at its tags.
 NODE24_MAJORS = {"actions/checkout": 5, "actions/setup-python": 6, "actions/upload-artifact": 6,
-                 "actions/download-artifact": 7}  # fmt: skip
+                 "actions/download-artifact": 7, "actions/cache": 5}  # fmt: skip
 
 
 def test_every_action_runs_on_node_24() -> None:
@@ -303,6 +303,23 @@ def test_scheduled_jobs_with_nothing_to_do_do_not_start_a_runner() -> None:
         assert condition == f"${{{{ vars.{variable} != '' || github.event_name == 'workflow_dispatch' }}}}"
 
 
+def test_installs_come_from_a_cache_keyed_by_the_lock_and_release_jobs_skip_the_development_packages() -> None:
+    setup = load(ACTIONS / "setup" / "action.yml")["runs"]["steps"]
+    cache = next(step for step in setup if step.get("uses", "").startswith("actions/cache@"))
+    assert cache["with"]["path"] == "~/.cache/uv"
+    assert "hashFiles('uv.lock')" in cache["with"]["key"]
+    install = next(step for step in setup if step.get("name") == "Install the locked environment")
+    assert install["env"]["UV_SYNC_FLAGS"] == "${{ inputs.dev == 'false' && '--no-dev' || '' }}"
+    assert "$(UV_SYNC_FLAGS)" in (ROOT / "Makefile").read_text()
+    for workflow, name, job in jobs():
+        for step in job.get("steps", []):
+            if step.get("uses") == "./.github/actions/setup":
+                runs_tests = workflow == "ci.yml" or (workflow, name) in {("pipeline.yml", "pipeline"),
+                                                                          ("monitor.yml", "drift")}  # fmt: skip
+                # No tests run in the release jobs; the pipeline and the monitor may pull from S3 (dvc-s3).
+                assert step.get("with", {}).get("dev", True) is runs_tests, f"{workflow}:{name}"
+
+
 def test_deploys_are_serialised_and_never_cancelled() -> None:
     release = load(WORKFLOWS / "release.yml")["jobs"]
     for environment in ("staging", "production"):
@@ -366,7 +383,7 @@ def test_production_is_refused_unless_the_environment_requires_a_reviewer() -> N
     release = load(WORKFLOWS / "release.yml")["jobs"]
     assert "approval" in release["production"]["needs"]
     guard = release["approval"]
-    assert guard["permissions"] == {"actions": "read"}
+    assert guard["permissions"] == {"contents": "read", "actions": "read"}  # contents: checking out a private repo
     assert any("forkcast check-approval" in step.get("run", "") for step in guard["steps"])
     for caller in (
         load(WORKFLOWS / "pipeline.yml")["jobs"]["release"],

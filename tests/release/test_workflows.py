@@ -320,6 +320,14 @@ def test_installs_come_from_a_cache_keyed_by_the_lock_and_release_jobs_skip_the_
                 assert step.get("with", {}).get("dev", True) is runs_tests, f"{workflow}:{name}"
 
 
+def test_the_workflows_never_push_data_they_pulled() -> None:
+    """The data the pipeline pulls is in the remote already, and its outputs are `push: false`: a push would
+    only spend the run's time (people push data with the commit that names it)."""
+    for path in workflow_files():
+        for step in steps_of(load(path)):
+            assert "dvc push" not in step.get("run", ""), f"{path.name}: {step.get('name')}"
+
+
 def test_deploys_are_serialised_and_never_cancelled() -> None:
     release = load(WORKFLOWS / "release.yml")["jobs"]
     for environment in ("staging", "production"):

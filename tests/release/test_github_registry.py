@@ -4,6 +4,7 @@ and the gate compares with production, as it does locally."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -156,3 +157,29 @@ def test_production_is_the_newest_release_with_a_model_when_the_latest_carries_n
         seeded = seed(gh, REPO, local, local_dir=tmp_path / ".mlflow", directory=tmp_path / "d", progress=lines.append)
     assert [(s.tag, s.production) for s in seeded] == [("forkcast-v1-aaaaaaaaaaaa", True)]
     assert any("latest release (docs-2026-02) carries no Forkcast model" in line for line in lines)
+
+
+def test_the_commit_production_was_released_from_is_read_from_its_manifest(
+    fake: FakeGitHub,  # noqa: F811
+    tmp_path: Path,
+    trained: TrainedModel,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The nightly drift job takes its reference from there: main may hold data no release has used."""
+    assert main(["release", "production-commit", "--repo", REPO]) == 3
+    assert "no release of octocat/forkcast carries a model yet" in capsys.readouterr().err
+    released, newer = "a" * 40, "b" * 40
+    for tag, commit, day in (("forkcast-v1-aaaaaaaaaaaa", released, "05"), ("forkcast-v2-bbbbbbbbbbbb", newer, "20")):
+        files = release_files(trained, tmp_path / tag)
+        files["manifest.json"] = json.dumps({"release": tag, "git_commit": commit}).encode()
+        fake.add_release(tag, f"2026-01-{day}T10:00:00Z", files)
+    fake.latest = "forkcast-v1-aaaaaaaaaaaa"  # rolled back: production is the older release
+    assert main(["release", "production-commit", "--repo", REPO]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == released
+    assert "production runs forkcast-v1-aaaaaaaaaaaa" in captured.err
+    broken = {**release_files(trained, tmp_path / "v3"), "manifest.json": b'{"git_commit": "main"}'}
+    fake.add_release("forkcast-v3-cccccccccccc", "2026-02-01T10:00:00Z", broken)
+    fake.latest = "forkcast-v3-cccccccccccc"
+    assert main(["release", "production-commit", "--repo", REPO]) == 1
+    assert "names no commit (git_commit: 'main')" in capsys.readouterr().err

@@ -328,6 +328,18 @@ def test_the_workflows_never_push_data_they_pulled() -> None:
             assert "dvc push" not in step.get("run", ""), f"{path.name}: {step.get('name')}"
 
 
+def test_the_drift_reference_comes_from_the_commit_production_was_released_from() -> None:
+    drift = load(WORKFLOWS / "monitor.yml")["jobs"]["drift"]
+    names = [step.get("name") for step in drift["steps"]]
+    assert names.index("Production's data and settings") < names.index(
+        "The reference (the served model and its training data)"
+    )
+    step = drift["steps"][names.index("Production's data and settings")]
+    assert 'forkcast release production-commit --repo "$GITHUB_REPOSITORY"' in step["run"]
+    assert 'git checkout "$commit" -- "${files[@]}"' in step["run"]
+    assert drift["steps"][0]["with"]["fetch-depth"] == 0
+
+
 def test_deploys_are_serialised_and_never_cancelled() -> None:
     release = load(WORKFLOWS / "release.yml")["jobs"]
     for environment in ("staging", "production"):
@@ -664,6 +676,9 @@ def test_act_runs_the_nightly_drift_job_on_a_fixture_log(
     )  # fmt: skip
 
     assert result.returncode == 0, tail(result)
+    # No release in the fake GitHub: the reference is the branch's own data (a release's commit is tested in
+    # test_github_registry.py, the checkout of its files below).
+    assert "no production release yet: the reference is this branch's data and settings" in result.stdout
     assert "::set-output:: verdict=drift" in result.stdout
     assert "Summary - ## Drift: production: **DRIFT**" in result.stdout
     assert "336 records (1 smoke-test and probe records dropped)" in result.stdout

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 PARAMS_FILE = paths.PARAMS_FILE
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NOTHING_YET = 3  # nothing to work on yet (no release, no data): not a failure
 
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="The params file.")]

@@ -12,6 +12,7 @@ import typer
 from forkcast import paths
 from forkcast.cli.common import (
     EXIT_CHECK_FAILED,
+    EXIT_NOTHING_YET,
     EXIT_USAGE,
     PARAMS_FILE,
     DryRunOption,
@@ -259,6 +260,27 @@ def release_model_assets(
     except RegistryAssetsError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
     typer.echo(" ".join(str(path) for path in written))
+
+
+@release_app.command("production-commit")
+def release_production_commit(repo: RepoOption = None) -> None:
+    """Print the commit production's release was made from (exit 3 when there is no release yet): the nightly
+    drift job takes its reference data and settings from there, not from main."""
+    from forkcast.release import github
+    from forkcast.release.github_registry import RegistryAssetsError, production_commit
+
+    target = repo_name(repo)
+    with github_errors():
+        try:
+            with github.client() as gh:
+                found = production_commit(gh, target)
+        except RegistryAssetsError as exc:
+            raise fail(str(exc), EXIT_CHECK_FAILED) from exc
+    if found is None:
+        raise fail(f"no release of {target} carries a model yet: nothing is in production", EXIT_NOTHING_YET)
+    tag, commit = found
+    typer.echo(f"production runs {tag}, released from {commit}", err=True)
+    typer.echo(commit)
 
 
 @release_app.command("seed-registry")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ SKOPS_FILE = "model.skops"
 ONNX_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 MODEL_ASSETS = (SKOPS_FILE, ONNX_FILE, METADATA_FILE)
+MANIFEST_FILE = "manifest.json"  # the release manifest: the commit it was released from, among the rest
 
 
 class RegistryAssetsError(Exception):
@@ -77,6 +78,7 @@ class ReleasedModel:
     published_at: str
     assets: dict[str, int]  # asset name -> id, for the model assets
     production: bool  # the repository's latest release
+    manifest: int | None = None  # the asset id of its manifest.json
 
 
 def released_models(github: GitHub, repo: str, count: int) -> tuple[list[ReleasedModel], str | None]:
@@ -97,7 +99,8 @@ def released_models(github: GitHub, repo: str, count: int) -> tuple[list[Release
         if release.get("draft") or not tag.startswith(RELEASE_PREFIX) or not set(MODEL_ASSETS) <= set(assets):
             continue
         chosen = {name: assets[name] for name in MODEL_ASSETS}
-        found.append(ReleasedModel(tag, str(release.get("published_at") or ""), chosen, tag == latest))
+        published = str(release.get("published_at") or "")
+        found.append(ReleasedModel(tag, published, chosen, tag == latest, assets.get(MANIFEST_FILE)))
     found.sort(key=lambda release: release.published_at)
     note = None
     if found and not any(release.production for release in found):
@@ -106,13 +109,32 @@ def released_models(github: GitHub, repo: str, count: int) -> tuple[list[Release
             f"the repository's latest release ({latest or 'none'}) carries no Forkcast model: production is taken to "
             f"be the newest release that does, {newest.tag}"
         )
-        found[-1] = ReleasedModel(newest.tag, newest.published_at, newest.assets, production=True)
+        found[-1] = replace(newest, production=True)
     recent = found[-count:]
     current = next((release for release in found if release.production), None)
     if current is not None and current not in recent:  # rolled back to an older release: it is production
         recent = [current, *(found[-(count - 1) :] if count > 1 else [])]
         recent.sort(key=lambda release: release.published_at)
     return recent, note
+
+
+def production_commit(github: GitHub, repo: str) -> tuple[str, str] | None:
+    """The tag of the release production runs and the commit it was released from (its manifest's `git_commit`);
+    None when no release carries a model yet."""
+    import json
+    import re
+
+    releases, _ = released_models(github, repo, 1)
+    current = next((release for release in releases if release.production), None)
+    if current is None:
+        return None
+    if current.manifest is None:
+        raise RegistryAssetsError(f"{current.tag} carries no {MANIFEST_FILE}: which commit it came from is unknown")
+    manifest = json.loads(github.download(f"/repos/{repo}/releases/assets/{current.manifest}"))
+    commit = str(manifest.get("git_commit") or "")
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise RegistryAssetsError(f"{current.tag}'s {MANIFEST_FILE} names no commit (git_commit: {commit!r})")
+    return current.tag, commit
 
 
 def download(github: GitHub, repo: str, release: ReleasedModel, directory: Path) -> Path:

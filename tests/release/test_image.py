@@ -2,10 +2,10 @@
 
 `docker build` of the image context with the arguments the release job passes to `docker buildx build`, then
 the `runner` deploy target's own script serves it, and the smoke tests and the golden answers run against it.
-No image registry can be reached here, so the Dockerfile's base (`FROM python:3.11-slim`) is a stand-in built
-from Debian packages (`tests/release/base-stand-in/`) when the engine does not have it; on GitHub the real one
-is pulled. Without a container engine the tests are skipped with the reason, and fail in CI (`.ci/run` installs
-and starts one).
+The Dockerfile's base (`FROM python:3.11-slim`) is pulled where a registry answers (GitHub). Where none does,
+a stand-in is built from Debian packages (`tests/release/base-stand-in/`) under a name of its own, and only
+this test's copy of the context builds on it. Without a container engine the tests are skipped with the
+reason, and fail in CI (`.ci/run` installs and starts one).
 """
 
 from __future__ import annotations
@@ -93,14 +93,20 @@ def base_of(context: Path) -> str:
     return found[1]
 
 
+STAND_IN_TAG = "forkcast-test/python-stand-in:3.11"  # never the real name: nothing else builds on it by mistake
+
+
 def ensure_base(engine: Engine, base: str, scratch: Path) -> str:
-    """The base image: the engine's own if it has it (pulled, or a stand-in made earlier), else a stand-in
-    made now from Debian packages. Returns what it is."""
+    """The base image to build on: `base` itself when the engine has it or can pull it (as on GitHub); else a
+    stand-in made from Debian packages, under a name of its own. Returns the image to build FROM."""
     if engine.run("image", "inspect", base, check=False).returncode == 0:
-        labels = json.loads(engine.run("image", "inspect", "--format", "{{json .Config.Labels}}", base).stdout)
-        return "stand-in" if "dev.forkcast.stand-in" in (labels or {}) else "the real base image"
+        return base
+    if engine.run("pull", "--quiet", base, check=False, timeout=300).returncode == 0:
+        return base
+    if engine.run("image", "inspect", STAND_IN_TAG, check=False).returncode == 0:
+        return STAND_IN_TAG
     if shutil.which("debootstrap") is None:
-        unavailable(f"{base} is not in the engine and no registry is reachable; debootstrap is needed to make it")
+        unavailable(f"{base} cannot be pulled and debootstrap, which would make a stand-in, is missing")
     root = scratch / "rootfs"
     debootstrap = [
         "debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,ca-certificates",
@@ -118,8 +124,8 @@ def ensure_base(engine: Engine, base: str, scratch: Path) -> str:
     context = scratch / "stand-in"
     shutil.copytree(STAND_IN, context)
     shutil.copy(CA_BUNDLE if CA_BUNDLE.exists() else __import__("certifi").where(), context / "ca-certificates.crt")
-    engine.run("build", "--quiet", "--build-arg", f"BASE={imported}", "--tag", base, str(context))
-    return "stand-in"
+    engine.run("build", "--quiet", "--build-arg", f"BASE={imported}", "--tag", STAND_IN_TAG, str(context))
+    return STAND_IN_TAG
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +135,9 @@ def image(engine: Engine, built: Built, tmp_path_factory: pytest.TempPathFactory
     record = atomic.read_json(built.output_dir / "build.json")
     context = records.image_context(built.tag, scratch / "image-context")
     base = ensure_base(engine, base_of(context), scratch)
+    if base != base_of(context):  # only this test's copy of the context builds on the stand-in
+        dockerfile = context / "env" / "docker" / "Dockerfile"
+        dockerfile.write_text(dockerfile.read_text().replace(f"FROM {base_of(context)} ", f"FROM {base} ", 1))
     plan = records.plan_image(
         record, context, "ghcr.io/octocat/forkcast", source="https://github.com/octocat/forkcast", revision="c0ffee"
     )

@@ -209,6 +209,29 @@ def test_spilled_rows_are_moved_into_the_sink_once_it_works_again_and_none_is_lo
     assert not list((tmp_path / "spill").rglob("*.parquet"))
 
 
+def test_the_spill_limit_is_what_the_directory_holds_so_a_second_outage_can_spill_again(tmp_path: Path) -> None:
+    mount, spill = tmp_path / "mount", tmp_path / "spill"
+    sink = mount / "sink"
+    log = InferenceLog(
+        str(sink), INPUTS, flush_seconds=0.02, flush_rows=100, max_rows=500, retry_seconds=(0.05, 0.1),
+        spill_dir=spill, max_spill_bytes=1,  # one file fills it
+    )  # fmt: skip
+    for outage in range(2):
+        if mount.exists():
+            mount.rename(tmp_path / "away")  # the disk goes away, what it holds kept aside
+        mount.write_text("a file where the log's disk should be")
+        spilled_before = log.stats.spilled
+        append_requests(log, 100)
+        wait_for(lambda: log.stats.spilled > spilled_before, f"a spill in outage {outage + 1}")  # noqa: B023
+        mount.unlink()
+        if (tmp_path / "away").exists():
+            (tmp_path / "away").rename(mount)
+        wait_for(lambda: log.stats.returned == log.stats.spilled, f"the spill of outage {outage + 1} moved back")
+    log.close()
+    assert log.stats.written + log.stats.returned + log.stats.dropped == 2_000
+    assert len(read(sink)) + log.stats.dropped == 2_000
+
+
 def test_rows_spilled_at_shutdown_are_moved_into_the_sink_by_the_next_server(tmp_path: Path) -> None:
     sink, spill = tmp_path / "sink", tmp_path / "spill"
     sink.write_text("blocked")

@@ -13,9 +13,12 @@ Requests only append to an in-memory buffer; a background thread writes it out e
 
 When the sink fails (a full disk, an unreachable bucket), serving goes on at the same speed and memory:
 - the rows stay buffered and the write is retried with backoff (1 s, doubling up to 60 s), not per request;
-- beyond `max_rows` buffered rows (20,000), the oldest are spilled to a local directory (`spill_dir`), up to
-  `max_spill_bytes` per worker; beyond that, or if the spill fails too, the oldest rows are dropped;
-- once the sink takes writes again, spilled files are moved into it (rows spilled at shutdown included).
+- beyond `max_rows` buffered rows (20,000), the oldest are spilled to a local directory (`spill_dir`) while it
+  holds less than `max_spill_bytes` (256 MB); beyond that, or if the spill fails too, the oldest rows are dropped;
+- once the sink takes writes again, spilled files are moved into it, a few per cycle (rows spilled at shutdown
+  included).
+A write that hangs (rather than fails) holds the writer: then rows beyond twice `max_rows` are dropped at once,
+without a spill, so that memory stays bounded.
 Every failure, spill and drop is counted (`stats`, and the service's Prometheus metrics) and logged in one line.
 """
 
@@ -51,6 +54,7 @@ DEFAULT_SINK = "outputs/inference/local"
 FLUSH_ENV = "FORKCAST_INFERENCE_FLUSH_SECONDS"  # how often workers write their rows (the crash-loss window)
 BUFFER_ENV = "FORKCAST_INFERENCE_BUFFER_ROWS"  # rows a worker holds in memory while the sink fails
 PROBE_ROWS = 1_000  # the first write after a failure: is the sink back?
+RETURN_FILES = 8  # spilled files moved back into the sink per write cycle
 REPORT_SECONDS = 30.0  # spills and drops are logged at most this often (their counters are exact)
 Outcome = Literal["written", "spilled", "dropped", "returned", "failed"]  # "failed": one write attempt
 _TYPES = {"int": pa.int64(), "float": pa.float32(), "str": pa.string()}
@@ -192,7 +196,6 @@ class InferenceLog:
         self._run = uuid.uuid4().hex[:8]
         self._retry_at = 0.0  # time.monotonic() of the next attempt while the sink fails
         self._retry_delay = self._retry_first
-        self._spilled_bytes = 0
         self._reported: dict[str, float] = {}  # when spills and drops were last logged
         self.stats = LogStats()
         self._writer = threading.Thread(target=self._write_periodically, name="inference-log", daemon=True)
@@ -385,15 +388,14 @@ class InferenceLog:
     def _spill(self, requests: list[_Request], limit: int | None) -> int:
         """Write `requests` to the spill directory, a file per day; returns the rows spilled (0 when it fails
         or would exceed `limit` bytes spilled by this worker)."""
-        if not requests or (limit is not None and self._spilled_bytes >= limit):
+        if not requests or (limit is not None and _size_of(self._spill_dir) >= limit):
             return 0
         local = pafs.LocalFileSystem()
         rows = 0
         try:
             for day in sorted({_utc_day(request.timestamp) for request in requests}):
                 of_day = [request for request in requests if _utc_day(request.timestamp) == day]
-                path = self._write_file(of_day, day, local, str(self._spill_dir))
-                self._spilled_bytes += Path(path).stat().st_size
+                self._write_file(of_day, day, local, str(self._spill_dir))
                 rows += sum(len(request.predictions) for request in of_day)
         except Exception as error:
             if limit is None or self._due("spill failed"):
@@ -409,7 +411,8 @@ class InferenceLog:
         if not self._spill_dir.is_dir():
             return
         returned = 0
-        for path in sorted(self._spill_dir.glob("date=*/part-*.parquet")):
+        # A few files per cycle: live traffic keeps its writer while a long outage's spill drains.
+        for path in sorted(self._spill_dir.glob("date=*/part-*.parquet"))[:RETURN_FILES]:
             claimed = path.with_name(f".{path.name}.{self._run}.claimed")
             try:
                 path.rename(claimed)
@@ -477,6 +480,11 @@ class InferenceLog:
             data[name] = [value for request in batch for value in request.columns[name]]
         data[PREDICTION] = np.concatenate([request.predictions for request in batch]).astype(np.float32)
         return pa.Table.from_pydict(data, schema=self.schema)
+
+
+def _size_of(directory: Path) -> int:
+    """Bytes of the files under `directory` (0 when it does not exist): what the spill holds now, whoever wrote it."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) if directory.is_dir() else 0
 
 
 def _reason(error: BaseException) -> str:

@@ -12,6 +12,7 @@ import yaml
 
 from forkcast import atomic, paths
 from forkcast.config import Params
+from forkcast.data.declaration import load as load_dataset
 from forkcast.data.prepare import Splits
 from forkcast.model.train import TrainedModel, save
 from forkcast.serving import build
@@ -175,3 +176,15 @@ def test_the_bento_pins_every_package_it_needs_at_the_locked_version(built: Buil
             dependency = Requirement(line)
             if dependency.marker is None or dependency.marker.evaluate({"extra": ""}):
                 assert canonicalize_name(dependency.name) in pins, f"{package} needs {dependency.name}: not pinned"
+
+
+def test_a_build_on_another_python_than_the_images_is_refused(tmp_path: Path) -> None:
+    """The pins are read from this environment: on another Python the lock can hold other versions."""
+    options = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    options["docker"]["python_version"] = "3.99"
+    bentofile = tmp_path / "bentofile.yaml"
+    bentofile.write_text(yaml.safe_dump(options))
+    inputs = load_dataset(ROOT / "dataset.yaml").inputs()
+    with pytest.raises(BuildError, match=r"the image runs Python 3\.99 .* but this is Python 3\.\d+: build with"):
+        build.resolve_bentofile(bentofile, {}, inputs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written

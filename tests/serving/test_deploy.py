@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,15 @@ def test_one_deploy_or_stop_at_a_time_per_environment(in_tmp: Path) -> None:
             pass
     with deploy.exclusive("staging", wait=0.3):  # released
         pass
+
+
+def test_a_smoke_result_is_not_recorded_on_a_server_that_replaced_the_tested_one(in_tmp: Path) -> None:
+    tested = replace(staging("forkcast:v3-abc"), started_at="2026-12-05T10:00:00+00:00")
+    deploy.save(replace(tested, bento="forkcast:v4-def", pid=2, started_at="2026-12-05T10:01:00+00:00"))
+    with pytest.raises(DeployError, match=r"staging was redeployed while the smoke tests ran \(forkcast:v3-abc then"):
+        deploy.record_smoke("staging", True, in_tmp / "report.json", tested=tested)
+    recorded = deploy.load("staging")
+    assert recorded is not None
+    assert recorded.smoke is None  # the new server's record carries no result it did not earn
+    deploy.save(tested)
+    assert deploy.record_smoke("staging", True, in_tmp / "report.json", tested=tested).smoke_passed

@@ -216,7 +216,10 @@ def smoke(
     for result in report.checks:
         typer.echo(f"  {'pass' if result.passed else 'FAIL'}  {result.name}: {result.detail}")
     if environment:
-        deployments.record_smoke(environment, report.passed, json_path)
+        try:
+            deployments.record_smoke(environment, report.passed, json_path, tested=deployed)
+        except deployments.DeployError as exc:
+            raise fail(str(exc), EXIT_CHECK_FAILED) from exc
     typer.echo(f"report: {directory / 'report.md'}")
     if not report.passed:
         raise fail(f"smoke tests failed against {target}", EXIT_CHECK_FAILED)

@@ -236,6 +236,14 @@ def resolve_bentofile(bentofile: Path, labels: dict[str, str], inputs: Inputs, o
     """`bentofile.yaml` with every package pinned (transitive ones too), the lineage labels added and the dataset
     described, as built."""
     options = yaml.safe_load(bentofile.read_text())
+    image_python = str(options.get("docker", {}).get("python_version", ""))
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if image_python and image_python != running:
+        # The pins are read from this environment: another Python can lock other versions (or other packages).
+        raise BuildError(
+            f"the image runs Python {image_python} ({bentofile}: docker.python_version) but this is Python {running}: "
+            f"build with Python {image_python} (UV_PYTHON=python{image_python} make install), or change the image's"
+        )
     options["python"]["packages"] = pinned(options["python"].get("packages", []))
     options["labels"] = {**options.get("labels", {}), **labels, "dataset": inputs.dataset}
     what = f"{inputs.dataset}: {inputs.target.name} ({inputs.target.unit}) per {inputs.frequency.period}"

@@ -432,21 +432,26 @@ def health(environment: Environment) -> Health:
     return Health(current, pids, "ORPHANED" if pids else "DOWN")
 
 
-def record_smoke(environment: Environment, passed: bool, report: Path) -> Deployment:
+def record_smoke(environment: Environment, passed: bool, report: Path, tested: Deployment | None = None) -> Deployment:
+    """Record the smoke tests' result on the environment's deployment. With `tested` (the deployment the tests
+    ran against), refuse when another server has replaced it meanwhile: its result says nothing of the new one."""
     with exclusive(environment):
-        return _record_smoke(environment, passed, report)
-
-
-def _record_smoke(environment: Environment, passed: bool, report: Path) -> Deployment:
-    current = load(environment)
-    if current is None:
-        raise DeployError(f"nothing is deployed to {environment}")
-    smoke = {
-        "passed": passed,
-        "bento": current.bento,
-        "report": str(report),
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    updated = replace(current, smoke=smoke)
-    save(updated)
-    return updated
+        current = load(environment)
+        if current is None:
+            raise DeployError(f"nothing is deployed to {environment}")
+        if tested is not None and (current.bento, current.pid, current.started_at) != (
+            tested.bento, tested.pid, tested.started_at,
+        ):  # fmt: skip
+            raise DeployError(
+                f"{environment} was redeployed while the smoke tests ran ({tested.bento} then, {current.bento} now): "
+                f"the result is not recorded; run `forkcast smoke --env {environment}` again"
+            )
+        smoke = {
+            "passed": passed,
+            "bento": current.bento,
+            "report": str(report),
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        updated = replace(current, smoke=smoke)
+        save(updated)
+        return updated

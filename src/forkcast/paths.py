@@ -34,7 +34,7 @@ SERVED_METADATA = SERVED_DIR / "metadata.json"
 REGISTRY_DIR = OUTPUTS / "registry"
 GATE_JSON = REGISTRY_DIR / "gate.json"
 GATE_MD = REGISTRY_DIR / "gate.md"
-OPEN_RUN = REGISTRY_DIR / "open-run.json"  # the MLflow run of a register that has not ended (yet)
+OPEN_RUN = REGISTRY_DIR / "open-run.json"  # per tracking server, the run of a register that has not ended (yet)
 
 LABELS_DIR = OUTPUTS / "labels"  # true values of served requests, per environment (`forkcast replay` writes them)
 

@@ -338,6 +338,10 @@ def test_the_drift_reference_comes_from_the_commit_production_was_released_from(
     assert 'forkcast release production-commit --repo "$GITHUB_REPOSITORY"' in step["run"]
     assert 'git checkout "$commit" -- "${files[@]}"' in step["run"]
     assert drift["steps"][0]["with"]["fetch-depth"] == 0
+    # Settings of an older release that this branch's code refuses: the branch's own, with a warning.
+    reference = drift["steps"][names.index("The reference (the served model and its training data)")]["run"]
+    assert "if ! dvc repro refit; then" in reference
+    assert "git checkout HEAD -- data.dvc feed.dvc params.yaml dataset.yaml" in reference
 
 
 def test_deploys_are_serialised_and_never_cancelled() -> None:

@@ -231,26 +231,43 @@ class Registration:
 
 
 def close_abandoned_run(client: MlflowClient, marker: Path) -> str | None:
-    """Mark FAILED the run an earlier `register` left open (`marker` names it) when the tracking server stopped
-    answering mid-run: mlflow could not be told then. Returns its id if it was still RUNNING on this server."""
+    """Mark FAILED the run an earlier `register` left open on this tracking server when it stopped answering
+    mid-run (mlflow could not be told then). `marker` maps each server to its open run; this server's entry goes
+    once the run is resolved. Returns the run's id if it was still RUNNING."""
     import mlflow
 
-    if not marker.exists():
+    uri = mlflow.get_tracking_uri()
+    left = atomic.read_json(marker) if marker.exists() else {}
+    run_id = left.get(uri)
+    if run_id is None:
         return None
-    left = atomic.read_json(marker)
-    if left.get("tracking_uri") != mlflow.get_tracking_uri():
-        return None  # another server's run: closed when that one is used again
-    marker.unlink()
-    run_id = str(left["run_id"])
     try:
         status = client.get_run(run_id).info.status
-    except mlflow.exceptions.MlflowException:
-        return None  # deleted meanwhile
-    if status != "RUNNING":
-        return None
-    client.set_tag(run_id, "forkcast.failure", "the tracking server stopped answering during `register`")
-    client.set_terminated(run_id, "FAILED")
-    return run_id
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # the server failed again: the entry stays for the next run
+        status = "DELETED"
+    closed = None
+    if status == "RUNNING":
+        client.set_tag(run_id, "forkcast.failure", "the tracking server stopped answering during `register`")
+        client.set_terminated(run_id, "FAILED")
+        closed = run_id
+    forget_open_run(marker, uri)
+    return closed
+
+
+def remember_open_run(marker: Path, uri: str, run_id: str) -> None:
+    left = atomic.read_json(marker) if marker.exists() else {}
+    atomic.write_json(marker, {**left, uri: run_id})
+
+
+def forget_open_run(marker: Path, uri: str) -> None:
+    left = atomic.read_json(marker) if marker.exists() else {}
+    left.pop(uri, None)
+    if left:
+        atomic.write_json(marker, left)
+    else:
+        marker.unlink(missing_ok=True)
 
 
 def track_and_register(
@@ -295,8 +312,8 @@ def track_and_register(
         warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values")
         signature = infer_signature(example, predict(pipeline, example, target).to_numpy())
     with mlflow.start_run(run_name=f"{params.train.model}-{commit[:7]}", tags=tags) as run:
-        if open_run:  # removed once the run ends; still there, it names a run the next register marks FAILED
-            atomic.write_json(open_run, {"run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
+        if open_run:  # forgotten once the run ends; still there, it names a run the next register marks FAILED
+            remember_open_run(open_run, mlflow.get_tracking_uri(), run.info.run_id)
         mlflow.log_params(flat_params(params))
         mlflow.log_metrics(_flat_metrics(evaluation, metadata, backtest))
         for path in artifacts:  # before the model version exists, so a missing file registers nothing
@@ -316,7 +333,7 @@ def track_and_register(
         client.set_registered_model_alias(name, CANDIDATE, version)  # only once it carries its verdict
         mlflow.log_dict(verdict.to_dict(), "reports/gate.json")
     if open_run:
-        open_run.unlink(missing_ok=True)
+        forget_open_run(open_run, mlflow.get_tracking_uri())
     return Registration(run.info.run_id, experiment_id, name, version, verdict, mlflow.get_tracking_uri(), closed)
 
 

@@ -68,17 +68,17 @@ CONTRACT = _contract(MODEL)
 Records = contract.records_type(CONTRACT.inputs, CONTRACT.example)
 
 
-def _number(name: str, default: float) -> float:
-    """A positive number from the environment, or a start-up error that names the variable."""
+def _number(name: str, default: float, *, whole: bool = False) -> float:
+    """A positive number (a whole one with `whole`) from the environment, or a start-up error naming the variable."""
     value = os.environ.get(name)
     if value is None:
         return default
     try:
-        number = float(value)
+        number = float(int(value)) if whole else float(value)
     except ValueError:
         number = -1
     if number <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive number")
+        raise ValueError(f"{name}={value!r} must be a positive {'whole number' if whole else 'number'}")
     return number
 
 
@@ -213,7 +213,7 @@ class Forecaster:
             environment=os.environ.get("FORKCAST_ENVIRONMENT", "local"),
             spill_dir=Path(spill) if spill else None,
             flush_seconds=_number(FLUSH_ENV, 5.0),
-            max_rows=int(_number(BUFFER_ENV, 20_000)),
+            max_rows=int(_number(BUFFER_ENV, 20_000, whole=True)),
             counters=inference_log_metrics(),
         )
         log.info(

@@ -284,11 +284,15 @@ def test_workers_left_behind_by_a_killed_server_are_found_reported_and_ended(
 
 def test_one_deploy_or_stop_at_a_time_per_environment(in_tmp: Path) -> None:
     held = pytest.raises(DeployError, match=r"staging is being deployed or stopped by pid \d+")
+    said: list[str] = []
     with deploy.exclusive("staging"):
-        with held, deploy.exclusive("staging", wait=0.3):
+        with held, deploy.exclusive("staging", wait=0.3, waiting=said.append):
             pass
         with deploy.exclusive("production", wait=0.3):  # another environment is not held up
             pass
+    assert len(said) == 1  # said once, not at every poll
+    assert said[0].startswith("staging is being deployed or stopped by pid ")
+    assert said[0].endswith(": waiting for it (up to 0 s)")
     with deploy.exclusive("staging", wait=0.3):  # released
         pass
 

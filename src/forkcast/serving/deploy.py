@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -124,21 +124,32 @@ def processes_of(environment: Environment) -> list[psutil.Process]:
     return found
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def exclusive(environment: Environment, wait: float = 300.0) -> Iterator[None]:
-    """Hold the environment's lock: a second deploy or stop waits for the first (up to `wait` s), then fails."""
+def exclusive(environment: Environment, wait: float = 300.0, waiting: Callable[[str], None] = _say) -> Iterator[None]:
+    """Hold the environment's lock: a second deploy or stop waits for the first (up to `wait` s, saying so once
+    through `waiting`), then fails."""
     DEPLOY_DIR.mkdir(parents=True, exist_ok=True)
     path = DEPLOY_DIR / f"{environment}.lock"
     with path.open("a+") as lock:
         deadline = time.monotonic() + wait
+        said = False
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                if not said:
+                    waiting(
+                        f"{environment} is being deployed or stopped by {holder}: waiting for it (up to {wait:.0f} s)"
+                    )
+                    said = True
                 if time.monotonic() > deadline:
-                    lock.seek(0)
-                    holder = lock.read().strip() or "another process"
                     raise DeployError(
                         f"{environment} is being deployed or stopped by {holder} for over {wait:.0f} s; "
                         f"wait for it, or end it and run the command again"

@@ -185,7 +185,6 @@ class InferenceLog:
         self._retry_first, self._retry_max = retry_seconds
         self._spill_dir = (spill_dir or Path("outputs/inference-spill")).resolve()
         self._counters = counters or NoCounters()
-        self._count = self._counters.count
         self._pending: deque[_Request] = deque()
         self._pending_rows = 0
         self._lock = threading.Lock()  # guards the buffer and the stats
@@ -219,7 +218,6 @@ class InferenceLog:
     ) -> None:
         """Queue one request's records and predictions; never blocks on I/O."""
         request = _Request(timestamp or dt.datetime.now(dt.UTC), request_id, model_version, columns, predictions)
-        dropped = 0
         with self._lock:  # closed is checked under the lock `close` takes: no row slips in after the last flush
             if self._closed.is_set():
                 raise RuntimeError("the inference log is closed")
@@ -227,17 +225,21 @@ class InferenceLog:
             self._pending_rows += len(predictions)
             if self._pending_rows > self._max_rows or (self._pending_rows >= self._flush_rows and not self.failing):
                 self._wake.set()  # the writer writes, or makes room
-            while self._pending_rows > 2 * self._max_rows:  # the writer is stuck: memory stays bounded regardless
-                dropped += self._pop_oldest()
+            # The writer is stuck: memory stays bounded regardless.
+            dropped = _rows(self._take_oldest(keep=2 * self._max_rows))
             self.stats.dropped += dropped
             self.stats.buffered = self._pending_rows
         if dropped:
-            self._count("dropped", dropped)
+            self._counters.count("dropped", dropped)
 
-    def _pop_oldest(self) -> int:
-        rows = len(self._pending.popleft().predictions)
-        self._pending_rows -= rows
-        return rows
+    def _take_oldest(self, keep: int) -> list[_Request]:
+        """Take the oldest requests out of the buffer until at most `keep` rows remain (hold `_lock`)."""
+        taken = []
+        while self._pending and self._pending_rows > keep:
+            request = self._pending.popleft()
+            self._pending_rows -= len(request.predictions)
+            taken.append(request)
+        return taken
 
     def flush(self, at_most: int | None = None) -> int:
         """Write everything buffered so far (or only the oldest requests up to `at_most` rows), one file per day;
@@ -248,13 +250,7 @@ class InferenceLog:
         """
         with self._write_lock:
             with self._lock:
-                batch = []
-                taken = 0
-                while self._pending and (at_most is None or taken < at_most):
-                    request = self._pending.popleft()
-                    batch.append(request)
-                    taken += len(request.predictions)
-                self._pending_rows -= taken
+                batch = self._take_oldest(keep=0 if at_most is None else max(0, self._pending_rows - at_most))
             days: dict[dt.date, list[_Request]] = {}
             for request in batch:
                 days.setdefault(_utc_day(request.timestamp), []).append(request)
@@ -268,14 +264,14 @@ class InferenceLog:
                 unwritten = [request for day in remaining for request in days[day]]
                 with self._lock:  # back to the front of the buffer, in order
                     self._pending.extendleft(reversed(unwritten))
-                    self._pending_rows += sum(len(request.predictions) for request in unwritten)
+                    self._pending_rows += _rows(unwritten)
                 raise
             finally:
                 with self._lock:
                     self.stats.written += written
                     self.stats.buffered = self._pending_rows
                 if written:
-                    self._count("written", written)
+                    self._counters.count("written", written)
             return written
 
     def close(self) -> None:
@@ -334,7 +330,7 @@ class InferenceLog:
                 self._retry_delay = min(self._retry_delay * 2, self._retry_max)
             self._retry_at = now + self._retry_delay
             buffered = self._pending_rows
-        self._count("failed", 1)
+        self._counters.count("failed", 1)
         message = "inference log: writing to %s failed (%s); %d rows kept in memory, next attempt in %g s"
         (log.error if first else log.warning)(message, self.sink, _reason(error), buffered, self._retry_delay)
 
@@ -354,18 +350,14 @@ class InferenceLog:
         with self._lock:
             if self._pending_rows <= self._max_rows:
                 return
-            oldest: list[_Request] = []
-            while self._pending_rows > self._max_rows // 2:
-                request = self._pending.popleft()
-                self._pending_rows -= len(request.predictions)
-                oldest.append(request)
+            oldest = self._take_oldest(keep=self._max_rows // 2)
             self.stats.buffered = self._pending_rows
-        rows = sum(len(request.predictions) for request in oldest)
+        rows = _rows(oldest)
         spilled = self._spill(oldest, limit=self._max_spill_bytes)
         if spilled < rows:
             with self._lock:
                 self.stats.dropped += rows - spilled
-            self._count("dropped", rows - spilled)
+            self._counters.count("dropped", rows - spilled)
             if self._due("dropped"):
                 log.error(
                     "inference log: the sink %s fails and the spill directory %s is full or failing: %d rows "
@@ -396,14 +388,14 @@ class InferenceLog:
             for day in sorted({_utc_day(request.timestamp) for request in requests}):
                 of_day = [request for request in requests if _utc_day(request.timestamp) == day]
                 self._write_file(of_day, day, local, str(self._spill_dir))
-                rows += sum(len(request.predictions) for request in of_day)
+                rows += _rows(of_day)
         except Exception as error:
             if limit is None or self._due("spill failed"):
                 log.error("inference log: spilling to %s failed too (%s)", self._spill_dir, _reason(error))
         with self._lock:
             self.stats.spilled += rows
         if rows:
-            self._count("spilled", rows)
+            self._counters.count("spilled", rows)
         return rows
 
     def _return_spilled(self) -> None:
@@ -432,13 +424,13 @@ class InferenceLog:
         if returned:
             with self._lock:
                 self.stats.returned += returned
-            self._count("returned", returned)
+            self._counters.count("returned", returned)
             log.warning("inference log: %d spilled rows moved from %s into %s", returned, self._spill_dir, self.sink)
 
     def _write(self, requests: list[_Request], day: dt.date, filesystem: pafs.FileSystem, root: str) -> int:
         """One Parquet file with the rows of `requests`, all from `day`."""
         self._write_file(requests, day, filesystem, root)
-        return sum(len(request.predictions) for request in requests)
+        return _rows(requests)
 
     def _write_file(self, requests: list[_Request], day: dt.date, filesystem: pafs.FileSystem, root: str) -> str:
         directory = f"{root}/date={day.isoformat()}"
@@ -480,6 +472,10 @@ class InferenceLog:
             data[name] = [value for request in batch for value in request.columns[name]]
         data[PREDICTION] = np.concatenate([request.predictions for request in batch]).astype(np.float32)
         return pa.Table.from_pydict(data, schema=self.schema)
+
+
+def _rows(requests: list[_Request]) -> int:
+    return sum(len(request.predictions) for request in requests)
 
 
 def _size_of(directory: Path) -> int:

@@ -11,7 +11,17 @@ from pydantic import TypeAdapter, ValidationError
 from forkcast.config import Params
 from forkcast.data.declaration import Feature, Inputs, Target
 from forkcast.data.prepare import Splits
-from forkcast.serving.contract import MAX_RECORDS, attribute_names, columns_of_records, record_model, records_type
+from forkcast.serving.contract import (
+    MAX_RECORDS,
+    TOKEN_ENV,
+    SettingError,
+    api_token,
+    attribute_names,
+    auth_headers,
+    columns_of_records,
+    record_model,
+    records_type,
+)
 from forkcast.serving.smoke import bad_requests
 
 
@@ -219,3 +229,24 @@ def test_a_calendar_time_off_the_datasets_grid_is_refused(
     failure = errors(records, [{**valid_record, "minute_of_day": 7}])[0]
     assert failure["loc"] == (0, "minute_of_day")
     assert "multiple of 30" in failure["msg"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "headers"),
+    [
+        ({}, {}),
+        ({TOKEN_ENV: ""}, {}),
+        ({TOKEN_ENV: " \n"}, {}),
+        ({TOKEN_ENV: "abc.DEF-123_~+/="}, {"Authorization": "Bearer abc.DEF-123_~+/="}),
+        ({TOKEN_ENV: "abc\n"}, {"Authorization": "Bearer abc"}),  # a secret file's newline is not the token's
+    ],
+)
+def test_clients_send_the_bearer_token_when_one_is_set(environ: dict[str, str], headers: dict[str, str]) -> None:
+    assert auth_headers(environ) == headers
+
+
+@pytest.mark.parametrize("token", ["two words", "naïve", "tab\there"])
+def test_a_token_a_header_cannot_carry_is_refused_without_showing_it(token: str) -> None:
+    with pytest.raises(SettingError, match=f"{TOKEN_ENV} must be printable ASCII without spaces") as caught:
+        api_token({TOKEN_ENV: token})
+    assert token not in str(caught.value)

@@ -22,23 +22,33 @@ from forkcast.model.estimator import predict
 from forkcast.model.onnx import gap
 from forkcast.model.train import TrainedModel
 from forkcast.serving import build, inference_log
-from forkcast.serving.contract import MAX_RECORDS
+from forkcast.serving.contract import MAX_RECORDS, TOKEN_ENV, WORKERS_ENV, SettingError
 
 from ..conftest import Built
 
 MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"
 
 
+def import_service(model: str) -> Any:
+    """The service module afresh, serving `model` (it reads the model's tag and its settings when imported)."""
+    sys.modules.pop("forkcast.serving.service", None)
+    os.environ[MODEL_TAG_ENV] = model
+    try:
+        return importlib.import_module("forkcast.serving.service")
+    finally:
+        del os.environ[MODEL_TAG_ENV]
+
+
+@functools.cache
+def service_module(model: str) -> Any:
+    """One module per model and session."""
+    return import_service(model)
+
+
 @functools.cache
 def asgi_app(model: str) -> Any:
     """One app per model and session, serving `model`."""
-    sys.modules.pop("forkcast.serving.service", None)  # it reads the model's tag when imported
-    os.environ[MODEL_TAG_ENV] = model
-    try:
-        service = importlib.import_module("forkcast.serving.service")
-    finally:
-        del os.environ[MODEL_TAG_ENV]
-    return service.Forecaster.to_asgi()
+    return service_module(model).Forecaster.to_asgi()
 
 
 def _forget_bentoml_metrics() -> None:
@@ -250,3 +260,125 @@ def test_a_long_lived_connection_is_asked_to_reconnect_now_and_then(client: Test
     assert len(closing) >= 2
     assert closing[0] <= 100
     assert all(later - earlier == 100 for earlier, later in itertools.pairwise(closing))
+
+
+TOKEN = "s3cret-Token_for.tests~"
+
+
+async def answer_ok(scope: Any, receive: Any, send: Any) -> None:
+    """The app behind the middleware: 200 to everything."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def guarded(built: Built, token: str | None) -> TestClient:
+    """The bearer-token middleware alone, around an app that answers 200 to everything."""
+    service = service_module(build.describe(built.tag).model)
+    document = {"paths": {"/predict": {"post": {"responses": {}}}, "/readyz": {"get": {"responses": {}}}}}
+    middleware = service.BearerToken(
+        answer_ok, token=token, routes=["/predict", "/metadata"], document=lambda: document
+    )
+    return TestClient(middleware)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401), ("", 401), (f"Bearer {TOKEN}x", 401), (f"Bearer {TOKEN[:-1]}", 401), (f"Basic {TOKEN}", 401),
+        (TOKEN, 401), (f"Bearer  {TOKEN}", 401), (f"Bearer {TOKEN}", 200), (f"bearer {TOKEN}", 200),
+    ],
+)  # fmt: skip
+def test_with_a_token_the_api_routes_need_it(built: Built, authorization: str | None, status: int) -> None:
+    client = guarded(built, TOKEN)
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for route in ("/predict", "/metadata", "/predict/"):
+        response = client.post(route, json={}, headers=headers)
+        assert response.status_code == status, (route, authorization)
+    if status == 401:
+        body = response.json()
+        assert "Authorization: Bearer <token>" in body["error"]
+        assert body["detail"][0]["loc"] == ["header", "authorization"]
+        assert response.headers["www-authenticate"] == (
+            "Bearer" if authorization is None else 'Bearer error="invalid_token"'
+        )
+        assert TOKEN not in response.text
+
+
+def test_with_a_token_health_metrics_and_docs_stay_open_and_the_docs_declare_it(built: Built) -> None:
+    client = guarded(built, TOKEN)
+    for route in ("/readyz", "/livez", "/healthz", "/metrics", "/schema.json", "/"):
+        assert client.get(route).status_code == 200, route
+    document = client.get("/docs.json").json()
+    assert document["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer", "description": f"The service's {TOKEN_ENV}"}
+    }
+    assert document["paths"]["/predict"]["post"]["security"] == [{"bearer": []}]
+    assert "401" in document["paths"]["/predict"]["post"]["responses"]
+    assert document["paths"]["/readyz"] == {"get": {"responses": {}}}
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_without_a_token_everything_is_open_and_the_docs_are_bentomls(built: Built, token: str | None) -> None:
+    client = guarded(built, token)
+    assert client.post("/predict", json={}).status_code == 200
+    assert client.get("/docs.json").text == "ok"  # passed through to bentoml's own
+
+
+def started_with(built: Built, monkeypatch: pytest.MonkeyPatch, **environ: str) -> Any:
+    """The service module imported afresh, as a server starts, with `environ` (the session's module comes back)."""
+    monkeypatch.delitem(sys.modules, "forkcast.serving.service", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    return import_service(build.describe(built.tag).model)
+
+
+def test_a_token_a_header_cannot_carry_fails_the_start_without_showing_it(
+    built: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SettingError, match=f"{TOKEN_ENV} must be printable ASCII") as caught:
+        started_with(built, monkeypatch, **{TOKEN_ENV: "two words"})
+    assert "two words" not in str(caught.value)
+
+
+def test_the_service_with_a_token_refuses_the_api_without_it_and_documents_the_scheme(
+    built: Built, record: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole app in-process: the middleware is in place with the environment's token (a secret file's newline
+    dropped), and /docs.json is bentoml's document with the scheme on the API's operations only."""
+    service = started_with(built, monkeypatch, **{TOKEN_ENV: f"{TOKEN}\n"})
+    _forget_bentoml_metrics()
+    monkeypatch.setenv("FORKCAST_INFERENCE_LOG", str(tmp_path / "log"))
+    with TestClient(service.Forecaster.to_asgi(), raise_server_exceptions=False) as client:
+        assert client.post("/predict", json={"records": [record]}).status_code == 401
+        assert client.post("/metadata", json={}).status_code == 401
+        authorized = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/predict", json={"records": [record]}, headers=authorized).status_code == 200
+        assert client.post("/metadata", json={}, headers=authorized).status_code == 200
+        assert client.get("/livez").status_code == client.get("/readyz").status_code == 200
+        document = client.get("/docs.json").json()
+    secured = {
+        (path, method)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if operation.get("security") == [{"bearer": []}]
+    }
+    assert secured == {("/predict", "post"), ("/metadata", "post")}
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "Record" in str(document["components"]["schemas"])  # still bentoml's own document underneath
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "abc", "1.5", ""])
+def test_a_bad_worker_count_fails_the_start_naming_the_variable(
+    built: Built, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    with pytest.raises(SettingError, match=f"{WORKERS_ENV}={workers!r} must be a positive whole number"):
+        started_with(built, monkeypatch, **{WORKERS_ENV: workers})
+
+
+@pytest.mark.parametrize(("workers", "expected"), [(None, 2), ("3", 3), ("1", 1)])
+def test_the_worker_count_comes_from_the_environment(
+    built: Built, monkeypatch: pytest.MonkeyPatch, workers: str | None, expected: int
+) -> None:
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    service = started_with(built, monkeypatch, **({} if workers is None else {WORKERS_ENV: workers}))
+    assert service.Forecaster.config["workers"] == expected

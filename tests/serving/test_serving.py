@@ -25,7 +25,9 @@ from forkcast.data.prepare import Splits
 from forkcast.model.estimator import predict
 from forkcast.model.onnx import gap
 from forkcast.model.train import TrainedModel
+from forkcast.monitoring import probe, replay
 from forkcast.serving import build, deploy, inference_log, smoke
+from forkcast.serving.contract import TOKEN_ENV, WORKERS_ENV
 
 from ..conftest import BIN, Built, free_port
 
@@ -34,6 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 LOAD_CLIENTS = 50
 LOAD_SECONDS = 60.0
 FUZZ_CASES = 1_000
+TOKEN = "forkcast-test-token-0123456789abcdef"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ class Server:
 
 
 def serve(bento: str, directory: Path, sink: Path | None = None, **settings: str) -> Server:
+    return launch(bento, server_environment(bento, directory, sink, **settings), directory)
+
+
+def server_environment(bento: str, directory: Path, sink: Path | None = None, **settings: str) -> dict[str, str]:
     environment = settings | deploy.server_environment(
         Path(os.environ["BENTOML_HOME"]),
         home=directory / "bentoml",
@@ -60,7 +67,7 @@ def serve(bento: str, directory: Path, sink: Path | None = None, **settings: str
         inference_log=str(sink or directory / "inference"),
         spill_dir=directory / "spill",
     )
-    return launch(bento, {**environment, **settings}, directory)
+    return {**environment, **settings}
 
 
 def launch(target: str, environment: dict[str, str], directory: Path) -> Server:
@@ -88,6 +95,14 @@ def launch(target: str, environment: dict[str, str], directory: Path) -> Server:
 @pytest.fixture(scope="module")
 def server(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = serve(built.tag, tmp_path_factory.mktemp("serve"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def protected(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The bento served with a bearer token, by one worker."""
+    running = serve(built.tag, tmp_path_factory.mktemp("protected"), **{TOKEN_ENV: TOKEN, WORKERS_ENV: "1"})
     yield running
     running.stop()
 
@@ -193,6 +208,138 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(server: Server, tmp_
     generated = re.search(r"(\d+) generated", summary)
     assert generated, summary
     assert int(generated.group(1)) >= FUZZ_CASES, summary
+
+
+def test_with_a_token_the_api_answers_401_without_it_and_health_metrics_and_docs_stay_open(
+    protected: Server, built: Built
+) -> None:
+    body = {"records": smoke.Golden.read(built.golden).records[:1]}
+    with httpx.Client(base_url=protected.url, timeout=30) as client:
+        for route, sent in (("/predict", body), ("/metadata", {})):
+            missing = client.post(route, json=sent)
+            wrong = client.post(route, json=sent, headers={"Authorization": f"Bearer {TOKEN[:-1]}"})
+            right = client.post(route, json=sent, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert (missing.status_code, wrong.status_code, right.status_code) == (401, 401, 200), route
+            for refused in (missing, wrong):
+                assert "send the header Authorization: Bearer <token>" in refused.json()["error"]
+                assert refused.json()["detail"][0]["loc"] == ["header", "authorization"]
+                assert refused.headers["www-authenticate"].startswith("Bearer")
+        for route in ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/schema.json"):
+            assert client.get(route).status_code == 200, route
+        document = client.get("/docs.json").json()
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": f"The service's {TOKEN_ENV}",
+    }  # fmt: skip
+    for route in ("/predict", "/metadata"):
+        assert document["paths"][route]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in document["paths"]["/readyz"]["get"]
+    assert TOKEN not in protected.output.read_text()  # never logged
+
+
+def test_with_a_token_the_service_runs_the_workers_asked_for(protected: Server) -> None:
+    import psutil
+
+    processes = psutil.Process(protected.process.pid).children(recursive=True)
+    workers = [process for process in processes if "_bentoml_impl.worker.service" in " ".join(process.cmdline())]
+    assert len(workers) == 1  # FORKCAST_WORKERS=1; the default is 2
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({WORKERS_ENV: "0"}, f"SettingError: {WORKERS_ENV}='0' must be a positive whole number"),
+        ({TOKEN_ENV: "two words"}, f"SettingError: {TOKEN_ENV} must be printable ASCII without spaces"),
+    ],
+)
+def test_a_bad_setting_stops_bentoml_serve_at_once_naming_it(
+    built: Built, tmp_path: Path, setting: dict[str, str], message: str
+) -> None:
+    command = [sys.executable, "-m", "bentoml", "serve", built.tag, "--host", "127.0.0.1", "--port", str(free_port())]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=server_environment(built.tag, tmp_path, **setting),
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # it started after all: stop it and its workers
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+    assert process.returncode == 1
+    assert message in output  # the setting's own error: not bentoml's "not a bento tag" guess
+    assert "two words" not in output
+
+
+def test_the_bentoml_client_sends_the_token(protected: Server, built: Built) -> None:
+    import bentoml
+
+    records = smoke.Golden.read(built.golden).records
+    with bentoml.SyncHTTPClient(protected.url, token=TOKEN) as client:
+        assert len(client.predict(records=records)["predictions"]) == len(records)
+
+
+def test_the_smoke_tests_pass_against_a_protected_service_with_the_token_and_fail_without_it(
+    protected: Server, built: Built, params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    report = smoke.run(protected.url, suite(built, params))
+    assert report.passed, smoke.render_markdown(report)
+    refused = {check.name: check.detail for check in report.checks}["no token gets 401"]
+    assert refused == "POST /predict without the bearer token answered 401 naming the Authorization header"
+    monkeypatch.delenv(TOKEN_ENV)
+    report = smoke.run(protected.url, suite(built, params))
+    failed = {check.name: check.detail for check in report.checks if not check.passed}
+    assert list(failed) == ["metadata", "contract", "known answers", "bad requests get 400", "latency budget"]
+    assert f"POST /metadata answered 401 (set {TOKEN_ENV} to the service's token)" in failed["metadata"]
+
+
+def test_the_probe_and_the_replay_send_the_token(
+    protected: Server, built: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    golden = smoke.Golden.read(built.golden)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    report = probe.probe(protected.url, 10_000)
+    assert report.passed, probe.render_table(report)
+    replayed = replay.replay(protected.url, golden.records, golden.expected, batch=4)
+    assert replayed.stopped is None
+    assert replayed.rows == len(golden.records)
+    monkeypatch.delenv(TOKEN_ENV)
+    assert probe.probe(protected.url, 10_000).failed == ["prediction", "latency"]
+    stopped = replay.replay(protected.url, golden.records, golden.expected, batch=4).stopped
+    assert stopped is not None
+    assert f"answered 401 (set {TOKEN_ENV} to the service's token)" in stopped.detail
+
+
+def test_fuzzing_a_protected_service_with_its_token_finds_no_server_error_and_no_ignored_auth(
+    protected: Server, tmp_path: Path
+) -> None:
+    before = answered(protected.url)
+    result = subprocess.run(
+        [
+            str(BIN / "schemathesis"), "run", f"{protected.url}/docs.json",
+            "--checks", "not_a_server_error,ignored_auth",
+            "--header", f"Authorization: Bearer {TOKEN}",
+            "--max-examples", str(FUZZ_CASES // 5),
+        ],
+        capture_output=True, text=True, check=False, timeout=900, env={**os.environ, "NO_COLOR": "1"},
+        cwd=tmp_path,
+    )  # fmt: skip
+    summary = result.stdout[-3000:]
+    assert result.returncode == 0, summary
+    generated = re.search(r"(\d+) generated", summary)
+    assert generated, summary
+    assert int(generated.group(1)) >= FUZZ_CASES // 5, summary
+    after = answered(protected.url)
+    # The token got the fuzzed requests through to the API, and requests without it were refused (ignored_auth).
+    assert after.get("400", 0) - before.get("400", 0) >= 100, (before, after)
+    assert after.get("401", 0) > before.get("401", 0), (before, after)
+
+
+def answered(url: str) -> dict[str, int]:
+    """The service's /predict answers so far, by status code."""
+    samples = probe.parse_samples(httpx.get(f"{url}/metrics", timeout=10).text)
+    counts: dict[str, int] = probe.summarize_metrics(samples)["predict_requests"]
+    return counts
 
 
 async def load(url: str, records: list[dict[str, Any]], clients: int, seconds: float) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from forkcast.config import Params
 from forkcast.data.declaration import Target, load
 from forkcast.data.prepare import Splits
 from forkcast.serving import smoke
+from forkcast.serving.contract import TOKEN_ENV
 from forkcast.serving.smoke import Golden, GoldenError
 
 from ..conftest import ROOT
@@ -67,6 +68,20 @@ def test_a_server_that_is_up_but_not_the_service_fails_every_contract_check(hell
     assert "JSONDecodeError" in results["contract"].detail or "json" in results["contract"].detail.lower()
     assert "expected 400" in results["bad requests get 400"].detail
     assert "# Smoke tests: FAILED" in smoke.render_markdown(report)
+
+
+def test_a_service_that_answers_without_the_token_fails_the_401_check_only_when_a_token_is_set(
+    hello_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite = smoke.SmokeSuite(Golden.from_dict(GOLDEN), latency_requests=1, p95_budget_ms=10_000)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    unset = {check.name: check for check in smoke.run(hello_server, suite).checks}["no token gets 401"]
+    assert unset.passed
+    assert f"not checked: no {TOKEN_ENV} here" in unset.detail
+    monkeypatch.setenv(TOKEN_ENV, "t0ken")
+    checked = {check.name: check for check in smoke.run(hello_server, suite).checks}["no token gets 401"]
+    assert not checked.passed
+    assert "without the token: expected 401 naming the Authorization header, got 200" in checked.detail
 
 
 def test_known_answers_that_cannot_be_read_are_reported_not_crashed(tmp_path: Path) -> None:

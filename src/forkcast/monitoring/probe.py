@@ -7,6 +7,9 @@ text BentoML 1.4 serves. Its families (labelled by endpoint and http_response_co
 `bentoml_service_request_total` (counter), `bentoml_service_request_duration_seconds` (histogram),
 `bentoml_service_request_in_progress` and `bentoml_service_last_request_timestamp_seconds` (gauges).
 
+With `FORKCAST_API_TOKEN` set here, every request carries it as `Authorization: Bearer <token>` (the
+service's /predict and /metadata need it when it has one; health and /metrics are open).
+
 Probe traffic lands in the inference log like any other request: the drift job drops `probe-`
 requests as it drops `smoke-` ones.
 """
@@ -25,7 +28,7 @@ import httpx
 
 from forkcast import atomic, paths
 from forkcast.data.declaration import Inputs, Target
-from forkcast.serving.contract import PROBE_REQUEST_PREFIX, REQUEST_ID_HEADER
+from forkcast.serving.contract import PROBE_REQUEST_PREFIX, REQUEST_ID_HEADER, auth_headers
 from forkcast.serving.smoke import within
 
 PROBE_DIR = paths.OUTPUTS / "probe"
@@ -223,7 +226,7 @@ def probe(
 ) -> ProbeReport:
     """Probe the service at `url` once; a service that does not answer /readyz at all is not reachable."""
     request_id = f"{PROBE_REQUEST_PREFIX}{uuid.uuid4().hex}"
-    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=auth_headers()) as client:
         try:
             ready = client.get("/readyz").status_code
         except httpx.TransportError as error:

@@ -5,7 +5,8 @@ model, refit on every row, has seen them) fills the service's inference log with
 of the drift job and for tests.
 
 Every request carries `x-request-id: replay-<uuid>` (the service logs
-it; smoke tests send `smoke-`, probes `probe-`), so the drift job can tell replayed traffic apart.
+it; smoke tests send `smoke-`, probes `probe-`), so the drift job can tell replayed traffic apart, and, with
+`FORKCAST_API_TOKEN` set here, `Authorization: Bearer <token>` (the service needs it when it has one).
 
 The true values of what was sent go to a labels file (`request_id`, `position` in the request, `actual`):
 in real life labels arrive later than predictions, and the drift job joins them to the inference log
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from forkcast import atomic, paths
-from forkcast.serving.contract import MAX_RECORDS, REQUEST_ID_HEADER
+from forkcast.serving.contract import MAX_RECORDS, REQUEST_ID_HEADER, TOKEN_ENV, auth_headers
 
 REPLAY_REQUEST_PREFIX = "replay-"  # the inference log tells replayed traffic from real traffic by it
 LABELS_SCHEMA = pa.schema(
@@ -176,7 +177,8 @@ def _send(client: httpx.Client, records: list[dict[str, Any]], request_id: str) 
     except httpx.TransportError as error:
         raise _Stop("unreachable", f"{type(error).__name__}: {error}") from error
     if response.status_code != 200:
-        raise _Stop("status", f"the service answered {response.status_code}: {response.text[:300]}")
+        hint = f" (set {TOKEN_ENV} to the service's token)" if response.status_code == 401 else ""
+        raise _Stop("status", f"the service answered {response.status_code}{hint}: {response.text[:300]}")
     try:
         body = response.json()
         predictions = [float(value) for value in body["predictions"]]
@@ -212,7 +214,7 @@ def replay(
     stopped: Stopped | None = None
     rows = 0
     started = time.perf_counter()
-    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=auth_headers()) as client:
         for number, chunk in enumerate(batches(len(records), batch), start=1):
             request_id = f"{REPLAY_REQUEST_PREFIX}{uuid.uuid4().hex}"
             try:

@@ -8,8 +8,9 @@ field, instead of being scored.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -27,11 +28,43 @@ REQUEST_ID_HEADER = "x-request-id"  # a caller's id for its request, logged and 
 # What an id may be: it is written into every logged row of its request and echoed, so never stored whole otherwise.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_HEADER_BYTES = 16 * 1024  # all header names and values of one request together
+# When set (server side), /predict and /metadata need `Authorization: Bearer <it>`; clients send it when set.
+TOKEN_ENV = "FORKCAST_API_TOKEN"
+WORKERS_ENV = "FORKCAST_WORKERS"  # the service's worker processes (one per core; the default is 2)
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what a header can carry as it is: printable ASCII, no spaces
 PREDICTION = "prediction"  # the inference log's column for what was answered
 
 SMOKE_REQUEST_PREFIX = "smoke-"
 PROBE_REQUEST_PREFIX = "probe-"
 CHECK_REQUEST_PREFIXES = (SMOKE_REQUEST_PREFIX, PROBE_REQUEST_PREFIX)
+
+
+class SettingError(Exception):
+    """A setting from the environment that cannot be used; the message names the variable.
+
+    Not a ValueError: bentoml's loader takes a ValueError raised while the service is imported for "not a bento
+    tag", and reports a missing attribute instead of it.
+    """
+
+
+def api_token(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The service's bearer token, or None when `TOKEN_ENV` is unset or empty.
+
+    Surrounding whitespace (a secret file's final newline) is dropped; a token a header cannot carry is a
+    SettingError that names the variable, never its value.
+    """
+    token = environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        return None
+    if not _TOKEN.fullmatch(token):
+        raise SettingError(f"{TOKEN_ENV} must be printable ASCII without spaces (its value is not shown)")
+    return token
+
+
+def auth_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The header a client sends to /predict and /metadata: the bearer token when one is set, else none."""
+    token = api_token(environ)
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _one_of(categories: Sequence[Any]) -> Callable[[Any], Any]:

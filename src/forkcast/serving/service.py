@@ -9,7 +9,12 @@ Runtime settings come from the environment, which `forkcast deploy` sets:
 `FORKCAST_INFERENCE_LOG` (a directory or s3:// URI), `FORKCAST_ENVIRONMENT` (a label in the log),
 `FORKCAST_INFERENCE_SPILL` (where rows go while the log's sink fails), `FORKCAST_INFERENCE_FLUSH_SECONDS`
 (how often the log is written: 5), `FORKCAST_INFERENCE_BUFFER_ROWS` (rows a worker holds while the sink fails:
-20,000), `FORKCAST_BACKEND=scikit-learn` to bypass ONNX Runtime.
+20,000), `FORKCAST_BACKEND=scikit-learn` to bypass ONNX Runtime, `FORKCAST_WORKERS` (worker processes, one per
+core: 2; a deployment sets its CPU limit's whole cores).
+
+`FORKCAST_API_TOKEN`, when set and not empty, closes `POST /predict` and `/metadata` to callers that do not send
+`Authorization: Bearer <token>`: they get a 401 naming the header, with `WWW-Authenticate: Bearer`. Health,
+/metrics and the docs stay open, so probes and scrapers need no token; /docs.json then declares the scheme.
 
 The request's fields come from the model: its input contract (`inputs.json`, from `dataset.yaml` at training) is
 read from the model's directory when this module is imported, because the API's types are declared from it.
@@ -18,9 +23,11 @@ read from the model's directory when this module is imported, because the API's 
 from __future__ import annotations
 
 import gc
+import hmac
 import logging
 import os
 import uuid
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +45,10 @@ from forkcast.serving.contract import (
     REQUEST_ID_HEADER,
     REQUEST_ID_PATTERN,
     SPILL_ENV,
+    WORKERS_ENV,
     ModelInfo,
     Predictions,
+    SettingError,
 )
 from forkcast.serving.inference_log import (
     BUFFER_ENV,
@@ -53,6 +62,7 @@ from forkcast.serving.inference_log import (
 log = logging.getLogger("bentoml.forkcast")  # bentoml prints the INFO lines of its own loggers
 
 JSON = b"application/json"
+DOCS_ROUTE = "/docs.json"  # bentoml's OpenAPI document
 
 MODEL = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{BENTO_MODEL_NAME}:latest"))
 
@@ -78,7 +88,7 @@ def _number(name: str, default: float, *, whole: bool = False) -> float:
     except ValueError:
         number = -1
     if number <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive {'whole number' if whole else 'number'}")
+        raise SettingError(f"{name}={value!r} must be a positive {'whole number' if whole else 'number'}")
     return number
 
 
@@ -129,6 +139,76 @@ class HeaderLimits:
         await self.app(scope, receive, send)
 
 
+class BearerToken:
+    """With a `token`, answer 401 to a call of `routes` (the API's) without `Authorization: Bearer <token>`, before
+    any work is done. Other routes (health, /metrics, the docs) stay open; /docs.json is then served with the scheme
+    declared (see `secured`). Without one, everything passes."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str | None = None,
+        routes: Collection[str] = (),
+        document: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.app = app
+        self.expected = token.encode("ascii") if token else None
+        self.routes = frozenset(routes)
+        self.document = document
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.expected is None:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"].rstrip("/") or "/"
+        if path in self.routes:
+            given = dict(scope["headers"]).get(b"authorization")
+            scheme, _, credentials = (given or b"").partition(b" ")
+            if given is None or scheme.lower() != b"bearer" or not hmac.compare_digest(credentials, self.expected):
+                missing = given is None
+                problem = "no Authorization header" if missing else "the Authorization header is not the bearer token"
+                detail = {"type": "missing" if missing else "invalid_token", "loc": ["header", "authorization"],
+                          "msg": "must be Bearer <the service's token>"}  # fmt: skip
+                body = {"error": f"{problem}: send the header Authorization: Bearer <token> (the service's "
+                        f"{contract.TOKEN_ENV})"}  # fmt: skip
+                challenge = "Bearer" if missing else 'Bearer error="invalid_token"'
+                response = JSONResponse({**body, "detail": [detail]}, 401, headers={"WWW-Authenticate": challenge})
+                await response(scope, receive, send)
+                return
+        elif path == DOCS_ROUTE and scope["method"] == "GET" and self.document is not None:
+            await JSONResponse(secured(self.document(), self.routes))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def secured(document: dict[str, Any], routes: Collection[str]) -> dict[str, Any]:
+    """The OpenAPI `document` with a bearer scheme required by the operations of `routes`, and their 401.
+
+    bentoml 1.4 generates the document from classes with no place for it (`Components` and `Operation` in
+    bentoml/_internal/service/openapi/specification.py: "Not yet supported: securitySchemes", "security").
+    """
+    unauthorized = {
+        "description": f"No or a wrong `Authorization: Bearer <token>` (the service's {contract.TOKEN_ENV})",
+        "content": {"application/json": {"schema": {
+            "type": "object", "required": ["error", "detail"],
+            "properties": {"error": {"type": "string"}, "detail": {"type": "array", "items": {"type": "object"}}},
+        }}},
+    }  # fmt: skip
+    paths = {
+        path: {
+            method: {**operation, "security": [{"bearer": []}],
+                     "responses": {**operation.get("responses", {}), "401": unauthorized}}
+            if isinstance(operation, dict) else operation
+            for method, operation in item.items()
+        } if path in routes else item
+        for path, item in document.get("paths", {}).items()
+    }  # fmt: skip
+    scheme = {"type": "http", "scheme": "bearer", "description": f"The service's {contract.TOKEN_ENV}"}
+    components = document.get("components", {})
+    schemes = {**components.get("securitySchemes", {}), "bearer": scheme}
+    return {**document, "paths": paths, "components": {**components, "securitySchemes": schemes}}
+
+
 class RecycleConnections:
     """Ask a client to reconnect after `every` requests on one keep-alive connection.
 
@@ -167,7 +247,7 @@ class RecycleConnections:
 
 @bentoml.service(
     name="forkcast",
-    workers=2,  # one per core; each worker scores with one thread (see __init__)
+    workers=int(_number(WORKERS_ENV, 2, whole=True)),  # one per core; each scores with one thread (see __init__)
     # Requests take milliseconds (1,000 rows: ~15 ms). bentoml keeps each request alive until its
     # timeout fires, and a long timeout filled the heap: garbage collections of 100+ ms (the p99).
     traffic={"timeout": 5, "max_concurrency": 256},
@@ -252,6 +332,19 @@ class Forecaster:
         self.inference_log.close()
 
 
-Forecaster.add_asgi_middleware(JsonBodiesOnly)  # type: ignore[attr-defined]  # a bentoml Service at runtime
+def _openapi() -> dict[str, Any]:
+    """The OpenAPI document bentoml serves at /docs.json, made afresh as bentoml does."""
+    document: dict[str, Any] = Forecaster.openapi_spec.asdict()  # type: ignore[attr-defined]
+    return document
+
+
+# A bentoml Service at runtime. The first added runs first: an unauthorized call is refused before anything else.
+# The token is read here, once: one a header cannot carry fails the start (raised as the app starts instead, it
+# left `bentoml serve` running, still up after a minute).
+API_ROUTES = [api.route for api in Forecaster.apis.values()]  # type: ignore[attr-defined]
+Forecaster.add_asgi_middleware(  # type: ignore[attr-defined]
+    BearerToken, token=contract.api_token(), routes=API_ROUTES, document=_openapi
+)
+Forecaster.add_asgi_middleware(JsonBodiesOnly)  # type: ignore[attr-defined]
 Forecaster.add_asgi_middleware(HeaderLimits)  # type: ignore[attr-defined]
 Forecaster.add_asgi_middleware(RecycleConnections)  # type: ignore[attr-defined]

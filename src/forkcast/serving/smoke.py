@@ -2,8 +2,9 @@
 
 Checks, in order: health, the metadata and response contract, known answers (golden test rows
 whose in-process predictions the service must reproduce), that bad requests get a 400 naming
-the field, and the p95 latency of single-record requests against a budget. The bad requests are
-derived from the model's input contract, which the known answers carry.
+the field, that a request without the bearer token gets a 401 (when `FORKCAST_API_TOKEN` is set
+here: every request sends it then), and the p95 latency of single-record requests against a budget.
+The bad requests are derived from the model's input contract, which the known answers carry.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from forkcast import atomic
 from forkcast.data.declaration import Feature, Inputs, Target
 from forkcast.model.onnx import gap, gaps
-from forkcast.serving.contract import SMOKE_REQUEST_PREFIX
+from forkcast.serving.contract import SMOKE_REQUEST_PREFIX, TOKEN_ENV, auth_headers
 
 Check = Callable[[httpx.Client], str]  # returns a detail line; raises SmokeFailure when the check fails
 
@@ -95,9 +96,15 @@ def _post(client: httpx.Client, route: str, body: Any) -> httpx.Response:
     return client.post(route, json=body, headers={"x-request-id": f"{SMOKE_REQUEST_PREFIX}{uuid.uuid4().hex}"})
 
 
+def _unauthorized_hint(response: httpx.Response) -> str:
+    return f" (set {TOKEN_ENV} to the service's token)" if response.status_code == 401 else ""
+
+
 def _predictions(response: httpx.Response, count: int, target: Target) -> list[float]:
     if response.status_code != 200:
-        raise SmokeFailure(f"expected 200, got {response.status_code}: {response.text[:300]}")
+        raise SmokeFailure(
+            f"expected 200, got {response.status_code}{_unauthorized_hint(response)}: {response.text[:300]}"
+        )
     body = response.json()
     missing = {"request_id", "model_version", "predictions"} - set(body)
     if missing:
@@ -125,6 +132,7 @@ class SmokeSuite:
             ("contract", self.contract),
             ("known answers", self.known_answers),
             ("bad requests get 400", self.bad_requests),
+            ("no token gets 401", self.unauthorized),
             ("latency budget", self.latency),
         ]
 
@@ -138,7 +146,7 @@ class SmokeSuite:
     def metadata(self, client: httpx.Client) -> str:
         response = _post(client, "/metadata", {})
         if response.status_code != 200:
-            raise SmokeFailure(f"POST /metadata answered {response.status_code}")
+            raise SmokeFailure(f"POST /metadata answered {response.status_code}{_unauthorized_hint(response)}")
         info = response.json()
         if not isinstance(info, dict):
             raise SmokeFailure(f"/metadata answered {info!r:.200} instead of an object")
@@ -185,6 +193,21 @@ class SmokeSuite:
         if malformed.status_code != 400:
             raise SmokeFailure(f"malformed JSON: expected 400, got {malformed.status_code}")
         return f"{len(cases) + 1} bad requests answered 400 naming the problem"
+
+    def unauthorized(self, client: httpx.Client) -> str:
+        if "authorization" not in client.headers:
+            return f"not checked: no {TOKEN_ENV} here, so the service is taken to need none"
+        request = client.build_request("POST", "/predict", json={"records": self.golden.records[:1]})
+        del request.headers["authorization"]
+        response = client.send(request)
+        if response.status_code != 401 or "Authorization" not in response.text:
+            raise SmokeFailure(
+                f"POST /predict without the token: expected 401 naming the Authorization header, got "
+                f"{response.status_code}: {response.text[:200]}"
+            )
+        if not response.headers.get("www-authenticate", "").startswith("Bearer"):
+            raise SmokeFailure(f"the 401 lacks `WWW-Authenticate: Bearer` ({response.headers.get('www-authenticate')})")
+        return "POST /predict without the bearer token answered 401 naming the Authorization header"
 
     def latency(self, client: httpx.Client) -> str:
         body = {"records": self.golden.records[:1]}
@@ -247,7 +270,7 @@ def _beyond(feature: Feature) -> int | float | str | None:
 
 def run(url: str, suite: SmokeSuite, timeout: float = 10.0) -> SmokeReport:
     results = []
-    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=auth_headers()) as client:
         for name, check in suite.checks():
             started = time.perf_counter()
             try:

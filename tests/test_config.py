@@ -52,7 +52,7 @@ def test_a_misspelled_key_fails_naming_it_and_the_allowed_keys(tmp_path: Path) -
 
 
 def test_a_misspelled_section_lists_the_sections(tmp_path: Path) -> None:
-    allowed = "backtest, dataset, gate, monitor, serve, smoke, split, tracking, train, validate"
+    allowed = "backtest, dataset, deploy, gate, monitor, serve, smoke, split, tracking, train, validate"
     with pytest.raises(ConfigError, match=rf"unknown key 'trian'; allowed here: {allowed}$"):
         load_params(write(tmp_path, "trian: {}\n"))
 

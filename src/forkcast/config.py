@@ -158,6 +158,54 @@ class MonitorParams(_Section):
     probe_budget_ms: Annotated[float, Field(gt=0.0)] = 500.0  # `forkcast probe`: one request's latency budget
 
 
+Cores = Annotated[float, Field(ge=0.1, le=64)]
+
+
+class EnvironmentResources(_Section):
+    """What one environment gets on the `kubernetes` and `self-hosted` targets: the seed's dedicated resources."""
+
+    replicas: Annotated[int, Field(ge=1, le=100)] = 1  # the Deployment's replicas and the autoscaler's floor
+    max_replicas: Annotated[int, Field(ge=1, le=100)] = 1  # the autoscaler's ceiling
+    # Per replica, requested and limited alike (guaranteed): the workers are the whole cores, each scoring with
+    # OMP_NUM_THREADS=cores/workers threads, so the threads never exceed the limit.
+    cpu: Cores = 1.0
+    memory_mib: Annotated[int, Field(ge=256, le=262_144)] = 1024
+    target_cpu_percent: Annotated[int, Field(ge=10, le=100)] = 70  # the autoscaler adds replicas above this
+    # Replicas a voluntary disruption (a node drain) must leave running; below `replicas` or a drain blocks.
+    min_available: Annotated[int, Field(ge=0, le=100)] = 0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> EnvironmentResources:
+        if self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+        if self.min_available and self.min_available >= self.replicas:
+            raise ValueError(
+                f"min_available ({self.min_available}) must be below replicas ({self.replicas}): "
+                "otherwise no node can ever be drained"
+            )
+        return self
+
+    @property
+    def workers(self) -> int:
+        """Service workers per replica: one per whole core of the limit, at least one."""
+        return max(1, int(self.cpu))
+
+    @property
+    def threads_per_worker(self) -> int:
+        return max(1, int(self.cpu // self.workers))
+
+
+class DeployParams(_Section):
+    # `forkcast target kubernetes`: how long a rollout may take before it is rolled back.
+    rollout_timeout_seconds: Annotated[int, Field(ge=30, le=3600)] = 300
+    staging: EnvironmentResources = EnvironmentResources()
+    production: EnvironmentResources = EnvironmentResources(replicas=2, max_replicas=4, min_available=1)
+
+    def of(self, environment: str) -> EnvironmentResources:
+        resources: EnvironmentResources = getattr(self, environment)
+        return resources
+
+
 class Params(_Section):
     dataset: Dataset  # from dataset.yaml, beside params.yaml
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -168,6 +216,7 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
     serve: ServeParams = ServeParams()
     smoke: SmokeParams = SmokeParams()
+    deploy: DeployParams = DeployParams()
     monitor: MonitorParams = MonitorParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,96 @@
+"""What every lasting deploy target shares: the smoke test against the new deployment, the record of what serves
+where (`outputs/deploy/<environment>.target.json`), and the lines for $GITHUB_OUTPUT and the job summary."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from forkcast import atomic, paths
+from forkcast.config import Params
+from forkcast.serving import smoke
+
+DEPLOY_DIR = paths.OUTPUTS / "deploy"
+DIGEST_PIN = re.compile(r"^(?P<repository>[a-z0-9][a-z0-9._/:-]*)@(?P<digest>sha256:[0-9a-f]{64})$")
+
+
+class TargetError(Exception):
+    """A deployment failed; the message says why and in what state it left the environment. `usage`: the request
+    itself was wrong (an image not pinned by digest, a missing tool), so nothing was touched."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """One environment's deployment through a target: what serves, where, and since when."""
+
+    target: str
+    environment: str
+    url: str
+    image: str
+    smoke_report: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def pinned_image(image: str) -> tuple[str, str]:
+    """`repository@sha256:<64 hex>` split in two; anything else (a tag, a short digest) is refused: a release
+    deploys exactly the digest it built and tested."""
+    found = DIGEST_PIN.match(image)
+    if found is None:
+        raise TargetError(
+            f"image '{image}' is not pinned by digest: give it as repository@sha256:<64 hex digits> "
+            "(the build job's `image` output)",
+            usage=True,
+        )
+    return found["repository"], found["digest"]
+
+
+def smoke_test(url: str, environment: str, golden: Path, params: Params) -> smoke.SmokeReport:
+    """The smoke suite (`forkcast smoke`) against `url`; its report goes to outputs/smoke/<environment>."""
+    suite = smoke.SmokeSuite(smoke.Golden.read(golden), params.smoke.latency_requests, params.smoke.p95_budget_ms)
+    report = smoke.run(url, suite)
+    smoke.save(report, smoke_dir(environment))
+    return report
+
+
+def smoke_dir(environment: str) -> Path:
+    return paths.OUTPUTS / "smoke" / environment
+
+
+def failed_checks(report: smoke.SmokeReport) -> str:
+    return "; ".join(f"{check.name}: {check.detail}" for check in report.checks if not check.passed) or "incomplete"
+
+
+def record_path(environment: str) -> Path:
+    return DEPLOY_DIR / f"{environment}.target.json"
+
+
+def record(deployed: Deployed) -> Path:
+    path = record_path(deployed.environment)
+    atomic.write_json(path, asdict(deployed))
+    return path
+
+
+def step_outputs(deployed: Deployed) -> str:
+    """For $GITHUB_OUTPUT: the URL, and that the target already smoke-tested it (the workflow need not again)."""
+    return f"url={deployed.url}\nsmoked=true\n"
+
+
+def summary(deployed: Deployed) -> str:
+    """The job summary's lines: which target ran and where the release now serves."""
+    lines = [
+        f"### {deployed.environment}: `{deployed.target}` target",
+        "",
+        f"- serves at {deployed.url}",
+        f"- image `{deployed.image}`",
+    ]
+    lines += [f"- {key}: {value}" for key, value in deployed.detail.items()]
+    lines.append(f"- smoke tests passed ({deployed.smoke_report})")
+    return "\n".join(lines) + "\n"

@@ -6,6 +6,9 @@ The Dockerfile's base (`FROM python:3.11-slim`) is pulled where a registry answe
 a stand-in is built from Debian packages (`tests/release/base-stand-in/`) under a name of its own, and only
 this test's copy of the context builds on it. Without a container engine the tests are skipped with the
 reason, and fail in CI (`.ci/run` installs and starts one).
+
+The `self-hosted` target deploys by digest, as from GitHub's registry: the image is pushed to a real local registry
+(Debian's `docker-registry`, the distribution project's server) and deployed as 127.0.0.1:PORT/forkcast@sha256:...
 """
 
 from __future__ import annotations
@@ -16,19 +19,24 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pyarrow.dataset as ds
 import pytest
+import yaml
 
 from forkcast import atomic
 from forkcast.cli import main
+from forkcast.config import load_params
 from forkcast.release import records
 from forkcast.serving import build
 
-from ..conftest import ROOT, Built, free_port
+from ..conftest import BIN, ROOT, Built, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -205,3 +213,257 @@ def test_the_runner_target_serves_the_image_which_passes_the_smoke_tests_with_th
     assert metadata["model_version"] == built.lineage["model_version"]
     assert "code from /home/bentoml/bento/src/forkcast/serving" in logs.stdout + logs.stderr
     assert (in_tmp / "outputs" / "smoke" / "adhoc" / "report.json").exists()
+
+
+# The `self-hosted` target ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real image registry on 127.0.0.1 (docker treats loopback registries as insecure: no TLS needed)."""
+    server = shutil.which("docker-registry")
+    if server is None:
+        unavailable("no docker-registry (Debian's package of the distribution registry): install docker-registry")
+    root, port = tmp_path_factory.mktemp("registry"), free_port()
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    with (root / "registry.log").open("ab") as log:
+        process = subprocess.Popen([str(server), "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"docker-registry did not answer: {(root / 'registry.log').read_text()[-2000:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def push(engine: Engine, image: str, repository: str) -> str:
+    """`image` pushed to `repository`, as the release job pushes: returns repository@sha256:<digest>."""
+    engine.run("tag", image, f"{repository}:test")
+    engine.run("push", f"{repository}:test", timeout=900)
+    digests = json.loads(engine.run("image", "inspect", "--format", "{{json .RepoDigests}}", image).stdout)
+    return next(found for found in digests if found.startswith(f"{repository}@sha256:"))
+
+
+def derived(engine: Engine, base: str, entrypoint: str, repository: str) -> str:
+    """The release image with another entrypoint, pushed: a release that never serves."""
+    dockerfile = f"FROM {base}\nENTRYPOINT {entrypoint}\n"
+    made = subprocess.run(["docker", "build", "--quiet", "--tag", f"{repository}:test", "-"], input=dockerfile,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    return push(engine, f"{repository}:test", repository)
+
+
+@pytest.fixture(scope="module")
+def releases(engine: Engine, image: dict[str, object], registry: str) -> Iterator[dict[str, str]]:
+    """The release image and two that never serve (one exits at once, one never answers), pinned by digest."""
+    good = push(engine, str(image["id"]), f"{registry}/forkcast")
+    pinned = {
+        "good": good,
+        "crashes": derived(engine, good, '["sh", "-c", "echo no server in this release >&2; exit 3"]',
+                           f"{registry}/forkcast-crashes"),
+        "silent": derived(engine, good, '["sleep", "3600"]', f"{registry}/forkcast-silent"),
+    }  # fmt: skip
+    yield pinned
+    for reference in pinned.values():
+        engine.run("image", "rm", reference.split("@")[0] + ":test", reference, check=False)
+
+
+def self_hosted(name: str, port: int, image: str, golden: Path, *extra: str) -> list[str]:
+    return ["target", "self-hosted", "--env", "staging", "--image", image, "--golden", str(golden),
+            "--name", name, "--port", str(port), *extra]  # fmt: skip
+
+
+def containers(engine: Engine, name: str) -> dict[str, dict[str, Any]]:
+    """The containers named `name` or `name-previous`, by name, as docker inspect describes them."""
+    listed = engine.run("ps", "--all", "--quiet", "--filter", f"name=^/{name}(-previous)?$").stdout.split()
+    found = json.loads(engine.run("container", "inspect", *listed).stdout) if listed else []
+    return {str(each["Name"]).lstrip("/"): each for each in found}
+
+
+def remove(engine: Engine, name: str) -> None:
+    engine.run("rm", "--force", name, f"{name}-previous", check=False)
+    engine.run("volume", "rm", "--force", f"{name}-inference", check=False)
+
+
+def logged_rows(engine: Engine, name: str, at_least: int, timeout: float = 30) -> int:
+    """Rows of the environment's inference log in the container's volume, once there are `at_least`."""
+    volume = engine.run("volume", "inspect", "--format", "{{.Mountpoint}}", f"{name}-inference").stdout.strip()
+    log, deadline, rows = Path(volume) / "log", time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        if log.is_dir() and any(log.rglob("*.parquet")):
+            table = ds.dataset(log, format="parquet", partitioning="hive").to_table(columns=["environment"])
+            rows = table.num_rows
+            if rows >= at_least:
+                assert set(table.column("environment").to_pylist()) == {"staging"}
+                return rows
+        time.sleep(1)
+    pytest.fail(f"the volume holds {rows} inference-log rows, not {at_least}, after {timeout:g} s")
+
+
+def test_the_self_hosted_target_serves_healthy_and_restarting_and_logs_to_a_volume_that_outlives_the_container(
+    engine: Engine, releases: dict[str, str], built: Built, in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    name = f"forkcast-test-{port}"
+    model = build.describe(built.tag).model
+    environment = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "FORKCAST_IMAGE": releases["good"],
+        "FORKCAST_MODEL": model,
+        "FORKCAST_GOLDEN": str(built.golden),
+        "FORKCAST_PORT": str(port),
+        "FORKCAST_CONTAINER": name,
+    }
+    golden = json.loads(built.golden.read_text())
+    resources = load_params(in_tmp / "params.yaml").deploy.staging
+    try:
+        script = str(ROOT / "deploy" / "targets" / "self-hosted.sh")
+        deployed = subprocess.run([script, "staging"], cwd=in_tmp, env=environment, capture_output=True, text=True,
+                                  timeout=600, check=False)  # fmt: skip
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        url = f"http://127.0.0.1:{port}"
+        assert deployed.stdout == f"url={url}\nsmoked=true\n"
+        first = containers(engine, name)[name]
+        host, config, state = first["HostConfig"], first["Config"], first["State"]
+        assert host["RestartPolicy"]["Name"] == "unless-stopped"
+        assert host["NanoCpus"] == int(resources.cpu * 1e9)
+        assert host["Memory"] == resources.memory_mib * 2**20
+        assert host["PortBindings"]["3000/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+        assert "/readyz" in config["Healthcheck"]["Test"][-1]
+        assert state["Health"]["Status"] == "healthy"
+        assert f"FORKCAST_MODEL_TAG={model}" in config["Env"]
+        answer = httpx.post(f"{url}/predict", json={"records": golden["records"]}, timeout=30).json()
+        assert answer["predictions"] == pytest.approx(golden["expected"], abs=golden["tolerance"])
+        record = json.loads((in_tmp / "outputs" / "deploy" / "staging.target.json").read_text())
+        assert (record["target"], record["image"]) == ("self-hosted", releases["good"])
+        assert record["detail"]["container id"] == str(first["Id"])[:12]
+        assert (in_tmp / "outputs" / "smoke" / "staging" / "report.json").exists()
+        # The smoke tests' requests and ours land in the volume (the service runs as `bentoml`, not root).
+        before = logged_rows(engine, name, at_least=len(golden["records"]) + 200)
+
+        # A new release replaces the container; the log, in the volume, stays.
+        monkeypatch.setenv("FORKCAST_MODEL", model)
+        assert main(self_hosted(name, port, releases["good"], built.golden)) == 0
+        after = containers(engine, name)
+        assert list(after) == [name]  # the previous one is removed once the new one passed
+        assert after[name]["Id"] != first["Id"]
+        logged_rows(engine, name, at_least=before + 200)  # the old rows, and the new smoke tests'
+    finally:
+        remove(engine, name)
+
+
+def test_a_self_hosted_release_that_fails_is_removed_and_the_previous_container_serves_again(
+    engine: Engine, releases: dict[str, str], built: Built, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    name = f"forkcast-test-{port}"
+    wrong = in_tmp / "wrong-golden.json"
+    golden = json.loads(built.golden.read_text())
+    wrong.write_text(json.dumps({**golden, "expected": [value + 1000 for value in golden["expected"]]}))
+    try:
+        assert main(self_hosted(name, port, releases["good"], built.golden)) == 0
+        first = containers(engine, name)[name]["Id"]
+        capsys.readouterr()
+        for image, golden_file, reason in [
+            (releases["good"], wrong, "failed its smoke tests (known answers: golden case"),
+            (releases["crashes"], built.golden, "the container exited with code 3 before it was healthy"),
+        ]:
+            assert main(self_hosted(name, port, image, golden_file)) == 1
+            error = capsys.readouterr().err
+            assert reason in error
+            assert f"the previous image {releases['good']} serves again" in error
+            running = containers(engine, name)
+            assert list(running) == [name]  # the new one is gone, the previous has its name back
+            assert running[name]["Id"] == first
+            assert running[name]["State"]["Running"]
+            assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+        assert "no server in this release" in error  # the failed container's last log lines
+    finally:
+        remove(engine, name)
+
+
+def test_a_first_self_hosted_release_that_never_becomes_ready_leaves_nothing_running(
+    engine: Engine, releases: dict[str, str], built: Built, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    name = f"forkcast-test-{port}"
+    try:
+        assert main(self_hosted(name, port, releases["silent"], built.golden, "--timeout", "12")) == 1
+        error = capsys.readouterr().err
+        assert "not healthy within 12 s" in error
+        assert "nothing ran before, and nothing runs now" in error
+        assert containers(engine, name) == {}
+        assert not (in_tmp / "outputs" / "deploy" / "staging.target.json").exists()
+    finally:
+        remove(engine, name)
+
+
+def test_the_kubernetes_pod_spec_runs_the_real_image_read_only_as_its_user_and_its_probes_answer(
+    engine: Engine, image: dict[str, object], built: Built, in_tmp: Path
+) -> None:
+    """The rendered Deployment's container, translated to docker run: its user, read-only root filesystem, dropped
+    capabilities, volumes (as tmpfs), environment and limits. The probes' routes must answer and the smoke tests
+    pass, predictions logged and all: what a cluster would run, on the real image (no cluster needed)."""
+    from forkcast.targets import kubernetes as k8s
+
+    kubectl = shutil.which("kubectl", path=str(BIN)) or "kubectl"
+    manifests = k8s.render(
+        "staging", "ghcr.io/octocat/forkcast@sha256:" + "0" * 64, load_params(ROOT / "params.yaml").deploy,
+        k8s.Kubectl((kubectl,)), manifests=ROOT / "deploy" / "k8s",
+    )  # fmt: skip
+    deployment = next(doc for doc in yaml.safe_load_all(manifests) if doc["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    port, name = free_port(), f"forkcast-test-pod-{free_port()}"
+    served = container["ports"][0]["containerPort"]
+    run = ["run", "--detach", "--name", name, "--read-only", "--user", user, "--cap-drop", "ALL",
+           "--security-opt", "no-new-privileges", "--publish", f"127.0.0.1:{port}:{served}",
+           "--cpus", str(int(container["resources"]["limits"]["cpu"].removesuffix("m")) / 1000),
+           "--memory", container["resources"]["limits"]["memory"].replace("Mi", "m")]  # fmt: skip
+    for mount in container["volumeMounts"]:  # emptyDir volumes, writable by the pod's fsGroup
+        run += ["--tmpfs", f"{mount['mountPath']}:uid={pod['securityContext']['runAsUser']},"
+                f"gid={pod['securityContext']['fsGroup']},mode=0770"]  # fmt: skip
+    for variable in container["env"]:
+        run += ["--env", f"{variable['name']}={variable['value']}"]
+    try:
+        engine.run(*run, str(image["id"]))
+        url = f"http://127.0.0.1:{port}"
+        probes = [container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if all(httpx.get(f"{url}{path}", timeout=2).status_code == 200 for path in probes):
+                    break
+            except httpx.TransportError:
+                pass
+            assert engine.run("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", engine.run(
+                "logs", name, check=False
+            ).stderr[-3000:]
+            time.sleep(1)
+        else:
+            pytest.fail(f"the probes never answered: {engine.run('logs', name, check=False).stderr[-3000:]}")
+        assert main(["smoke", "--url", url, "--golden", str(built.golden)]) == 0
+        engine.run("stop", "--time", "30", name)  # SIGTERM, as a pod's end: the log is flushed
+        logs = engine.run("logs", name, check=False)
+    finally:
+        engine.run("rm", "--force", name, check=False)
+    output = logs.stdout + logs.stderr
+    assert "Read-only file system" not in output
+    # The predictions were logged on the pod's volume (bentoml logs the smoke's bad requests' 400s as errors too).
+    assert not [line for line in output.splitlines() if "[ERROR]" in line and "inference log" in line]
+    workers = [line for line in output.splitlines() if "serving " in line and " with " in line]
+    assert len(workers) == int(next(v["value"] for v in container["env"] if v["name"] == "FORKCAST_WORKERS"))

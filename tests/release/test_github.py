@@ -68,6 +68,7 @@ class FakeGitHub:
     releases: list[dict[str, Any]] = field(default_factory=list)  # newest first, as GitHub lists them
     latest: str | None = None  # the tag GitHub answers for /releases/latest
     assets: dict[int, bytes] = field(default_factory=dict)  # served from another origin, like GitHub's storage
+    deployments: list[dict[str, Any]] = field(default_factory=list)  # newest first, each with its statuses
     seen: list[Seen] = field(default_factory=list)
     next_id: int = 1000
 
@@ -106,6 +107,21 @@ class FakeGitHub:
         if page * per_page < len(self.releases):
             link = f'<{self.url}/repos/{REPO}/releases?per_page={per_page}&page={page + 1}>; rel="next"'
         return 200, self.releases[(page - 1) * per_page : page * per_page], link
+
+    def add_deployment(self, environment: str, *statuses: tuple[str, str]) -> None:
+        """A deployment and its statuses (state, environment_url), oldest status first as they happen."""
+        listed = [{"state": state, "environment_url": url} for state, url in reversed(statuses)]
+        self.deployments.insert(0, {"id": self.new_id(), "environment": environment, "statuses": listed})
+
+    def deployments_endpoint(self, method: str, _: str, query: Query, payload: Any) -> Answer:
+        environment = query.get("environment", [None])[0]
+        per_page = min(int(query.get("per_page", ["30"])[0]), 100)
+        found = [d for d in self.deployments if environment in (None, d["environment"])][:per_page]
+        return 200, [{"id": d["id"], "environment": d["environment"]} for d in found], ""
+
+    def statuses_endpoint(self, method: str, deployment_id: str, query: Query, payload: Any) -> Answer:
+        found = [d for d in self.deployments if d["id"] == int(deployment_id)]
+        return (200, found[0]["statuses"], "") if found else (404, {"message": "Not Found"}, "")
 
     def latest_endpoint(self, method: str, _: str, query: Query, payload: Any) -> Answer:
         found = [release for release in self.releases if release["tag_name"] == self.latest]
@@ -169,6 +185,8 @@ class FakeGitHub:
             (rf"{prefix}/releases", self.releases_endpoint),
             (rf"{prefix}/releases/(latest)", self.latest_endpoint),
             (rf"{prefix}/releases/assets/(\d+)", self.asset_endpoint),
+            (rf"{prefix}/deployments", self.deployments_endpoint),
+            (rf"{prefix}/deployments/(\d+)/statuses", self.statuses_endpoint),
         ]
         for pattern, endpoint in routes:
             if match := re.fullmatch(pattern, path):

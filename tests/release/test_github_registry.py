@@ -183,3 +183,17 @@ def test_the_commit_production_was_released_from_is_read_from_its_manifest(
     fake.latest = "forkcast-v3-cccccccccccc"
     assert main(["release", "production-commit", "--repo", REPO]) == 1
     assert "names no commit (git_commit: 'main')" in capsys.readouterr().err
+
+
+def test_the_health_probe_finds_production_where_its_last_successful_deployment_recorded_it(
+    fake: FakeGitHub,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["release", "production-url", "--repo", REPO]) == 3
+    assert "no deployment of octocat/forkcast to production recorded a URL" in capsys.readouterr().err
+    fake.add_deployment("production", ("in_progress", ""), ("success", "https://forkcast.example.com"))
+    fake.add_deployment("staging", ("success", "https://staging.forkcast.example.com"))
+    fake.add_deployment("production", ("in_progress", ""), ("failure", "https://broken.example.com"))
+    assert main(["release", "production-url", "--repo", REPO]) == 0
+    # The newest production deployment failed: production still serves where the last good one did.
+    assert capsys.readouterr().out.strip() == "https://forkcast.example.com"

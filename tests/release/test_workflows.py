@@ -125,7 +125,7 @@ def test_actionlint_catches_a_bad_expression_and_a_shell_bug(tmp_path: Path) -> 
     text = release.read_text()
     text = text.replace("needs.build.outputs.image }}", "needs.build.outputs.imag }}", 1)
     text = text.replace(
-        'cat outputs/smoke/adhoc/report.md >> "$GITHUB_STEP_SUMMARY"', "cat $REPORT >> $GITHUB_STEP_SUMMARY"
+        'cat outputs/smoke/*/report.md >> "$GITHUB_STEP_SUMMARY"', "cat $REPORT >> $GITHUB_STEP_SUMMARY"
     )
     release.write_text(text)
     result = tool([str(BIN / "jactionlint"), str(release)], cwd=repo)
@@ -159,15 +159,19 @@ def test_zizmor_catches_template_injection_and_an_unpinned_action(tmp_path: Path
 
 def test_production_waits_for_approval_after_stagings_smoke_tests() -> None:
     release = load(WORKFLOWS / "release.yml")["jobs"]
-    assert release["staging"]["environment"] == "staging"
-    assert release["production"]["environment"] == "production"
+    for environment in ("staging", "production"):
+        # The environment's URL on GitHub is where the deploy step says the release serves.
+        assert release[environment]["environment"] == {"name": environment, "url": "${{ steps.deploy.outputs.url }}"}
     assert "staging" in release["production"]["needs"]
     staging_steps = [step.get("name") for step in release["staging"]["steps"]]
     assert staging_steps.index("Smoke tests") > staging_steps.index("Deploy")
-    smoke = next(step for step in release["staging"]["steps"] if step.get("name") == "Smoke tests")
-    assert "if" not in smoke  # a failing smoke test fails the job, so production never starts
-    assert "continue-on-error" not in smoke
-    assert any(step.get("name") == "Post-deploy smoke tests" for step in release["production"]["steps"])
+    for environment, name in (("staging", "Smoke tests"), ("production", "Post-deploy smoke tests")):
+        smoke = next(step for step in release[environment]["steps"] if step.get("name") == name)
+        # A failing smoke test fails the job, so production never starts; it is skipped only when the target
+        # smoke-tested the release itself (and failed the deploy step, after rolling back, if it did not pass).
+        assert smoke["if"] == "${{ steps.deploy.outputs.smoked != 'true' }}"
+        assert "continue-on-error" not in smoke
+        assert "FORKCAST_API_TOKEN" in smoke["env"]
 
 
 def test_production_deploys_the_digest_the_build_job_pushed_and_never_rebuilds() -> None:
@@ -222,18 +226,20 @@ def test_every_action_is_pinned_to_a_commit_and_has_a_stand_in() -> None:
                 assert re.search(r"@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), f"{path.name}: {line.strip()}"
 
 
-# The first major of each action that runs on Node 24 (its action.yml `runs.using`); GitHub is moving its
+# The first release of each action that runs on Node 24 (its action.yml `runs.using`); GitHub is moving its
 # runners off Node 20. Read from each action's repository at its tags.
-NODE24_MAJORS = {"actions/checkout": 5, "actions/setup-python": 6, "actions/upload-artifact": 6,
-                 "actions/download-artifact": 7, "actions/cache": 5}  # fmt: skip
+NODE24_RELEASES = {
+    "actions/checkout": (5, 0), "actions/setup-python": (6, 0), "actions/upload-artifact": (6, 0),
+    "actions/download-artifact": (7, 0), "actions/cache": (5, 0), "helm/kind-action": (1, 13),
+}  # fmt: skip
 
 
 def test_every_action_runs_on_node_24() -> None:
     for path in [*workflow_files(), *ACTIONS.glob("*/action.yml")]:
-        for found in re.finditer(r"uses: ([\w.-]+/[\w.-]+)@[0-9a-f]{40} # v(\d+)\.", path.read_text()):
-            action, major = found[1], int(found[2])
-            assert action in NODE24_MAJORS, f"{path.name}: {action} (add its first Node 24 major)"
-            assert major >= NODE24_MAJORS[action], f"{path.name}: {action} v{major} runs on Node 20 or older"
+        for found in re.finditer(r"uses: ([\w.-]+/[\w.-]+)@[0-9a-f]{40} # v(\d+)\.(\d+)\.", path.read_text()):
+            action, release = found[1], (int(found[2]), int(found[3]))
+            assert action in NODE24_RELEASES, f"{path.name}: {action} (add its first Node 24 release)"
+            assert release >= NODE24_RELEASES[action], f"{path.name}: {action} v{release} runs on Node 20 or older"
 
 
 def test_hygiene_rules_hold_in_every_job() -> None:
@@ -264,7 +270,7 @@ def test_every_upload_survives_a_rerun_of_its_job() -> None:
         for step in steps_of(load(path))
         if step.get("uses", "").startswith("actions/upload-artifact@")
     ]
-    assert len(uploads) == 3
+    assert len(uploads) == 4
     for workflow, step in uploads:
         assert step["with"].get("overwrite") is True, f"{workflow}: {step['with']['name']}"
 
@@ -295,12 +301,14 @@ def test_production_waits_for_the_tests_but_a_rollback_does_not_run_them() -> No
 
 
 def test_scheduled_jobs_with_nothing_to_do_do_not_start_a_runner() -> None:
-    for workflow, job, variable in (
-        ("health.yml", "probe", "FORKCAST_PRODUCTION_URL"),
-        ("monitor.yml", "drift", "FORKCAST_INFERENCE_LOG"),
-    ):
-        condition = load(WORKFLOWS / workflow)["jobs"][job]["if"]
-        assert condition == f"${{{{ vars.{variable} != '' || github.event_name == 'workflow_dispatch' }}}}"
+    drift = load(WORKFLOWS / "monitor.yml")["jobs"]["drift"]["if"]
+    assert drift == "${{ vars.FORKCAST_INFERENCE_LOG != '' || github.event_name == 'workflow_dispatch' }}"
+    # Health: a URL given, or a lasting target whose deployment records one.
+    health = load(WORKFLOWS / "health.yml")["jobs"]["probe"]["if"]
+    assert health == (
+        "${{ vars.FORKCAST_PRODUCTION_URL != '' || vars.FORKCAST_DEPLOY_TARGET == 'kubernetes' || "
+        "vars.FORKCAST_DEPLOY_TARGET == 'self-hosted' || github.event_name == 'workflow_dispatch' }}"
+    )
 
 
 def test_installs_come_from_a_cache_keyed_by_the_lock_and_release_jobs_skip_the_development_packages() -> None:
@@ -450,7 +458,8 @@ def test_every_deploy_target_follows_the_seam() -> None:
         text = path.read_text()
         assert text.startswith("#!/usr/bin/env bash\n")
         assert "set -euo pipefail" in text
-        assert '"url=' in text  # the one line it prints on stdout
+        # The one line it prints on stdout, itself or through `forkcast target` (which smoke-tests, too).
+        assert '"url=' in text or "forkcast target " in text
 
 
 def test_an_unknown_deploy_target_is_named_with_the_known_ones(tmp_path: Path) -> None:
@@ -461,8 +470,67 @@ def test_an_unknown_deploy_target_is_named_with_the_known_ones(tmp_path: Path) -
     )
     assert result.returncode == 2
     assert "unknown deploy target 'kubernetes-someday'" in result.stdout
-    assert "local,runner" in result.stdout
+    assert "kubernetes,local,runner,self-hosted" in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_the_deploy_step_passes_on_the_target_s_url_and_says_in_the_summary_which_target_ran(tmp_path: Path) -> None:
+    deploy = load(ACTIONS / "deploy" / "action.yml")["runs"]["steps"][0]
+    targets = tmp_path / "deploy" / "targets"
+    targets.mkdir(parents=True)
+    (targets / "lasting.sh").write_text(
+        "#!/usr/bin/env bash\necho deploying >&2\necho url=https://example.test\necho smoked=true\n"
+    )
+    (targets / "lasting.sh").chmod(0o755)
+    output, summary = tmp_path / "out", tmp_path / "summary"
+    env = tool_env(TARGET="lasting", ENVIRONMENT="production", FORKCAST_IMAGE="ghcr.io/o/r@sha256:" + "a" * 64,
+                   GITHUB_OUTPUT=str(output), GITHUB_STEP_SUMMARY=str(summary))  # fmt: skip
+    result = subprocess.run(["bash", "-eo", "pipefail", "-c", deploy["run"]], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert output.read_text().splitlines() == ["url=https://example.test", "smoked=true"]
+    assert "### production: the `lasting` target" in summary.read_text()
+    assert "at https://example.test" in summary.read_text()
+    assert "stops serving when the job ends" not in summary.read_text()
+
+
+def test_each_environment_chooses_its_target_and_hands_it_the_cluster_and_the_settings() -> None:
+    release = load(WORKFLOWS / "release.yml")
+    assert (
+        release["env"]["DEPLOY_TARGET"] == "${{ vars.FORKCAST_DEPLOY_TARGET || 'runner' }}"
+    )  # the zero-secret default
+    for environment in ("staging", "production"):
+        job = release["jobs"][environment]
+        # An environment's own variable wins: read in the step, where the environment's variables are known.
+        step = next(step for step in job["steps"] if step.get("name") == "Deploy")
+        assert step["with"]["target"] == "${{ vars.FORKCAST_DEPLOY_TARGET || 'runner' }}"
+        assert step["with"]["kubeconfig"] == "${{ secrets.KUBECONFIG }}"
+        assert step["with"]["url"] == "${{ vars.FORKCAST_URL }}"
+        for name in ("FORKCAST_API_TOKEN", "FORKCAST_INFERENCE_LOG", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert name in step["env"], (environment, name)
+        # A machine of your own: its runner label, from a repository variable (runs-on cannot read an environment's).
+        assert f"vars.FORKCAST_RUNNER_{environment.upper()}" in job["runs-on"]
+    declared = release["on"]["workflow_call"]["secrets"]
+    for caller in ("pipeline.yml", "rollback.yml"):
+        jobs_ = load(WORKFLOWS / caller)["jobs"]
+        call = next(job for job in jobs_.values() if job.get("uses") == "./.github/workflows/release.yml")
+        assert set(call["secrets"]) == set(declared), caller
+
+
+def test_the_kind_workflow_deploys_then_proves_the_automatic_rollback_on_a_real_cluster() -> None:
+    workflow = load(WORKFLOWS / "kubernetes.yml")
+    assert "workflow_dispatch" in workflow["on"]
+    assert "deploy/**" in workflow["on"]["pull_request"]["paths"]
+    assert "src/forkcast/targets/**" in workflow["on"]["pull_request"]["paths"]
+    steps = {step.get("name"): step for step in workflow["jobs"]["kind"]["steps"]}
+    kind = steps["A kind cluster with a local registry"]
+    assert kind["uses"].startswith("helm/kind-action@")
+    assert kind["with"]["registry"] is True
+    assert "deploy/targets/kubernetes.sh" in steps["Deploy the release to staging"]["run"]
+    rollback = steps["A broken release is rolled back automatically"]["run"]
+    assert "forkcast target kubernetes" in rollback
+    assert '[ "$status" -ne 1 ] || [ "$serving" != "$GOOD" ]' in rollback  # fails unless rolled back to the good one
+    assert "exit 1" in steps["Build the release's image and push it to the cluster's registry"]["run"]  # broken image
 
 
 # ---- act runs the workflows on this machine --------------------------------------------------------

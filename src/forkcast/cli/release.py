@@ -283,6 +283,25 @@ def release_production_commit(repo: RepoOption = None) -> None:
     typer.echo(commit)
 
 
+@release_app.command("production-url")
+def release_production_url(repo: RepoOption = None) -> None:
+    """Print where production serves, as its last successful deployment recorded it (exit 3 when none did): the
+    hourly health probe watches it when FORKCAST_PRODUCTION_URL is not set."""
+    from forkcast.release import github
+    from forkcast.release.github_registry import production_url
+
+    target = repo_name(repo)
+    with github_errors(), github.client() as gh:
+        found = production_url(gh, target)
+    if found is None:
+        raise fail(
+            f"no deployment of {target} to production recorded a URL: nothing lasting serves yet "
+            "(FORKCAST_DEPLOY_TARGET kubernetes or self-hosted), or set FORKCAST_PRODUCTION_URL",
+            EXIT_NOTHING_YET,
+        )
+    typer.echo(found)
+
+
 @release_app.command("seed-registry")
 def release_seed_registry(
     repo: RepoOption = None,

@@ -137,6 +137,18 @@ def production_commit(github: GitHub, repo: str) -> tuple[str, str] | None:
     return current.tag, commit
 
 
+def production_url(github: GitHub, repo: str, environment: str = "production", looked_at: int = 10) -> str | None:
+    """Where the environment's last successful deployment serves: the `environment_url` GitHub recorded from the
+    deploy job's `environment.url`; None when no deployment of the last `looked_at` recorded one."""
+    deployments = github.get(f"/repos/{repo}/deployments", {"environment": environment, "per_page": looked_at})
+    for deployment in deployments:  # newest first
+        statuses = github.get(f"/repos/{repo}/deployments/{deployment['id']}/statuses", {"per_page": 10})
+        succeeded = next((status for status in statuses if status.get("state") == "success"), None)
+        if succeeded and succeeded.get("environment_url"):
+            return str(succeeded["environment_url"])
+    return None
+
+
 def download(github: GitHub, repo: str, release: ReleasedModel, directory: Path) -> Path:
     """The release's model assets, into `directory/<tag>/`."""
     target = directory / release.tag

@@ -391,3 +391,14 @@ def test_settings_reach_the_pods_through_a_secret_never_through_the_manifests(
     second = documents(capsys.readouterr().out)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     # New settings change the pod template, so the pods restart with them.
     assert first[k8s.SETTINGS_HASH] != second[k8s.SETTINGS_HASH]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_known_answers_that_cannot_be_read_stop_the_deploy_before_the_cluster_is_touched(
+    cluster: Cluster, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (in_tmp / "outputs" / "build" / "golden.json").write_text("{not json")
+    assert main(deploy(FIRST)) == 2
+    assert "build first (`forkcast build`) or pass --golden" in capsys.readouterr().err
+    assert cluster.read()["calls"] == []

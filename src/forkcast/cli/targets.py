@@ -33,6 +33,10 @@ UrlOption = Annotated[
     str | None,
     typer.Option("--url", help="Where users reach the service (recorded as the environment's URL); default: local."),
 ]
+TimeoutOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Seconds the new release has to become ready (default: deploy.rollout_timeout_seconds)."),
+]
 DEFAULT_GOLDEN = Path("outputs/build/golden.json")
 
 
@@ -46,9 +50,7 @@ def kubernetes(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the rendered manifests and change nothing (no cluster needed).")
     ] = False,
-    timeout: Annotated[
-        int | None, typer.Option(help="Seconds the rollout may take (default: params deploy.rollout_timeout_seconds).")
-    ] = None,
+    timeout: TimeoutOption = None,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Render deploy/k8s/overlays/ENV with the image digest and params.yaml `deploy.ENV`, apply it with kubectl,
@@ -56,6 +58,7 @@ def kubernetes(
     Prints url=... for $GITHUB_OUTPUT; the cluster is kubectl's (KUBECONFIG)."""
     import os
 
+    from forkcast.serving.smoke import Golden, GoldenError
     from forkcast.targets import common
     from forkcast.targets import kubernetes as k8s
 
@@ -70,15 +73,15 @@ def kubernetes(
             if settings:
                 typer.echo(f"# and Secret {k8s.SETTINGS_SECRET} with {', '.join(sorted(settings))}", err=True)
             return
-        if not golden.is_file():
-            raise fail(f"no known answers at {golden}: build first (`forkcast build`) or pass --golden", EXIT_USAGE)
+        Golden.read(golden)  # known answers that cannot be read: nothing is touched
         rollout = k8s.Rollout(
             environment, image, manifests, settings, timeout or params.deploy.rollout_timeout_seconds, url
         )
         deployed = k8s.deploy(rollout, kubectl, lambda at: common.smoke_test(at, environment, golden, params))
+    except GoldenError as exc:
+        raise fail(f"{exc}: build first (`forkcast build`) or pass --golden", EXIT_USAGE) from exc
     except common.TargetError as exc:
-        code = EXIT_USAGE if exc.usage else EXIT_CHECK_FAILED
-        raise fail(str(exc), code) from exc
+        raise fail(str(exc), EXIT_USAGE if exc.usage else EXIT_CHECK_FAILED) from exc
     common.record(deployed)
     typer.echo(common.summary(deployed), err=True)
     typer.echo(common.step_outputs(deployed), nl=False)
@@ -98,10 +101,7 @@ def self_hosted(
     name: Annotated[
         str | None, typer.Option(help="The container's name (default: forkcast-ENV); its volume: NAME-inference.")
     ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(min=1, help="Seconds the new container has to become healthy (default: params' rollout timeout)."),
-    ] = None,
+    timeout: TimeoutOption = None,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Run the image on this machine under docker (restart policy, health check, persistent inference log), keeping

@@ -510,11 +510,12 @@ def test_each_environment_chooses_its_target_and_hands_it_the_cluster_and_the_se
             assert name in step["env"], (environment, name)
         # A machine of your own: its runner label, from a repository variable (runs-on cannot read an environment's).
         assert f"vars.FORKCAST_RUNNER_{environment.upper()}" in job["runs-on"]
-    declared = release["on"]["workflow_call"]["secrets"]
+    assert {"KUBECONFIG", "FORKCAST_API_TOKEN"} <= set(release["on"]["workflow_call"]["secrets"])  # documented
     for caller in ("pipeline.yml", "rollback.yml"):
         jobs_ = load(WORKFLOWS / caller)["jobs"]
         call = next(job for job in jobs_.values() if job.get("uses") == "./.github/workflows/release.yml")
-        assert set(call["secrets"]) == set(declared), caller
+        # Environment secrets reach a called workflow only when inherited (actions/runner#1490, #4453).
+        assert call["secrets"] == "inherit", caller
 
 
 def test_the_kind_workflow_deploys_then_proves_the_automatic_rollback_on_a_real_cluster() -> None:

@@ -2,6 +2,7 @@
 # Deploy target "runner", the zero-secret default: run the pushed image on the workflow's own runner.
 # Usage: runner.sh staging|production, with FORKCAST_IMAGE=repository@sha256:... (and FORKCAST_MODEL).
 # FORKCAST_PORT and FORKCAST_CONTAINER override the port and the container's name (the tests use them).
+# FORKCAST_API_TOKEN, when set, is handed to the service by name (its value never on a command line).
 # Prints `url=...` on stdout (for $GITHUB_OUTPUT); everything else goes to stderr.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ docker run --detach --name "$name" --publish "127.0.0.1:$port:3000" \
   --env FORKCAST_ENVIRONMENT="$environment" \
   --env FORKCAST_MODEL_TAG="${FORKCAST_MODEL:-}" \
   --env OMP_NUM_THREADS=1 \
+  --env FORKCAST_API_TOKEN \
   --env BENTOML_DO_NOT_TRACK=True \
   "$FORKCAST_IMAGE" >&2
 

@@ -159,6 +159,7 @@ class MonitorParams(_Section):
 
 
 Cores = Annotated[float, Field(ge=0.1, le=64)]
+MIB_PER_WORKER = 384  # a service worker with the model loaded: ~330 MB measured (benchmarks/faults.py)
 
 
 class EnvironmentResources(_Section):
@@ -178,6 +179,11 @@ class EnvironmentResources(_Section):
     def _bounds(self) -> EnvironmentResources:
         if self.max_replicas < self.replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+        if self.memory_mib < MIB_PER_WORKER * self.workers:
+            raise ValueError(
+                f"memory_mib ({self.memory_mib}) is below {MIB_PER_WORKER} MiB for each of the {self.workers} workers "
+                f"cpu {self.cpu:g} starts: a worker holding the model takes about 330 MB, so it would be killed"
+            )
         if self.min_available and self.min_available >= self.replicas:
             raise ValueError(
                 f"min_available ({self.min_available}) must be below replicas ({self.replicas}): "

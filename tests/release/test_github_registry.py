@@ -22,6 +22,7 @@ from forkcast.release.github_registry import (
     MODEL_ASSETS,
     RegistryAssetsError,
     load_pipeline,
+    reachable_only_inside,
     seed,
     write_model_assets,
 )
@@ -197,3 +198,20 @@ def test_the_health_probe_finds_production_where_its_last_successful_deployment_
     assert main(["release", "production-url", "--repo", REPO]) == 0
     # The newest production deployment failed: production still serves where the last good one did.
     assert capsys.readouterr().out.strip() == "https://forkcast.example.com"
+
+
+def test_a_recorded_url_only_the_cluster_or_the_machine_can_reach_is_not_probed_from_github(
+    fake: FakeGitHub,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.add_deployment("production", ("success", "http://forkcast.forkcast-production.svc.cluster.local"))
+    monkeypatch.setenv("RUNNER_ENVIRONMENT", "github-hosted")
+    assert main(["release", "production-url", "--repo", REPO]) == 3
+    assert "which a GitHub-hosted runner cannot reach: set FORKCAST_URL" in capsys.readouterr().err
+    monkeypatch.setenv("RUNNER_ENVIRONMENT", "self-hosted")  # a runner inside the cluster can
+    assert main(["release", "production-url", "--repo", REPO]) == 0
+    assert capsys.readouterr().out.strip() == "http://forkcast.forkcast-production.svc.cluster.local"
+    for url, inside in (("http://127.0.0.1:3102", True), ("http://localhost:3102", True),
+                        ("https://forkcast.example.com", False), ("http://forkcast.prod.svc", True)):  # fmt: skip
+        assert reachable_only_inside(url) is inside, url

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,9 +112,32 @@ def test_the_deployment_pins_the_digest_probes_real_endpoints_and_takes_its_reso
     assert manifests["Service"]["spec"]["selector"] == selector
 
 
+def test_the_deployer_role_allows_every_call_the_target_makes_and_no_more() -> None:
+    role_file = ROOT / "deploy" / "k8s" / "deployer.yaml"
+    checked = subprocess.run(
+        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--kubernetes-version", "1.37.0",
+         str(role_file)], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    role = next(doc for doc in yaml.safe_load_all(role_file.read_text()) if doc["kind"] == "Role")
+    allowed = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+    needed = {
+        ("deployments", "get"), ("deployments", "create"), ("deployments", "patch"),  # apply
+        ("deployments", "watch"), ("replicasets", "list"),  # rollout status
+        ("deployments", "update"),  # rollout undo
+        ("secrets", "get"), ("secrets", "create"), ("secrets", "list"), ("secrets", "delete"),  # the settings
+        ("pods", "list"), ("pods/portforward", "create"), ("services", "get"),  # the smoke tests' port-forward
+    }  # fmt: skip
+    needed |= {(kind, verb) for kind in ("services", "horizontalpodautoscalers", "poddisruptionbudgets",
+                                        "networkpolicies") for verb in ("get", "create", "patch")}  # fmt: skip
+    assert needed <= allowed, needed - allowed
+    assert not {verb for _, verb in allowed} & {"*", "deletecollection", "escalate", "bind", "impersonate"}
+    assert all("*" not in rule["resources"] and "*" not in rule["apiGroups"] for rule in role["rules"])
+
+
 def test_workers_and_threads_never_exceed_the_cpu_limit() -> None:
     for cpu in (0.5, 1.0, 1.5, 2.0, 3.9, 8.0):
-        resources = EnvironmentResources(cpu=cpu)
+        resources = EnvironmentResources(cpu=cpu, memory_mib=4096)
         assert resources.workers >= 1
         assert resources.workers * resources.threads_per_worker <= max(1, int(cpu)), cpu
 
@@ -122,6 +147,7 @@ def test_resource_bounds_that_cannot_work_are_refused_naming_the_key(tmp_path: P
         ({"replicas": 3, "max_replicas": 2}, "max_replicas (2) is below replicas (3)"),
         ({"replicas": 2, "max_replicas": 2, "min_available": 2}, "min_available (2) must be below replicas (2)"),
         ({"cpu": 0}, "deploy.staging.cpu"),
+        ({"cpu": 4, "memory_mib": 1024}, "memory_mib (1024) is below 384 MiB for each of the 4 workers"),
         ({"replica": 2}, "unknown key 'deploy.staging.replica'"),
     ):
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -270,6 +296,19 @@ class Cluster:
         image: str = found["history"][str(found["revision"])]["spec"]["containers"][0]["image"]
         return image
 
+    def settings_secret(self, namespace: str) -> str | None:
+        found = self.read()["deployments"][namespace]
+        container = found["history"][str(found["revision"])]["spec"]["containers"][0]
+        return next((ref["secretRef"]["name"] for ref in container.get("envFrom", [])), None)
+
+    def secrets(self, namespace: str) -> dict[str, Any]:
+        held: dict[str, Any] = self.read().get("secrets", {}).get(namespace, {})
+        return held
+
+    def revision(self, namespace: str) -> int:
+        number: int = self.read()["deployments"][namespace]["revision"]
+        return number
+
     def verbs(self) -> list[str]:
         return [" ".join(call[:2]) for call in self.read()["calls"]]
 
@@ -307,7 +346,8 @@ def test_a_release_rolls_out_passes_its_smoke_tests_and_is_recorded(
     assert out == "url=http://forkcast.forkcast-staging.svc.cluster.local\nsmoked=true\n"
     assert cluster.image("forkcast-staging") == FIRST
     assert cluster.verbs() == [
-        "get deployment", "apply --filename", "rollout status", "get deployment", "port-forward --namespace",
+        "get deployment", "apply --filename", "rollout status", "port-forward --namespace", "get secrets",
+        "get deployment",
     ]  # fmt: skip
     record = json.loads((in_tmp / "outputs" / "deploy" / "staging.target.json").read_text())
     assert (record["target"], record["image"], record["detail"]["revision"]) == ("kubernetes", FIRST, "1")
@@ -366,31 +406,79 @@ def test_a_first_release_that_fails_says_there_is_nothing_to_roll_back_to(
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_settings_reach_the_pods_through_a_secret_never_through_the_manifests(
+def test_settings_reach_the_pods_through_a_secret_of_their_release_which_a_rollback_brings_back(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    namespace = "forkcast-staging"
     monkeypatch.setenv("FORKCAST_INFERENCE_LOG", "s3://forkcast-logs/inference")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
     assert main([*deploy(FIRST), "--dry-run"]) == 0
     printed = capsys.readouterr()
     assert "not-a-real-secret" not in printed.out + printed.err
-    assert "Secret forkcast-settings with AWS_SECRET_ACCESS_KEY, FORKCAST_INFERENCE_LOG" in printed.err
+    assert "a new Secret forkcast-settings-… with AWS_SECRET_ACCESS_KEY, FORKCAST_INFERENCE_LOG" in printed.err
     assert cluster.read()["calls"] == []  # a dry run talks to no cluster
-    first = documents(printed.out)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert main(deploy(FIRST)) == 0
+    first = cluster.settings_secret(namespace)
+    assert first is not None
+    assert first.startswith(k8s.SETTINGS_PREFIX)
     # One log for every replica, under the environment's own prefix, as the nightly drift job reads it.
-    assert k8s.settings_from({"FORKCAST_INFERENCE_LOG": "s3://logs/inference/"}, "production") == {
-        "FORKCAST_INFERENCE_LOG": "s3://logs/inference/production"
-    }
+    assert cluster.secrets(namespace)[first]["data"] == {
+        "AWS_SECRET_ACCESS_KEY": "not-a-real-secret", "FORKCAST_INFERENCE_LOG": "s3://forkcast-logs/inference/staging",
+    }  # fmt: skip
+    # The same settings again: the same Secret, and no new revision (no restart for nothing).
+    revision = cluster.revision(namespace)
+    assert main(deploy(FIRST)) == 0
+    assert (cluster.settings_secret(namespace), cluster.revision(namespace)) == (first, revision)
+    # Rotated credentials in a release whose rollout fails: the rollback brings the old settings back too.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated")
+    cluster.update(broken=[SECOND.split("@")[1]])
+    assert main(deploy(SECOND)) == 1
+    assert (cluster.image(namespace), cluster.settings_secret(namespace)) == (FIRST, first)
+    cluster.update(broken=[])
+    assert main(deploy(SECOND)) == 0
+    second = cluster.settings_secret(namespace)
+    assert second not in (None, first)
+    assert cluster.secrets(namespace)[second]["data"]["AWS_SECRET_ACCESS_KEY"] == "rotated"
+    assert set(cluster.secrets(namespace)) == {first, second}  # the failed release's Secret is gone
+    # Settings removed (no token, no S3 log any more): the release reads no Secret, none is left to go stale.
+    monkeypatch.delenv("FORKCAST_INFERENCE_LOG")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert main(deploy(FIRST)) == 0
+    assert cluster.settings_secret(namespace) is None
+    assert set(cluster.secrets(namespace)) == {second}  # the one a rollback to the previous release needs
     # A directory would be one pod's alone: left out, and the credentials of no S3 log stay out of the cluster.
     assert k8s.settings_from({"FORKCAST_INFERENCE_LOG": "outputs/x", "AWS_SECRET_ACCESS_KEY": "k"}, "staging") == {}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_deploy_cancelled_mid_rollout_puts_the_previous_release_back(cluster: Cluster, in_tmp: Path) -> None:
     assert main(deploy(FIRST)) == 0
-    assert cluster.read()["secrets"] == {"forkcast-staging": ["AWS_SECRET_ACCESS_KEY", "FORKCAST_INFERENCE_LOG"]}
-    capsys.readouterr()
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated")
-    assert main([*deploy(FIRST), "--dry-run"]) == 0
-    second = documents(capsys.readouterr().out)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
-    # New settings change the pod template, so the pods restart with them.
-    assert first[k8s.SETTINGS_HASH] != second[k8s.SETTINGS_HASH]
+    cluster.update(hang=[SECOND.split("@")[1]])
+    # As a cancelled job: the runner signals the deploy's process while it waits for the rollout.
+    process = subprocess.Popen([sys.executable, "-m", "forkcast", *deploy(SECOND)], cwd=in_tmp,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while "rollout status" not in cluster.verbs()[-1:] or cluster.image("forkcast-staging") != SECOND:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the deploy never reached the rollout"
+        time.sleep(0.2)
+    cluster.update(hang=[])  # the rollback's own wait must not hang
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "interrupted (KeyboardInterrupt)" in err
+    assert f"Rolled back automatically: {FIRST} serves again" in err
+    assert cluster.image("forkcast-staging") == FIRST
+    assert "url=" not in out
+
+
+def test_a_url_that_is_not_http_is_refused_before_anything_runs(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (in_tmp / "deploy").symlink_to(ROOT / "deploy")
+    assert main([*deploy(FIRST), "--url", "forkcast.example.com", "--dry-run"]) == 2
+    assert "'forkcast.example.com' is not an http:// or https:// address" in capsys.readouterr().err
 
 
 @pytest.mark.slow

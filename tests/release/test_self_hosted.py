@@ -103,6 +103,13 @@ def test_a_container_name_docker_refuses_or_that_names_a_predecessor_is_refused(
     assert refused.value.usage
 
 
+def test_a_github_hosted_runner_is_refused_its_containers_end_with_the_job() -> None:
+    with pytest.raises(TargetError, match="set the variable FORKCAST_RUNNER_STAGING") as refused:
+        planned({"RUNNER_ENVIRONMENT": "github-hosted"})
+    assert refused.value.usage
+    assert planned({"RUNNER_ENVIRONMENT": "self-hosted"}).name == "forkcast-staging"
+
+
 def test_names_follow_the_container() -> None:
     release = planned(name="forkcast-test-1")
     assert (release.previous, release.volume) == ("forkcast-test-1-previous", "forkcast-test-1-inference")

@@ -492,6 +492,13 @@ def test_the_deploy_step_passes_on_the_target_s_url_and_says_in_the_summary_whic
     assert "### production: the `lasting` target" in summary.read_text()
     assert "at https://example.test" in summary.read_text()
     assert "stops serving when the job ends" not in summary.read_text()
+    # A failed deploy: the job fails with an error annotation, and the summary says which target failed.
+    (targets / "lasting.sh").write_text("#!/usr/bin/env bash\necho 'the rollout did not finish' >&2\nexit 1\n")
+    result = subprocess.run(["bash", "-eo", "pipefail", "-c", deploy["run"]], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert "::error::the deploy to production through the 'lasting' target failed (exit 1)" in result.stdout
+    assert "### production: the `lasting` target failed" in summary.read_text()
 
 
 def test_each_environment_chooses_its_target_and_hands_it_the_cluster_and_the_settings() -> None:

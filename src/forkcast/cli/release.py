@@ -287,8 +287,10 @@ def release_production_commit(repo: RepoOption = None) -> None:
 def release_production_url(repo: RepoOption = None) -> None:
     """Print where production serves, as its last successful deployment recorded it (exit 3 when none did): the
     hourly health probe watches it when FORKCAST_PRODUCTION_URL is not set."""
+    import os
+
     from forkcast.release import github
-    from forkcast.release.github_registry import production_url
+    from forkcast.release.github_registry import production_url, reachable_only_inside
 
     target = repo_name(repo)
     with github_errors(), github.client() as gh:
@@ -297,6 +299,12 @@ def release_production_url(repo: RepoOption = None) -> None:
         raise fail(
             f"no deployment of {target} to production recorded a URL: nothing lasting serves yet "
             "(FORKCAST_DEPLOY_TARGET kubernetes or self-hosted), or set FORKCAST_PRODUCTION_URL",
+            EXIT_NOTHING_YET,
+        )
+    if os.environ.get("RUNNER_ENVIRONMENT") == "github-hosted" and reachable_only_inside(found):
+        raise fail(
+            f"production serves at {found}, which a GitHub-hosted runner cannot reach: set FORKCAST_URL (an ingress "
+            "or proxy) for production, or run the probe where it can (FORKCAST_RUNNER_MONITOR)",
             EXIT_NOTHING_YET,
         )
     typer.echo(found)

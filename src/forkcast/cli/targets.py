@@ -66,18 +66,21 @@ def kubernetes(
     params = load_params(params_file)
     settings = k8s.settings_from(os.environ, environment)
     try:
+        common.check_url(url)
         kubectl = k8s.Kubectl.from_environment()
-        manifests = k8s.render(environment, image, params.deploy, kubectl, settings=settings)
+        secret = k8s.SETTINGS_PREFIX + "new" if settings else None  # named at deploy time (random)
+        manifests = k8s.render(environment, image, params.deploy, kubectl, settings_secret=secret)
         if dry_run:
             typer.echo(manifests, nl=False)
             if settings:
-                typer.echo(f"# and Secret {k8s.SETTINGS_SECRET} with {', '.join(sorted(settings))}", err=True)
+                typer.echo(f"# and a new Secret {k8s.SETTINGS_PREFIX}… with {', '.join(sorted(settings))}", err=True)
             return
         Golden.read(golden)  # known answers that cannot be read: nothing is touched
         rollout = k8s.Rollout(
-            environment, image, manifests, settings, timeout or params.deploy.rollout_timeout_seconds, url
+            environment, image, params.deploy, settings, timeout or params.deploy.rollout_timeout_seconds, url
         )
-        deployed = k8s.deploy(rollout, kubectl, lambda at: common.smoke_test(at, environment, golden, params))
+        with common.terminate_as_interrupt():  # a cancelled job (SIGTERM) still rolls back
+            deployed = k8s.deploy(rollout, kubectl, lambda at: common.smoke_test(at, environment, golden, params))
     except GoldenError as exc:
         raise fail(f"{exc}: build first (`forkcast build`) or pass --golden", EXIT_USAGE) from exc
     except common.TargetError as exc:

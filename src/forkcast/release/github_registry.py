@@ -149,6 +149,14 @@ def production_url(github: GitHub, repo: str, environment: str = "production", l
     return None
 
 
+def reachable_only_inside(url: str) -> bool:
+    """A URL no GitHub-hosted runner can reach: this machine's (loopback) or a cluster's own DNS name."""
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    return host in {"localhost", "::1"} or host.startswith("127.") or host.endswith((".svc", ".cluster.local"))
+
+
 def download(github: GitHub, repo: str, release: ReleasedModel, directory: Path) -> Path:
     """The release's model assets, into `directory/<tag>/`."""
     target = directory / release.tag

@@ -4,6 +4,9 @@ where (`outputs/deploy/<environment>.target.json`), and the lines for $GITHUB_OU
 from __future__ import annotations
 
 import re
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +53,27 @@ def pinned_image(image: str) -> tuple[str, str]:
             usage=True,
         )
     return found["repository"], found["digest"]
+
+
+def check_url(url: str | None) -> None:
+    """A URL users reach the service at must be http(s)://host...: a typo would fail the smoke tests and roll back a
+    good release instead."""
+    if url is not None and not re.match(r"^https?://[^/\s:]+", url):
+        raise TargetError(f"--url / FORKCAST_URL '{url}' is not an http:// or https:// address", usage=True)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a cancelled job's) raises KeyboardInterrupt: the deploy can put back what served."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def smoke_test(url: str, environment: str, golden: Path, params: Params) -> smoke.SmokeReport:

@@ -8,10 +8,11 @@ kubeconfig: the same calls a person would type, and the seam the tests replace w
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
 import os
 import re
+import secrets
 import selectors
 import shlex
 import shutil
@@ -36,7 +37,8 @@ from forkcast.targets.common import Deployed, TargetError, failed_checks, pinned
 MANIFESTS = Path("deploy/k8s")
 NAME = "forkcast"  # the Deployment, Service, autoscaler... of every environment (the namespace tells them apart)
 CONTAINER = "forkcast"
-SETTINGS_SECRET = "forkcast-settings"
+SETTINGS_PREFIX = "forkcast-settings-"  # + random hex: one immutable Secret per distinct set of settings
+SETTINGS_LABEL = "forkcast.dev/settings"
 KUBECTL_ENV = "FORKCAST_KUBECTL"
 # Passed from the job's environment to the service through the Secret above (never printed, never in a manifest).
 SETTINGS = (
@@ -49,7 +51,6 @@ SETTINGS = (
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
 )
-SETTINGS_HASH = "forkcast.dev/settings-sha256"  # a pod annotation: new settings roll the pods
 REVISION = "deployment.kubernetes.io/revision"
 FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+)")
 
@@ -113,22 +114,27 @@ def settings_from(environ: Mapping[str, str], environment: str) -> dict[str, str
     return settings
 
 
-def settings_hash(settings: Mapping[str, str]) -> str:
-    return hashlib.sha256(json.dumps(dict(sorted(settings.items()))).encode()).hexdigest()[:16]
-
-
 def release_layer(
-    environment: str, image: str, resources: EnvironmentResources, settings: Mapping[str, str]
+    environment: str, image: str, resources: EnvironmentResources, settings_secret: str | None
 ) -> dict[str, Any]:
     """The kustomization on top of the environment's overlay: the image by digest, the environment's resources
     (requests = limits), the service's workers and threads matched to the CPU limit, the autoscaler's bounds and
-    the disruption budget, all from params.yaml `deploy.<environment>`."""
+    the disruption budget, all from params.yaml `deploy.<environment>`; and the Secret of the release's settings.
+    A new Secret name changes the pod template, so new settings roll the pods, and a rollback restores the old."""
     repository, digest = pinned_image(image)
     cpu = f"{round(resources.cpu * 1000)}m"
     memory = f"{resources.memory_mib}Mi"
     template_annotations = {"forkcast.dev/image-digest": digest}
-    if settings:
-        template_annotations[SETTINGS_HASH] = settings_hash(settings)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
+        "env": [
+            {"name": WORKERS_ENV, "value": str(resources.workers)},
+            {"name": "OMP_NUM_THREADS", "value": str(resources.threads_per_worker)},
+        ],
+    }
+    if settings_secret:
+        container["envFrom"] = [{"secretRef": {"name": settings_secret}}]
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -136,21 +142,7 @@ def release_layer(
         "spec": {
             "template": {
                 "metadata": {"annotations": template_annotations},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": CONTAINER,
-                            "resources": {
-                                "requests": {"cpu": cpu, "memory": memory},
-                                "limits": {"cpu": cpu, "memory": memory},
-                            },
-                            "env": [
-                                {"name": WORKERS_ENV, "value": str(resources.workers)},
-                                {"name": "OMP_NUM_THREADS", "value": str(resources.threads_per_worker)},
-                            ],
-                        }
-                    ]
-                },
+                "spec": {"containers": [container]},
             }
         },
     }
@@ -183,7 +175,7 @@ def render(
     deploy: DeployParams,
     kubectl: Kubectl,
     *,
-    settings: Mapping[str, str] | None = None,
+    settings_secret: str | None = None,
     manifests: Path = MANIFESTS,
 ) -> str:
     """The environment's manifests, ready to apply: `kubectl kustomize` of its overlay under the release layer."""
@@ -191,7 +183,7 @@ def render(
         raise TargetError(
             f"no overlay for '{environment}' in {manifests}/overlays: run from the project root", usage=True
         )
-    layer = release_layer(environment, image, deploy.of(environment), settings or {})
+    layer = release_layer(environment, image, deploy.of(environment), settings_secret)
     with tempfile.TemporaryDirectory(prefix="forkcast-k8s-") as scratch:
         root = Path(scratch) / "k8s"
         shutil.copytree(manifests, root)
@@ -200,23 +192,63 @@ def render(
         return kubectl.must("kustomize", str(root / "release"))
 
 
-def settings_secret(namespace: str, settings: Mapping[str, str]) -> str:
+def settings_manifest(name: str, namespace: str, settings: Mapping[str, str]) -> str:
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": SETTINGS_SECRET, "namespace": namespace, "labels": {"app.kubernetes.io/name": NAME}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": NAME, SETTINGS_LABEL: "true"},
+        },
         "type": "Opaque",
+        "immutable": True,  # a release's settings never change under it: new settings are a new Secret
         "stringData": dict(settings),
     }
     return yaml.safe_dump(secret)
 
 
+def stored_settings(kubectl: Kubectl, namespace: str, name: str) -> dict[str, str] | None:
+    """The settings held by Secret `name`; None when it is gone."""
+    answer = kubectl.must("get", "secret", name, "--namespace", namespace, "--ignore-not-found", "--output", "json")
+    if not answer.strip():
+        return None
+    data = json.loads(answer).get("data") or {}
+    return {key: base64.b64decode(value).decode() for key, value in data.items()}
+
+
+def settings_secret(
+    kubectl: Kubectl, namespace: str, settings: Mapping[str, str], before: Revision | None
+) -> str | None:
+    """The Secret the release's pods read their settings from: the running release's when it holds the same
+    settings (no needless restart), else a new one with a random name (no hash of a token in sight). None: none."""
+    if not settings:
+        return None
+    if before and before.settings_secret and stored_settings(kubectl, namespace, before.settings_secret) == settings:
+        return before.settings_secret
+    name = SETTINGS_PREFIX + secrets.token_hex(5)
+    kubectl.must("create", "--filename", "-", stdin=settings_manifest(name, namespace, settings))
+    say(f"settings from the job's environment in Secret {name}: {', '.join(sorted(settings))}")
+    return name
+
+
+def prune_settings(kubectl: Kubectl, namespace: str, keep: set[str]) -> None:
+    """Delete the settings Secrets of older releases: the current one and the one it replaced stay."""
+    listed = kubectl.must("get", "secrets", "--namespace", namespace, "--selector", f"{SETTINGS_LABEL}=true",
+                          "--output", "name")  # fmt: skip
+    stale = [line.removeprefix("secret/") for line in listed.split() if line.removeprefix("secret/") not in keep]
+    if stale:
+        kubectl.run("delete", "secret", *stale, "--namespace", namespace, "--ignore-not-found")
+
+
 @dataclass(frozen=True)
 class Revision:
-    """What the Deployment runs: its image and its rollout revision (what `rollout undo --to-revision` takes)."""
+    """What the Deployment runs: its image, its settings' Secret, and its rollout revision (what `rollout undo
+    --to-revision` takes; empty until the controller has numbered it)."""
 
     image: str
     number: str
+    settings_secret: str | None = None
 
 
 def current(kubectl: Kubectl, namespace: str) -> Revision | None:
@@ -226,8 +258,10 @@ def current(kubectl: Kubectl, namespace: str) -> Revision | None:
         return None
     deployment = json.loads(answer)
     containers = deployment["spec"]["template"]["spec"]["containers"]
-    image = next(c["image"] for c in containers if c["name"] == CONTAINER)
-    return Revision(image, str(deployment["metadata"].get("annotations", {}).get(REVISION, "")))
+    container = next(c for c in containers if c["name"] == CONTAINER)
+    secret = next((ref["secretRef"]["name"] for ref in container.get("envFrom", []) if "secretRef" in ref), None)
+    number = str(deployment["metadata"].get("annotations", {}).get(REVISION, ""))
+    return Revision(container["image"], number, secret)
 
 
 @contextmanager
@@ -267,7 +301,7 @@ class Rollout:
 
     environment: str
     image: str
-    manifests: str
+    deploy: DeployParams
     settings: Mapping[str, str]
     timeout_seconds: int
     url: str | None  # where users reach the service (an ingress); None: the in-cluster address
@@ -282,37 +316,33 @@ class Rollout:
 
 
 def deploy(rollout: Rollout, kubectl: Kubectl, smoke: Callable[[str], SmokeReport]) -> Deployed:
-    """Apply, wait, smoke-test; on failure roll back to the previous revision and raise TargetError saying why."""
+    """Apply, wait, smoke-test; on failure, or when interrupted (a cancelled job), roll back to the revision that
+    served before and raise TargetError saying why."""
     namespace = rollout.namespace
-    before = current(kubectl, namespace)
+    try:
+        before = current(kubectl, namespace)
+    except TargetError as exc:
+        raise TargetError(
+            f"{exc} (the cluster is KUBECONFIG's; the workflow writes it from the secret KUBECONFIG)"
+        ) from exc
     say(f"{namespace}: {'serves ' + before.image if before else 'nothing deployed yet'}; deploying {rollout.image}")
-    if rollout.settings:
-        kubectl.must("apply", "--filename", "-", stdin=settings_secret(namespace, rollout.settings))
-        say(f"settings from the job's environment: {', '.join(sorted(rollout.settings))}")
-    applied = kubectl.run("apply", "--filename", "-", stdin=rollout.manifests)
-    if applied.returncode != 0:
-        reason = f"kubectl apply failed: {last_lines(applied.stderr)}"
-        raise roll_back(kubectl, namespace, before, reason, rollout.timeout_seconds)
-    say(applied.stdout.strip())
-    say(f"waiting up to {rollout.timeout_seconds} s for the rollout ...")
-    status = kubectl.run(
-        "rollout", "status", f"deployment/{NAME}", "--namespace", namespace,
-        f"--timeout={rollout.timeout_seconds}s", timeout=rollout.timeout_seconds + 30,
-    )  # fmt: skip
-    if status.returncode != 0:
-        reason = f"the rollout did not finish: {last_lines(status.stderr or status.stdout)}"
-        raise roll_back(kubectl, namespace, before, reason, rollout.timeout_seconds)
-    say(last_lines(status.stdout, 1))
+    secret = settings_secret(kubectl, namespace, rollout.settings, before)
+    manifests = render(rollout.environment, rollout.image, rollout.deploy, kubectl, settings_secret=secret)
+    try:
+        failure = apply_and_check(rollout, manifests, kubectl, smoke)
+    except (KeyboardInterrupt, SystemExit) as interrupted:
+        say(
+            str(
+                roll_back(
+                    kubectl, namespace, before, f"interrupted ({type(interrupted).__name__})", rollout.timeout_seconds
+                )
+            )
+        )
+        raise
+    if failure:
+        raise roll_back(kubectl, namespace, before, failure, rollout.timeout_seconds)
+    prune_settings(kubectl, namespace, keep={name for name in (secret, before and before.settings_secret) if name})
     now = current(kubectl, namespace)
-    if rollout.url:
-        report = smoke(rollout.url)
-    else:
-        with port_forward(kubectl, namespace) as forwarded:
-            say(f"smoke tests through kubectl port-forward ({forwarded})")
-            report = smoke(forwarded)
-    if not report.passed:
-        reason = f"the smoke tests failed: {failed_checks(report)}"
-        raise roll_back(kubectl, namespace, before, reason, rollout.timeout_seconds)
     return Deployed(
         target="kubernetes",
         environment=rollout.environment,
@@ -327,6 +357,32 @@ def deploy(rollout: Rollout, kubectl: Kubectl, smoke: Callable[[str], SmokeRepor
     )
 
 
+def apply_and_check(
+    rollout: Rollout, manifests: str, kubectl: Kubectl, smoke: Callable[[str], SmokeReport]
+) -> str | None:
+    """Apply the manifests, wait for the rollout, smoke-test the service; why it failed, or None."""
+    namespace = rollout.namespace
+    applied = kubectl.run("apply", "--filename", "-", stdin=manifests)
+    if applied.returncode != 0:
+        return f"kubectl apply failed: {last_lines(applied.stderr)}"
+    say(applied.stdout.strip())
+    say(f"waiting up to {rollout.timeout_seconds} s for the rollout ...")
+    status = kubectl.run(
+        "rollout", "status", f"deployment/{NAME}", "--namespace", namespace,
+        f"--timeout={rollout.timeout_seconds}s", timeout=rollout.timeout_seconds + 30,
+    )  # fmt: skip
+    if status.returncode != 0:
+        return f"the rollout did not finish: {last_lines(status.stderr or status.stdout)}"
+    say(last_lines(status.stdout, 1))
+    if rollout.url:
+        report = smoke(rollout.url)
+    else:
+        with port_forward(kubectl, namespace) as forwarded:
+            say(f"smoke tests through kubectl port-forward ({forwarded})")
+            report = smoke(forwarded)
+    return None if report.passed else f"the smoke tests failed: {failed_checks(report)}"
+
+
 def roll_back(kubectl: Kubectl, namespace: str, before: Revision | None, reason: str, timeout: int) -> TargetError:
     """Return the Deployment to the revision that served before this rollout; the error to raise says both."""
     if before is None:
@@ -337,10 +393,9 @@ def roll_back(kubectl: Kubectl, namespace: str, before: Revision | None, reason:
     now = current(kubectl, namespace)
     if now is not None and now.image == before.image and now.number == before.number:
         return TargetError(f"{reason}. The deployment was not changed: {before.image} still serves")
-    say(f"{reason}: rolling back to revision {before.number} ({before.image}) ...")
-    undo = kubectl.run(
-        "rollout", "undo", f"deployment/{NAME}", "--namespace", namespace, f"--to-revision={before.number}"
-    )
+    say(f"{reason}: rolling back to revision {before.number or '(the previous)'} ({before.image}) ...")
+    to_revision = [f"--to-revision={before.number}"] if before.number else []  # unnumbered yet: the previous one
+    undo = kubectl.run("rollout", "undo", f"deployment/{NAME}", "--namespace", namespace, *to_revision)
     waited = kubectl.run(
         "rollout", "status", f"deployment/{NAME}", "--namespace", namespace, f"--timeout={timeout}s",
         timeout=timeout + 30,

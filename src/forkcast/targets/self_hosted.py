@@ -83,6 +83,12 @@ def plan(
 ) -> Release:
     """The release to run, or TargetError for input no deploy should start with (nothing is touched yet)."""
     pinned_image(image)
+    if environ.get("RUNNER_ENVIRONMENT") == "github-hosted":  # its containers end with the job
+        raise TargetError(
+            f"the self-hosted target runs on a machine of your own, not on a GitHub-hosted runner: set the variable "
+            f"FORKCAST_RUNNER_{environment.upper()} to your runner's label (README)",
+            usage=True,
+        )
     if not CONTAINER_NAME.match(name) or name.endswith(PREVIOUS):
         raise TargetError(
             f"container name '{name}' is not usable: letters, digits and _ . - (starting with a letter or digit), "

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from forkcast import atomic
+from forkcast.cli import main
 from forkcast.config import HistGradientBoostingParams, Params, TrackingParams
 from forkcast.data.prepare import Splits
+from forkcast.model import history as versions
 from forkcast.model.backtest import all_rows, backtest, make_folds
 from forkcast.model.evaluate import evaluate
 from forkcast.model.refit import refit
@@ -49,7 +52,7 @@ def register(params: Params, model: TrainedModel, splits: Splits, tmp_path: Path
     result = backtest(params.train, data, inputs, folds, seasonal_keys=params.dataset.seasonal_keys)
     released = refit(params, splits.as_dict(), inputs, model, data_hash=None)
     report, metadata = tmp_path / "report.json", tmp_path / "metadata.json"
-    report.write_text('{"passed": true}')
+    report.write_text('{"passed": true, "summary": {"share_of_checks_passed": 1.0}}')  # the data checks' report
     atomic.write_json(metadata, released.metadata)
     return track_and_register(
         params=params, pipeline=released.pipeline, inputs=inputs, data=data, backtest=result,
@@ -177,3 +180,48 @@ def test_default_tracking_is_a_local_store_with_no_server(
     assert (tmp_path / ".mlflow" / "mlflow.db").exists()
     assert list((tmp_path / ".mlflow" / "artifacts").rglob("MLmodel"))
     assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_history_lists_every_version_with_its_lineage_params_changes_metrics_and_deployments(
+    good_model: TrainedModel, splits: Splits, params: Params, in_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Journey 8, "which version worked on which data?": two real models on the real data, one released."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["history"]) == 3  # nothing registered yet: said, not failed
+    assert "no version of forkcast-demand is registered yet" in capsys.readouterr().err
+    first = register(params, good_model, splits, in_tmp)
+    promote(in_tmp / ".mlflow", params, first.version)
+    versions.append_deployment(versions.DeploymentEvent(
+        at="2026-01-31T09:00:00+00:00", environment="production", target="local", model_version=first.version,
+        bento="forkcast:v1-0123456789ab", approved_by="alice",
+    ))  # fmt: skip
+    fewer = with_max_iter(params, 30)
+    second = register(fewer, train(fewer, splits.as_dict(), params.dataset.inputs(), None), splits, in_tmp)
+    capsys.readouterr()
+    assert main(["history", "--json"]) == 0
+    listed = {entry["version"]: entry for entry in json.loads(capsys.readouterr().out)}
+    assert list(listed) == [first.version, second.version]
+    old, new = listed[first.version], listed[second.version]
+    for entry in (old, new):
+        assert (entry["git_commit"], entry["data_hash"]) == (LINEAGE["git_commit"], LINEAGE["data_hash"])
+        assert entry["checks_passed"] == 1.0
+        assert entry["metrics"]["test_rmse"] > 0
+        assert entry["metrics"]["backtest_model_rmse_std"] > 0
+    assert new["params_changed"] == {"hist_gradient_boosting.max_iter": ["100", "30"]}
+    assert old["params_changed"] == {}
+    assert (old["aliases"], old["gate"], old["released_at"] is not None) == (["production"], "eligible", True)
+    assert new["gate"] == ("eligible" if second.verdict.eligible else "rejected")
+    assert new["metrics"]["backtest_model_rmse_mean"] > old["metrics"]["backtest_model_rmse_mean"]  # 30 trees fit worse
+    assert [(d["environment"], d["approved_by"]) for d in old["deployments"]] == [("production", "alice")]
+    assert new["deployments"] == []
+    assert main(["history"]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.startswith("│ ") and line[2] != " "}
+    assert "eligible" in rows[first.version]
+    assert "production" in rows[first.version]
+    assert new["gate"] in rows[second.version]
+    assert "alice" in table  # who approved the deployment, in the version's row
+    assert f"v{second.version}: hist_gradient_boosting.max_iter 100 → 30" in table

@@ -9,6 +9,7 @@ import typer
 from forkcast import paths
 from forkcast.cli.common import (
     EXIT_CHECK_FAILED,
+    EXIT_NOTHING_YET,
     EXIT_USAGE,
     PARAMS_FILE,
     ParamsOption,
@@ -227,6 +228,29 @@ def promote(
         except GateRefusedError as exc:
             raise fail(str(exc), EXIT_CHECK_FAILED) from exc
     typer.echo(f"{params.tracking.registered_model} v{version} is now aliased 'production'")
+
+
+@app.command()
+def history(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of the table.")] = False,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Every registered model version: data hash, commit, params changed since the version before, metrics and
+    backtest, data checks, gate verdict, aliases, and where and when it was deployed (and approved by whom)."""
+    from forkcast.model import history as versions
+
+    params = load_params(params_file)
+    with tracking_errors():
+        found = versions.read(paths.LOCAL_MLFLOW_DIR, params)
+    if as_json:
+        typer.echo(versions.to_json(found))
+        return
+    if not found:
+        raise fail(
+            f"no version of {params.tracking.registered_model} is registered yet: run the pipeline (`dvc repro`)",
+            EXIT_NOTHING_YET,
+        )
+    typer.echo(versions.render_table(found, params.gate.metric), nl=False)
 
 
 @app.command()

@@ -74,6 +74,7 @@ def deploy(
     import getpass
 
     from forkcast import atomic
+    from forkcast.model import history as versions
     from forkcast.serving import build as bento
     from forkcast.serving import deploy as deployments
 
@@ -109,6 +110,13 @@ def deploy(
         raise fail(str(exc), EXIT_USAGE) from exc
     except deployments.DeployError as exc:
         raise fail(str(exc), EXIT_CHECK_FAILED) from exc
+    versions.append_deployment(
+        versions.DeploymentEvent(
+            at=versions.now(), environment=environment, target="local",
+            model_version=description.labels.get("model_version"), bento=deployment.bento, url=deployment.url,
+            approved_by=approved_by,
+        )
+    )  # fmt: skip
     typer.echo(f"{environment}: {deployment.bento} at {deployment.url} (pid {deployment.pid})")
     typer.echo(f"  inference log: {deployment.inference_log}; server log: {deployment.server_log}")
     if environment == "production":

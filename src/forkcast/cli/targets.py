@@ -85,7 +85,7 @@ def kubernetes(
         raise fail(f"{exc}: build first (`forkcast build`) or pass --golden", EXIT_USAGE) from exc
     except common.TargetError as exc:
         raise fail(str(exc), EXIT_USAGE if exc.usage else EXIT_CHECK_FAILED) from exc
-    common.record(deployed)
+    common.record(deployed, os.environ.get("FORKCAST_MODEL_VERSION"))  # the release job passes it
     typer.echo(common.summary(deployed), err=True)
     typer.echo(common.step_outputs(deployed), nl=False)
 
@@ -134,6 +134,6 @@ def self_hosted(
         raise fail(f"{exc}: build first (`forkcast build`) or pass --golden", EXIT_USAGE) from exc
     except common.TargetError as exc:
         raise fail(str(exc), EXIT_USAGE if exc.usage else EXIT_CHECK_FAILED) from exc
-    common.record(deployed)
+    common.record(deployed, os.environ.get("FORKCAST_MODEL_VERSION"))  # the release job passes it
     typer.echo(common.summary(deployed), err=True)
     typer.echo(common.step_outputs(deployed), nl=False)

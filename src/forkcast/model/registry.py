@@ -136,7 +136,7 @@ def model_digest(onnx: bytes) -> str:
     return hashlib.sha256(onnx).hexdigest()[:20]
 
 
-def _versions(client: MlflowClient, name: str) -> list[Any]:
+def all_versions(client: MlflowClient, name: str) -> list[Any]:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -149,7 +149,7 @@ def _versions(client: MlflowClient, name: str) -> list[Any]:
 
 def version_with_digest(client: MlflowClient, name: str, digest: str) -> str | None:
     """The registered version of exactly this model, if a run registered it before."""
-    same = [int(v.version) for v in _versions(client, name) if (v.tags or {}).get(MODEL_DIGEST) == digest]
+    same = [int(v.version) for v in all_versions(client, name) if (v.tags or {}).get(MODEL_DIGEST) == digest]
     return str(min(same)) if same else None
 
 
@@ -184,7 +184,7 @@ def production_version(client: MlflowClient, name: str) -> str | None:
 
 def recent_releases(client: MlflowClient, name: str, count: int) -> list[str]:
     """The versions production served most recently (newest first), as `promote` tagged them."""
-    released = [v for v in _versions(client, name) if RELEASED_AT in (v.tags or {})]
+    released = [v for v in all_versions(client, name) if RELEASED_AT in (v.tags or {})]
     released.sort(key=lambda v: (v.tags[RELEASED_AT], int(v.version)), reverse=True)
     return [str(v.version) for v in released[:count]]
 

@@ -96,9 +96,18 @@ def record_path(environment: str) -> Path:
     return DEPLOY_DIR / f"{environment}.target.json"
 
 
-def record(deployed: Deployed) -> Path:
+def record(deployed: Deployed, model_version: str | None = None) -> Path:
+    """What serves the environment now, and a line in the deployments' history (`forkcast history`)."""
+    from forkcast.model import history
+
     path = record_path(deployed.environment)
     atomic.write_json(path, asdict(deployed))
+    history.append_deployment(
+        history.DeploymentEvent(
+            at=deployed.at, environment=deployed.environment, target=deployed.target, model_version=model_version,
+            image=deployed.image, url=deployed.url,
+        )
+    )  # fmt: skip
     return path
 
 

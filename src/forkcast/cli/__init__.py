@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from forkcast.cli import data, model, monitoring, release, serving, targets
+from forkcast.cli import batch, data, model, monitoring, release, serving, targets
 
 app = typer.Typer(
     help="Forkcast: validate, prepare, train, evaluate and register a demand model; build, deploy, release and "
@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rendering it with rich costs half a second
 )
-for group in (data, model, serving, release, targets, monitoring):
+for group in (data, model, serving, batch, release, targets, monitoring):
     app.add_typer(group.app)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from forkcast import paths
 from forkcast.cli.common import (
     EXIT_CHECK_FAILED,
+    EXIT_NOTHING_YET,
     EXIT_USAGE,
     PARAMS_FILE,
     DryRunOption,
@@ -19,10 +21,12 @@ from forkcast.cli.common import (
     github_errors,
     inference_log_of,
     load_params,
+    read_splits,
     repo_name,
     require,
     service_of,
     step,
+    tracking_errors,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from forkcast.config import Params
     from forkcast.data.declaration import Dataset
 
 app = typer.Typer()
@@ -240,6 +245,158 @@ def _rows_between(dataset: Dataset, source: Path, first: dt.date, last: dt.date)
     except (ValueError, KeyError, pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
         raise ReplayInputError(f"cannot read the {dataset.inputs().rows} in {source}: {exc}") from exc
     return select_rows(prepared, first, last)
+
+
+@app.command()
+def compare(
+    champion: Annotated[
+        str | None,
+        typer.Argument(
+            help="The model to beat: a registry version or alias (3, production) or a bento or model tag "
+            "(forkcast:v3-…). Default: production."
+        ),
+    ] = None,
+    challenger: Annotated[
+        str | None, typer.Argument(help="The model that challenges it, named the same ways. Default: candidate.")
+    ] = None,
+    *,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="First date, YYYY-MM-DD (default: the champion's test period; with --log, the whole log)."
+        ),
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Last date, included.")] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            "--log",
+            help="Compare what a service with a shadow challenger logged instead: staging, production, or an "
+            "inference log (a directory or s3://bucket/prefix).",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --log: true values, Parquet or CSV with request_id, position, actual (default: "
+            "outputs/labels/ENV.parquet when it exists)."
+        ),
+    ] = None,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Champion against challenger: two models on the same inputs; write outputs/compare/ (report.md, compare.json,
+    plot.svg).
+
+    On a date range of the project's data (--from/--to) both models score the same rows; with --log, the answers and
+    the shadow challenger's predictions a service logged are compared, on their labels where known (else only how far
+    they agree). Each model's RMSE, MAE and bias overall and per seasonal key, which wins on gate.metric and by how
+    much, and whether that difference stands out of the backtest's spread between folds.
+
+    \b
+    Exit codes:
+      0  the report is written (whichever model won)
+      2  usage error: an unknown version (the known ones are listed), bad dates, no prepared data
+      3  nothing to compare yet: the log holds no challenger predictions
+    """
+    import datetime as dt
+
+    from forkcast.monitoring import compare as comparing
+    from forkcast.monitoring.replay import ReplayInputError, parse_date
+
+    params = load_params(params_file)
+    dataset = params.dataset
+    keys, metric, unit = list(dataset.seasonal_keys), params.gate.metric, dataset.unit
+    spread = comparing.backtest_spread(paths.BACKTEST_JSON, metric)
+    try:
+        if log is not None:
+            if champion is not None or challenger is not None:
+                raise fail("with --log, the versions are those the log holds: give no CHAMPION, CHALLENGER", EXIT_USAGE)
+            day = dt.timedelta(days=1)
+            since = dt.datetime.combine(parse_date(start, "--from"), dt.time(), dt.UTC) if start else None
+            until = dt.datetime.combine(parse_date(end, "--to"), dt.time(), dt.UTC) + day if end else None
+            sink, label_file = _log_of(log, params.serve.inference_log, labels)
+            known = _labels(label_file)
+            with step(f"read the inference log {sink}"):
+                scored, first, second = comparing.score_on_log(sink, dataset.inputs(), keys, known, since=since,
+                                                               until=until)  # fmt: skip
+            report = comparing.compare(scored, first, second, keys=keys, metric=metric, spread=spread, unit=unit)
+        else:
+            report = _compare_on_data(
+                champion or "production", challenger or "candidate", start=start, end=end, params=params, spread=spread
+            )
+    except comparing.NothingToCompareError as exc:
+        raise fail(str(exc), EXIT_NOTHING_YET) from exc
+    except (comparing.CompareError, ReplayInputError) as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    path = comparing.write(report)
+    for warning in report["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(comparing.headline(report))
+    if report["verdict"]:
+        typer.echo(f"  {report['verdict']['statement']}")
+    typer.echo(f"report: {path} (figures: compare.json; plot.svg)")
+
+
+def _compare_on_data(
+    champion: str, challenger: str, *, start: str | None, end: str | None, params: Params, spread: float | None
+) -> dict[str, Any]:
+    """Both models on the prepared rows from `start` to `end`."""
+    import datetime as dt
+
+    from forkcast.model.backtest import all_rows, cycle_length
+    from forkcast.monitoring import compare as comparing
+    from forkcast.monitoring.replay import select_rows, window
+    from forkcast.serving import versions
+    from forkcast.serving.build import BuildError
+
+    dataset = params.dataset
+    with step("load the two models"), tracking_errors():
+        try:
+            first_model, second_model = versions.resolve(champion, params), versions.resolve(challenger, params)
+        except BuildError as exc:
+            raise fail(str(exc), EXIT_USAGE) from exc
+    period = first_model.source.lineage.get("test_period") or {}  # by default, the champion's test period
+    recorded = None
+    if period.get("start") and period.get("end"):
+        recorded = dt.datetime.fromisoformat(period["start"]).date(), dt.datetime.fromisoformat(period["end"]).date()
+    first, last = window(start, end, recorded)
+    rows = select_rows(all_rows(read_splits()), first, last)
+    sides = tuple(comparing.Side(found.label, found.model_version, found.source.lineage)
+                  for found in (first_model, second_model))  # fmt: skip
+    with step(f"score {len(rows):,} {dataset.inputs().rows} ({first}..{last}) with both"):
+        scored = comparing.score_on_data(
+            rows, ((sides[0], first_model.source), (sides[1], second_model.source)), dataset.seasonal_keys, first, last
+        )
+    length = cycle_length(dataset.inputs().frequency) * params.backtest.fold_cycles
+    return comparing.compare(
+        scored, sides[0], sides[1], keys=dataset.seasonal_keys, metric=params.gate.metric, spread=spread,
+        unit=dataset.unit, block_length=length,
+    )  # fmt: skip
+
+
+def _log_of(log: str, root: str, labels: Path | None) -> tuple[str, Path | None]:
+    """The inference log `--log` names (an environment's, or a directory or URI) and its labels file."""
+    from forkcast.monitoring.drift import default_labels
+    from forkcast.serving import deploy as deployments
+
+    if log in deployments.ENVIRONMENTS:
+        deployed = deployments.load(log)
+        sink = deployed.inference_log if deployed else inference_log_of(root, log)
+        return sink, labels or default_labels(log)
+    return log, labels
+
+
+def _labels(path: Path | None) -> pd.DataFrame | None:
+    from forkcast.monitoring.compare import CompareError
+    from forkcast.monitoring.drift import DriftError
+    from forkcast.monitoring.drift.traffic import read_labels
+
+    if path is None:
+        return None
+    try:
+        return read_labels(path)
+    except DriftError as exc:
+        raise CompareError(str(exc)) from exc
 
 
 @app.command()

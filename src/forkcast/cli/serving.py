@@ -35,10 +35,18 @@ def build(
         str | None, typer.Option(help="Build the MLflow version with this alias instead of the pipeline's model.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Build a model the quality gate rejected.")] = False,
+    challenger: Annotated[
+        str | None,
+        typer.Option(
+            help="Also pack this model, scored in the shadow of every request and logged beside the answers (never "
+            "answered): a registry version or alias (3, candidate) or a bento or model tag (see `forkcast compare`)."
+        ),
+    ] = None,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Import the model into the project's BentoML store (.bentoml/) and build the bento, offline."""
     from forkcast.serving import build as bento
+    from forkcast.serving import versions
 
     params = load_params(params_file)
     bento.use_project_store()
@@ -48,14 +56,18 @@ def build(
     try:
         with step("load the model"), tracking_errors():
             source = bento.from_mlflow_alias(params, alias) if alias else bento.from_pipeline_outputs(force=force)
+            rival = versions.resolve(challenger, params).source if challenger else None
         golden = bento.golden_cases(source, pd.read_parquet(paths.prepared_split("test")), params.smoke.golden_cases)
         with step("build the bento"):
-            result = bento.build(source, golden, params)
+            result = bento.build(source, golden, params, challenger=rival)
     except bento.BuildError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
     state = "already built, reused" if result.reused else "built"
     labels = result.labels
     typer.echo(f"{result.bento_tag} {state} (model version {labels['model_version']}, data {labels['data_hash']})")
+    if result.challenger_tag:
+        typer.echo(f"  challenger: {result.challenger_tag}, scored in the shadow of every request (`forkcast compare "
+                   "--log ENV` reads the comparison)")  # fmt: skip
     typer.echo(f"next: forkcast deploy --env staging   (build record: {bento.BUILD_JSON})")
 
 
@@ -105,6 +117,7 @@ def deploy(
                 port,
                 inference_log_of(params.serve.inference_log, environment),
                 approved_by=approved_by,
+                challenger=description.challenger,
             )
     except bento.BuildError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
@@ -119,6 +132,9 @@ def deploy(
     )  # fmt: skip
     typer.echo(f"{environment}: {deployment.bento} at {deployment.url} (pid {deployment.pid})")
     typer.echo(f"  inference log: {deployment.inference_log}; server log: {deployment.server_log}")
+    if deployment.challenger:
+        typer.echo(f"  shadow: {deployment.challenger} scores every request beside the answers (`forkcast compare "
+                   f"--log {environment}`)")  # fmt: skip
     if environment == "production":
         _alias_production(description.labels["model_version"], params)
     else:

@@ -5,6 +5,10 @@ or from an MLflow alias. The bento's version is `v<model version>-<content diges
 same model always gives the same tag and a rebuild of it is a no-op; its labels carry the
 lineage. The golden cases (test rows with the pipeline's own predictions) travel inside the
 model, for the service's ONNX check, and are written to `outputs/build/` for the smoke tests.
+
+A bento may carry a second model, a challenger (`forkcast build --challenger`), imported as
+`forkcast-challenger:<its version>-<digest>` and named in the bento's environment (FORKCAST_SHADOW_MODEL): the
+service scores it in the shadow of the served model and logs both (serving/shadow.py).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import yaml
 
 from forkcast import atomic, paths
 from forkcast.data.declaration import Inputs
-from forkcast.serving.contract import BENTO_MODEL_NAME, MODEL_TAG_ENV
+from forkcast.serving.contract import BENTO_MODEL_NAME, CHALLENGER_MODEL_NAME, MODEL_TAG_ENV, SHADOW_MODEL_ENV
 from forkcast.serving.predictor import EXPECTED, GOLDEN_FILE, INPUTS_FILE, ONNX_FILE, PIPELINE_FILE
 
 if TYPE_CHECKING:
@@ -125,6 +129,11 @@ def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
 
 def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
     """A registered version by alias (e.g. `production`), with the ONNX export logged beside it."""
+    return from_mlflow(params, alias=alias)
+
+
+def from_mlflow(params: Params, *, alias: str | None = None, version: str | None = None) -> ModelSource:
+    """A registered version, by alias or by number, with the ONNX export logged beside it."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -135,11 +144,15 @@ def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
     name = params.tracking.registered_model
     client = MlflowClient()
     try:
-        version = client.get_model_version_by_alias(name, alias)
+        if alias:
+            found = client.get_model_version_by_alias(name, alias)
+        else:
+            found = client.get_model_version(name, str(version))
     except MlflowException as exc:
-        raise BuildError(f"no version of {name} has the alias '{alias}': {exc.message}") from exc
-    pipeline = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
-    run = client.get_run(str(version.run_id))
+        which = f"has the alias '{alias}'" if alias else f"is numbered {version}"
+        raise BuildError(f"no version of {name} {which}: {exc.message}") from exc
+    pipeline = mlflow.sklearn.load_model(f"models:/{name}/{found.version}")
+    run = client.get_run(str(found.run_id))
     with tempfile.TemporaryDirectory() as scratch:
         reports = Path(
             mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="reports", dst_path=scratch)
@@ -149,15 +162,15 @@ def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
         metadata = atomic.read_json(reports / "metadata.json") if (reports / "metadata.json").exists() else {}
     buffer = io.BytesIO()
     joblib.dump(pipeline, buffer)
-    tags = dict(version.tags or {})
+    tags = dict(found.tags or {})
     return ModelSource(
         pipeline=pipeline,
         pipeline_bytes=buffer.getvalue(),
         onnx=onnx,
-        inputs=inputs_of(metadata, f"the metadata of {name} v{version.version}"),
+        inputs=inputs_of(metadata, f"the metadata of {name} v{found.version}"),
         lineage={
             "model_name": name,
-            "model_version": str(version.version),
+            "model_version": str(found.version),
             "run_id": run.info.run_id,
             "data_hash": tags.get("data_hash"),
             "git_commit": tags.get("git_commit"),
@@ -168,6 +181,53 @@ def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
             "test_period": test_period(metadata),
         },
     )
+
+
+def from_bento_model(model_tag: str) -> ModelSource:
+    """A model of the project's BentoML store (the one a bento serves, or its challenger), as it was built."""
+    use_project_store()
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        model = bentoml.models.get(model_tag)
+        directory = Path(model.path)
+        pipeline_bytes = (directory / PIPELINE_FILE).read_bytes()
+        inputs = Inputs.model_validate(atomic.read_json(directory / INPUTS_FILE))
+    except (BentoMLException, OSError, ValueError) as exc:
+        raise BuildError(f"no readable model {model_tag} in {os.environ['BENTOML_HOME']}: {exc}") from exc
+    onnx_path = directory / ONNX_FILE
+    return ModelSource(
+        pipeline=joblib.load(io.BytesIO(pipeline_bytes)),
+        pipeline_bytes=pipeline_bytes,
+        onnx=onnx_path.read_bytes() if onnx_path.exists() else None,
+        inputs=inputs,
+        lineage={key: value for key, value in model.info.metadata.items() if key != "onnx_tolerance"},
+    )
+
+
+def check_challenger(source: ModelSource, challenger: ModelSource) -> None:
+    """The challenger is fed the served model's requests: it must take no feature they lack, each typed alike."""
+    served = {feature.name: feature.type for feature in source.inputs.features}
+    missing = [f.name for f in challenger.inputs.features if f.name not in served]
+    retyped = [f"{f.name} ({f.type}, served as {served[f.name]})" for f in challenger.inputs.features
+               if f.name in served and served[f.name] != f.type]  # fmt: skip
+    if missing or retyped:
+        problems = ([f"takes {', '.join(missing)}, which requests to the served model lack"] if missing else []) + (
+            [f"types {', '.join(retyped)} otherwise"] if retyped else []
+        )
+        raise BuildError(
+            f"the challenger (model version {challenger.lineage.get('model_version')}) {' and '.join(problems)}: "
+            "it could not score a single request. Pick a challenger trained on the same declaration of the data"
+        )
+
+
+def challenger_tag(challenger: ModelSource) -> str:
+    """`forkcast-challenger:v<model version>-<digest of what it scores with>`: the same challenger, the same tag."""
+    digest = hashlib.sha256(challenger.onnx if challenger.onnx is not None else challenger.pipeline_bytes)
+    digest.update(challenger.inputs.model_dump_json().encode())
+    version = challenger.lineage.get("model_version") or "unregistered"
+    return f"{CHALLENGER_MODEL_NAME}:v{version}-{digest.hexdigest()[:12]}"
 
 
 def golden_cases(source: ModelSource, test: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -232,9 +292,11 @@ def pinned(packages: list[str]) -> list[str]:
     return [f"{name}=={importlib_metadata.version(name)}" for name in sorted(extras_of)]
 
 
-def resolve_bentofile(bentofile: Path, labels: dict[str, str], inputs: Inputs, output_dir: Path) -> Path:
-    """`bentofile.yaml` with every package pinned (transitive ones too), the lineage labels added and the dataset
-    described, as built."""
+def resolve_bentofile(
+    bentofile: Path, labels: dict[str, str], inputs: Inputs, output_dir: Path, *, shadow: str | None = None
+) -> Path:
+    """`bentofile.yaml` with every package pinned (transitive ones too), the lineage labels added, the dataset
+    described and, with a challenger, its model tag in the bento's environment (`shadow`), as built."""
     options = yaml.safe_load(bentofile.read_text())
     image_python = str(options.get("docker", {}).get("python_version", ""))
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -248,6 +310,8 @@ def resolve_bentofile(bentofile: Path, labels: dict[str, str], inputs: Inputs, o
     options["labels"] = {**options.get("labels", {}), **labels, "dataset": inputs.dataset}
     what = f"{inputs.dataset}: {inputs.target.name} ({inputs.target.unit}) per {inputs.frequency.period}"
     options["description"] = f"{options.get('description', 'Forkcast').rstrip('.')}. {what}."
+    if shadow:  # an image sets it for the service; `forkcast deploy` sets it from the bento's models
+        options["envs"] = [*options.get("envs", []), {"name": SHADOW_MODEL_ENV, "value": shadow}]
     resolved = output_dir / BENTOFILE.name
     atomic.write_text(resolved, yaml.safe_dump(options, sort_keys=False))
     return resolved
@@ -259,6 +323,7 @@ class BuildResult:
     model_tag: str
     reused: bool
     labels: dict[str, str]
+    challenger_tag: str | None = None
 
 
 def build(
@@ -269,8 +334,10 @@ def build(
     bentofile: Path = BENTOFILE,
     source_dir: Path = Path("src"),
     output_dir: Path = BUILD_DIR,
+    challenger: ModelSource | None = None,
 ) -> BuildResult:
-    """Build (or reuse) the bento for this model; write the build record and golden cases to `output_dir`."""
+    """Build (or reuse) the bento for this model (and a `challenger` scored in its shadow); write the build record and
+    golden cases to `output_dir`."""
     use_project_store()
     import bentoml
     from bentoml.exceptions import NotFound
@@ -278,7 +345,12 @@ def build(
     if not bentofile.exists():
         raise BuildError(f"{bentofile} not found: run from the project's root directory")
     labels = {key: str(source.lineage.get(key) or "unknown") for key in LABEL_KEYS}
-    resolved = resolve_bentofile(bentofile, labels, source.inputs, output_dir)
+    shadow = None
+    if challenger is not None:
+        check_challenger(source, challenger)
+        shadow = challenger_tag(challenger)
+        labels["challenger_version"] = str(challenger.lineage.get("model_version") or "unknown")
+    resolved = resolve_bentofile(bentofile, labels, source.inputs, output_dir, shadow=shadow)
     version = bento_version(source, golden, resolved, source_dir)
     model_tag = f"{BENTO_MODEL_NAME}:{version}"
     bento_tag = f"{BENTO_NAME}:{version}"
@@ -292,20 +364,33 @@ def build(
     except NotFound:
         reused = False
         _import_model(model_tag, source, golden, params, labels)
-        with mock.patch.dict(os.environ, {MODEL_TAG_ENV: model_tag}):  # the service's model, resolved at build
+        if challenger is not None and shadow is not None:
+            challenger_labels = {key: str(challenger.lineage.get(key) or "unknown") for key in LABEL_KEYS}
+            _import_model(shadow, challenger, challenger_golden(challenger, golden), params, challenger_labels)
+        # The service's models, resolved at build: its class attributes name them, and the bento packs both.
+        with mock.patch.dict(os.environ, {MODEL_TAG_ENV: model_tag, SHADOW_MODEL_ENV: shadow or ""}):
             # The service reads the tag when its module is imported: a second build in this process must
             # import it again, or it would package the first build's model.
             sys.modules.pop("forkcast.serving.service", None)
             bentoml.bentos.build_bentofile(str(resolved), version=version, build_ctx=str(source_dir))
-    result = BuildResult(bento_tag, model_tag, reused, labels)
-    _write_outputs(result, source, golden, params, output_dir)
+    result = BuildResult(bento_tag, model_tag, reused, labels, shadow)
+    _write_outputs(result, source, golden, params, output_dir, challenger=challenger)
     return result
+
+
+def challenger_golden(challenger: ModelSource, golden: pd.DataFrame) -> pd.DataFrame:
+    """The served model's golden rows with the challenger's own predictions: its ONNX check when the service loads
+    it."""
+    rows = golden[list(challenger.inputs.names)].copy()
+    rows[EXPECTED] = challenger.inputs.target.clip(challenger.pipeline.predict(rows))
+    return rows
 
 
 @dataclass(frozen=True)
 class BentoDescription:
     labels: dict[str, str]  # model version and lineage
-    model: str  # the tag of the one model inside
+    model: str  # the tag of the model it serves
+    challenger: str | None = None  # the tag of the model scored in its shadow, if any
 
 
 def describe(bento_tag: str) -> BentoDescription:
@@ -319,9 +404,14 @@ def describe(bento_tag: str) -> BentoDescription:
     except BentoMLException as exc:
         raise BuildError(f"no bento {bento_tag} in {os.environ['BENTOML_HOME']}: run `forkcast build` first") from exc
     models = [str(model.tag) for model in info.all_models]
-    if len(models) != 1:
-        raise BuildError(f"{bento_tag} holds {len(models)} models ({', '.join(models)}); a Forkcast bento holds one")
-    return BentoDescription(dict(info.labels), models[0])
+    challengers = [tag for tag in models if tag.split(":")[0] == CHALLENGER_MODEL_NAME]
+    served = [tag for tag in models if tag not in challengers]
+    if len(served) != 1 or len(challengers) > 1:
+        raise BuildError(
+            f"{bento_tag} holds {len(models)} models ({', '.join(models)}); a Forkcast bento holds one, and at most "
+            f"one challenger ({CHALLENGER_MODEL_NAME}:...)"
+        )
+    return BentoDescription(dict(info.labels), served[0], challengers[0] if challengers else None)
 
 
 def golden_of(bento_tag: str, tolerance: float) -> dict[str, Any]:
@@ -362,7 +452,9 @@ def _import_model(
         return  # imported by an earlier build that stopped before the bento was saved
     except NotFound:
         pass
-    metadata = {**source.lineage, "onnx_tolerance": params.train.onnx_tolerance}
+    # bentoml refuses None in metadata: an older version records no `fitted_on` or test period (read with .get()).
+    recorded = {key: value for key, value in source.lineage.items() if value is not None}
+    metadata = {**recorded, "onnx_tolerance": params.train.onnx_tolerance}
     with bentoml.models.create(model_tag, labels=labels, metadata=metadata) as model:
         directory = Path(model.path)
         (directory / PIPELINE_FILE).write_bytes(source.pipeline_bytes)
@@ -373,8 +465,9 @@ def _import_model(
 
 
 def _write_outputs(
-    result: BuildResult, source: ModelSource, golden: pd.DataFrame, params: Params, output_dir: Path
-) -> None:
+    result: BuildResult, source: ModelSource, golden: pd.DataFrame, params: Params, output_dir: Path, *,
+    challenger: ModelSource | None = None,
+) -> None:  # fmt: skip
     golden_json = output_dir / GOLDEN_JSON.name
     atomic.write_json(
         golden_json, golden_record(golden, source.lineage["model_version"], params.smoke.tolerance, source.inputs)
@@ -387,5 +480,6 @@ def _write_outputs(
             "labels": result.labels,
             "lineage": source.lineage,
             "golden_cases": str(golden_json),
+            **({"challenger": result.challenger_tag, "challenger_lineage": challenger.lineage} if challenger else {}),
         },
     )

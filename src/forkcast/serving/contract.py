@@ -21,6 +21,8 @@ from forkcast.data.declaration import Feature, Inputs
 
 MAX_RECORDS = 1_000  # per request; more is a batch job, not a request
 BENTO_MODEL_NAME = "forkcast-demand"  # the model inside every bento
+CHALLENGER_MODEL_NAME = "forkcast-challenger"  # a second model a bento may carry, scored in the shadow
+SHADOW_MODEL_ENV = "FORKCAST_SHADOW_MODEL"  # the challenger's tag: set by the build in the bento, and by deploy
 MODEL_TAG_ENV = "FORKCAST_MODEL_TAG"  # which model the service loads: set at build and by `forkcast deploy`
 SPILL_ENV = "FORKCAST_INFERENCE_SPILL"  # where the rows the log's sink refuses at shutdown go (set by deploy)
 # Request ids of our own checks: the drift job tells them from real traffic in the inference log.
@@ -33,6 +35,8 @@ TOKEN_ENV = "FORKCAST_API_TOKEN"
 WORKERS_ENV = "FORKCAST_WORKERS"  # the service's worker processes (one per core; the default is 2)
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # what a header can carry as it is: printable ASCII, no spaces
 PREDICTION = "prediction"  # the inference log's column for what was answered
+CHALLENGER_VERSION = "challenger_version"  # with a shadow challenger: its model version, in every row
+CHALLENGER_PREDICTION = "challenger_prediction"  # ... and its prediction (null when it failed)
 
 SMOKE_REQUEST_PREFIX = "smoke-"
 PROBE_REQUEST_PREFIX = "probe-"
@@ -162,6 +166,15 @@ class Predictions(BaseModel):
     predictions: list[float]
 
 
+class ShadowInfo(BaseModel):
+    """The challenger: scored on the same records off the request path, logged beside the answers, never answered."""
+
+    model_version: str
+    bento_model: str
+    backend: Literal["onnx", "scikit-learn"] | None  # None: it could not be loaded (see `problem`)
+    problem: str | None = None
+
+
 class ModelInfo(BaseModel):
     """What is being served, and where it came from."""
 
@@ -183,3 +196,4 @@ class ModelInfo(BaseModel):
     inputs: dict[str, Any]  # the whole contract (`declaration.Inputs`): types, ranges, categories, rules
     example: dict[str, Any]  # one valid record (a golden case), for callers and probes
     max_records: int = MAX_RECORDS
+    shadow: ShadowInfo | None = None  # the challenger scored beside the model, when the bento carries one

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import psutil
 
 from forkcast import atomic, paths
-from forkcast.serving.contract import MODEL_TAG_ENV, SPILL_ENV
+from forkcast.serving.contract import MODEL_TAG_ENV, SHADOW_MODEL_ENV, SPILL_ENV
 
 Environment = Literal["staging", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("staging", "production")
@@ -55,6 +55,7 @@ class Deployment:
     approved_by: str | None = None
     smoke: dict[str, Any] | None = None  # {"passed", "bento", "report", "at"}
     pid_started: str | None = None  # the process's start time: a reused pid is not our server
+    challenger: str | None = None  # the model the bento scores in the shadow of `model`, if any
 
     @property
     def smoke_passed(self) -> bool:
@@ -209,18 +210,19 @@ def bento_source(store: Path, bento: str) -> Path:
 
 def server_environment(
     store: Path, *, home: Path, bento: str, model: str, environment: str, inference_log: str,
-    spill_dir: Path | None = None,
+    spill_dir: Path | None = None, challenger: str | None = None,
 ) -> dict[str, str]:  # fmt: skip
     """What `bentoml serve` needs to run `bento` as it was built: its own BENTOML_HOME over the store,
-    the bento's frozen code first on the path, its own model, one scoring thread per worker, and the project's
-    spill directory (`outputs/inference-spill/<env>` by default: the server runs inside the bento, where spilled
-    rows would be deleted with it)."""
+    the bento's frozen code first on the path, its own model (and challenger, or none), one scoring thread per worker,
+    and the project's spill directory (`outputs/inference-spill/<env>` by default: the server runs inside the bento,
+    where spilled rows would be deleted with it)."""
     spill = spill_dir or paths.OUTPUTS / "inference-spill" / environment
     return {
         **os.environ,
         "BENTOML_HOME": str(serving_home(store, home).resolve()),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(bento_source(store, bento)), os.environ.get("PYTHONPATH")])),
         MODEL_TAG_ENV: model,  # the bento's own model, whatever else the store holds
+        SHADOW_MODEL_ENV: challenger or "",  # its challenger: `bentoml serve` does not apply the bento's envs
         "FORKCAST_ENVIRONMENT": environment,
         "FORKCAST_INFERENCE_LOG": inference_log,
         SPILL_ENV: str(spill.resolve()),
@@ -253,15 +255,17 @@ def start(
     *,
     approved_by: str | None = None,
     ready_timeout: float = 90.0,
+    challenger: str | None = None,
 ) -> Deployment:
-    """Serve `bento` (holding `model`) in the background on `port`, replacing what the environment ran before.
+    """Serve `bento` (holding `model`, and `challenger` to score in its shadow) in the background on `port`,
+    replacing what the environment ran before.
 
     If the new server does not come up, the one it replaced is started again before the error is raised.
     """
     with exclusive(environment):
         return _replace(
             environment, bento, model=model, port=port, inference_log=inference_log, approved_by=approved_by,
-            ready_timeout=ready_timeout,
+            ready_timeout=ready_timeout, challenger=challenger,
         )  # fmt: skip
 
 
@@ -274,6 +278,7 @@ def _replace(
     inference_log: str,
     approved_by: str | None,
     ready_timeout: float,
+    challenger: str | None = None,
 ) -> Deployment:
     current = load(environment)
     url = f"http://{HOST}:{port}"
@@ -287,15 +292,16 @@ def _replace(
     end(environment)  # the record stays until the new server is up
     try:
         deployment = _launch(
-            environment, bento, model, port, inference_log, approved_by=approved_by, ready_timeout=ready_timeout
-        )
+            environment, bento, model, port, inference_log, approved_by=approved_by, ready_timeout=ready_timeout,
+            challenger=challenger,
+        )  # fmt: skip
     except DeployError as failure:
         if current is None or not current.model:
             raise
         try:
             previous = _launch(
                 environment, current.bento, current.model, current.port, current.inference_log,
-                approved_by=current.approved_by, ready_timeout=ready_timeout,
+                approved_by=current.approved_by, ready_timeout=ready_timeout, challenger=current.challenger,
             )  # fmt: skip
         except DeployError as second:
             record_path(environment).unlink(missing_ok=True)  # nothing runs there now
@@ -315,6 +321,7 @@ def _launch(
     *,
     approved_by: str | None,
     ready_timeout: float,
+    challenger: str | None = None,
 ) -> Deployment:
     if not port_is_free(port):
         raise DeployError(f"port {port} for {environment} is taken by another program; free it or change serve.*_port")
@@ -327,6 +334,7 @@ def _launch(
         model=model,
         environment=environment,
         inference_log=inference_log,
+        challenger=challenger,
     )
     command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", HOST, "--port", str(port)]
     log_start = server_log.stat().st_size if server_log.exists() else 0
@@ -351,6 +359,7 @@ def _launch(
         server_log=str(server_log),
         started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         approved_by=approved_by,
+        challenger=challenger,
     )
 
 

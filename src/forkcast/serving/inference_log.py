@@ -4,7 +4,10 @@ Layout: `SINK/date=YYYY-MM-DD/part-<time>-<pid>-<n>.parquet`, one row per predic
 (request id, position in the request, time, model version, environment, the features and the
 prediction). Hive-style date partitions let the drift job read only the window it needs. The feature columns
 and their types come from the model's input contract: whole numbers as int64, numbers as float32 (what ONNX
-Runtime scores with), text as strings.
+Runtime scores with), text as strings. A log written beside a shadow challenger (`shadow=True`, see
+serving/shadow.py) has two more columns at the end, `challenger_version` and `challenger_prediction` (null where
+the challenger failed or was skipped): readers that ask for the usual columns never see them, and files without
+them read as nulls.
 
 Requests only append to an in-memory buffer; a background thread writes it out every
 `flush_seconds` (5 s by default, or sooner when it grows large), so logging costs a request microseconds.
@@ -45,7 +48,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from forkcast.data.declaration import Inputs
-from forkcast.serving.contract import PREDICTION
+from forkcast.serving.contract import CHALLENGER_PREDICTION, CHALLENGER_VERSION, PREDICTION
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +70,14 @@ _REQUEST_FIELDS = [
 ]
 
 
-def log_schema(inputs: Inputs | None = None) -> pa.Schema:
-    """The log's columns: the request's, the features of `inputs` (none without), and the prediction."""
+_SHADOW_FIELDS = [pa.field(CHALLENGER_VERSION, pa.string()), pa.field(CHALLENGER_PREDICTION, pa.float32())]
+
+
+def log_schema(inputs: Inputs | None = None, *, shadow: bool = False) -> pa.Schema:
+    """The log's columns: the request's, the features of `inputs` (none without), the prediction, and with `shadow`
+    the challenger's version and prediction."""
     features = [pa.field(f.name, _TYPES[f.type]) for f in inputs.features] if inputs else []
-    return pa.schema([*_REQUEST_FIELDS, *features, pa.field(PREDICTION, pa.float32())])
+    return pa.schema([*_REQUEST_FIELDS, *features, pa.field(PREDICTION, pa.float32()), *(_SHADOW_FIELDS * shadow)])
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ class _Request:
     model_version: str
     columns: dict[str, list[Any]]
     predictions: np.ndarray
+    challenger_version: str | None = None
+    challenger_predictions: np.ndarray | None = None  # None: the challenger failed or was skipped
 
 
 class InferenceLogMetrics:
@@ -172,10 +181,12 @@ class InferenceLog:
         retry_seconds: tuple[float, float] = (1.0, 60.0),
         spill_dir: Path | None = None,
         counters: Counters | None = None,
+        shadow: bool = False,
     ) -> None:
         self.sink = sink
         self.environment = environment
-        self.schema = log_schema(inputs)
+        self.shadow = shadow
+        self.schema = log_schema(inputs, shadow=shadow)
         self._features = inputs.names
         self._filesystem, self._root = resolve_sink(sink)
         self._flush_seconds = flush_seconds
@@ -215,9 +226,15 @@ class InferenceLog:
         columns: dict[str, list[Any]],
         predictions: np.ndarray,
         timestamp: dt.datetime | None = None,
+        *,
+        challenger: tuple[str, np.ndarray | None] | None = None,
     ) -> None:
-        """Queue one request's records and predictions; never blocks on I/O."""
-        request = _Request(timestamp or dt.datetime.now(dt.UTC), request_id, model_version, columns, predictions)
+        """Queue one request's records and predictions (and the challenger's version and predictions, in a log made
+        with `shadow`); never blocks on I/O."""
+        version, shadowed = challenger or (None, None)
+        request = _Request(
+            timestamp or dt.datetime.now(dt.UTC), request_id, model_version, columns, predictions, version, shadowed
+        )
         with self._lock:  # closed is checked under the lock `close` takes: no row slips in after the last flush
             if self._closed.is_set():
                 raise RuntimeError("the inference log is closed")
@@ -471,6 +488,14 @@ class InferenceLog:
         for name in self._features:
             data[name] = [value for request in batch for value in request.columns[name]]
         data[PREDICTION] = np.concatenate([request.predictions for request in batch]).astype(np.float32)
+        if self.shadow:
+            data[CHALLENGER_VERSION] = per_row([request.challenger_version for request in batch])
+            scored = [
+                np.full(size, np.nan) if request.challenger_predictions is None else request.challenger_predictions
+                for request, size in zip(batch, sizes, strict=True)
+            ]
+            values = np.concatenate(scored).astype(np.float32)
+            data[CHALLENGER_PREDICTION] = pa.array(values, pa.float32(), mask=np.isnan(values))
         return pa.Table.from_pydict(data, schema=self.schema)
 
 

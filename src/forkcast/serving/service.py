@@ -10,7 +10,12 @@ Runtime settings come from the environment, which `forkcast deploy` sets:
 `FORKCAST_INFERENCE_SPILL` (where rows go while the log's sink fails), `FORKCAST_INFERENCE_FLUSH_SECONDS`
 (how often the log is written: 5), `FORKCAST_INFERENCE_BUFFER_ROWS` (rows a worker holds while the sink fails:
 20,000), `FORKCAST_BACKEND=scikit-learn` to bypass ONNX Runtime, `FORKCAST_WORKERS` (worker processes, one per
-core: 2; a deployment sets its CPU limit's whole cores).
+core: 2; a deployment sets its CPU limit's whole cores), `FORKCAST_SHADOW_MODEL` (a challenger's model tag: a bento
+built with `forkcast build --challenger` sets it; empty turns the shadow off), `FORKCAST_SHADOW_MAX_SHARE` (the share of
+a worker's time the challenger may use before requests are logged without it: 0.1).
+
+With a challenger, every answered request is also scored by it off the request path (serving/shadow.py) and logged with
+both predictions; the answers and their latency do not depend on it, and its failures are counted on /metrics.
 
 `FORKCAST_API_TOKEN`, when set and not empty, closes `POST /predict` and `/metadata` to callers that do not send
 `Authorization: Bearer <token>`: they get a 401 naming the header, with `WWW-Authenticate: Bearer`. Health,
@@ -44,11 +49,13 @@ from forkcast.serving.contract import (
     MODEL_TAG_ENV,
     REQUEST_ID_HEADER,
     REQUEST_ID_PATTERN,
+    SHADOW_MODEL_ENV,
     SPILL_ENV,
     WORKERS_ENV,
     ModelInfo,
     Predictions,
     SettingError,
+    ShadowInfo,
 )
 from forkcast.serving.inference_log import (
     BUFFER_ENV,
@@ -58,6 +65,7 @@ from forkcast.serving.inference_log import (
     InferenceLog,
     inference_log_metrics,
 )
+from forkcast.serving.shadow import MAX_SHARE, Shadow, shadow_metrics
 
 log = logging.getLogger("bentoml.forkcast")  # bentoml prints the INFO lines of its own loggers
 
@@ -65,6 +73,7 @@ JSON = b"application/json"
 DOCS_ROUTE = "/docs.json"  # bentoml's OpenAPI document
 
 MODEL = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{BENTO_MODEL_NAME}:latest"))
+SHADOW_SHARE_ENV = "FORKCAST_SHADOW_MAX_SHARE"
 
 
 def _contract(model: bentoml.models.BentoModel) -> predictor.Contract:
@@ -76,6 +85,21 @@ def _contract(model: bentoml.models.BentoModel) -> predictor.Contract:
 
 CONTRACT = _contract(MODEL)
 Records = contract.records_type(CONTRACT.inputs, CONTRACT.example)
+
+
+def _shadow_model() -> bentoml.models.BentoModel | None:
+    """The challenger's model, when `SHADOW_MODEL_ENV` names one: a class attribute, so that the build packs it into
+    the bento beside the served model."""
+    tag = os.environ.get(SHADOW_MODEL_ENV, "").strip()
+    if not tag:
+        return None
+    try:
+        return bentoml.models.BentoModel(tag)
+    except ValueError as exc:
+        raise SettingError(f"{SHADOW_MODEL_ENV}={tag!r} is not a model tag (name:version)") from exc
+
+
+SHADOW = _shadow_model()
 
 
 def _number(name: str, default: float, *, whole: bool = False) -> float:
@@ -255,6 +279,7 @@ class RecycleConnections:
 )
 class Forecaster:
     bento_model = MODEL
+    shadow_model = SHADOW  # None without a challenger
 
     def __init__(self) -> None:
         # Workers are the parallelism: more threads per worker oversubscribe the cores.
@@ -295,7 +320,9 @@ class Forecaster:
             flush_seconds=_number(FLUSH_ENV, 5.0),
             max_rows=int(_number(BUFFER_ENV, 20_000, whole=True)),
             counters=inference_log_metrics(),
+            shadow=SHADOW is not None,
         )
+        self.shadow = self._start_shadow()
         log.info(
             "serving %s version %s with %s, code from %s",
             self.info.model_name,
@@ -307,6 +334,38 @@ class Forecaster:
         gc.collect()
         gc.freeze()
 
+    def _start_shadow(self) -> Shadow | None:
+        """The challenger scoring beside the model, or None without one. A challenger that cannot be loaded does not
+        stop the service: it is reported in the log, /metadata and /metrics, and its requests are counted as failed."""
+        if SHADOW is None:
+            return None
+        scorer, version, backend, problem = None, str(SHADOW.tag.version or "unknown"), None, None
+        try:
+            stored = self.shadow_model
+            if stored is None:
+                raise RuntimeError("no challenger model")
+            version = str(dict(stored.info.metadata).get("model_version", version))
+            loaded = predictor.load(
+                Path(stored.path),
+                predictor.contract(Path(stored.path)).inputs.target,
+                onnx_tolerance=float(stored.info.metadata.get("onnx_tolerance", 0.001)),
+                prefer_onnx=os.environ.get("FORKCAST_BACKEND", "onnx") != "scikit-learn",
+            )
+            scorer, backend = loaded.predict, loaded.backend
+        except Exception as error:
+            problem = f"{type(error).__name__}: {error}".splitlines()[0]
+            log.error("shadow: the challenger %s could not be loaded (%s); serving without it", SHADOW.tag, problem)
+        self.info = self.info.model_copy(
+            update={"shadow": ShadowInfo(model_version=version, bento_model=str(SHADOW.tag), backend=backend,
+                                         problem=problem)}
+        )  # fmt: skip
+        if backend is not None:
+            log.info("shadow: challenger version %s (%s) scores every request beside the model", version, backend)
+        return Shadow(
+            scorer, version, self.inference_log, problem=problem, counters=shadow_metrics(),
+            max_share=min(1.0, _number(SHADOW_SHARE_ENV, MAX_SHARE)),
+        )  # fmt: skip
+
     @bentoml.api(route="/predict")
     async def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:  # type: ignore[valid-type]
         """The predicted target of each record in `records`, in the same order (see /metadata for its unit)."""
@@ -316,7 +375,10 @@ class Forecaster:
             predictions = self.predictor.predict(columns)  # microseconds: cheaper than a thread hop
         else:
             predictions = await anyio.to_thread.run_sync(self.predictor.predict, columns)
-        self.inference_log.append(request_id, self.info.model_version, columns, predictions)
+        if self.shadow is not None:  # queued for the challenger, logged once it has scored them
+            self.shadow.submit(request_id, self.info.model_version, columns, predictions)
+        else:
+            self.inference_log.append(request_id, self.info.model_version, columns, predictions)
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
         return Predictions(
             request_id=request_id, model_version=self.info.model_version, predictions=predictions.tolist()
@@ -329,6 +391,8 @@ class Forecaster:
 
     @bentoml.on_shutdown
     def close_inference_log(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()  # its last requests go to the log first
         self.inference_log.close()
 
 

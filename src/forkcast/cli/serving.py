@@ -141,6 +141,24 @@ def deploy(
         typer.echo("next: forkcast smoke --env staging")
 
 
+@app.command()
+def rollback(
+    to: Annotated[str, typer.Option("--to", help="The model version to go back to (see `forkcast history`).")],
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Deploy an earlier version's bento, unchanged, to staging and smoke-test it; production then takes it with the
+    same approval as any release (`forkcast deploy --env production --approve`). Nothing is rebuilt."""
+    from forkcast.serving import build as bento
+
+    try:
+        tag = bento.bento_of_version(to)
+    except bento.BuildError as exc:
+        raise fail(f"{exc}; `forkcast history` lists the versions", EXIT_USAGE) from exc
+    typer.echo(f"rolling back to model version {to}: {tag}")
+    deploy(env="staging", bento_tag=tag, approve=False, params_file=params_file)
+    smoke(url=None, env="staging", golden_file=None, params_file=params_file)
+
+
 def _alias_production(version: str, params: Params) -> None:
     """The registry's `production` alias follows what production serves, so the gate compares against it."""
     from forkcast.model.registry import GateRefusedError

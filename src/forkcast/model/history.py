@@ -198,7 +198,7 @@ def render_table(history: list[VersionHistory], metric: str) -> str:
     from rich.table import Table
 
     table = Table(title=f"{len(history)} versions, newest first", show_lines=False)
-    for column in ("version", "registered", "commit", "data", "model", f"test {metric}", f"backtest {metric}",
+    for column in ("version", "created", "commit", "data", "model", f"test {metric}", f"backtest {metric}",
                    "checks", "gate", "deployed"):  # fmt: skip
         table.add_column(column, overflow="fold")
     for entry in reversed(history):

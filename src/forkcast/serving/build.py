@@ -414,6 +414,23 @@ def describe(bento_tag: str) -> BentoDescription:
     return BentoDescription(dict(info.labels), served[0], challengers[0] if challengers else None)
 
 
+def bento_of_version(version: str) -> str:
+    """The bento built for model `version` (the newest, if it was built more than once): what a rollback deploys
+    again, unchanged. BuildError naming the versions that have one when none does."""
+    use_project_store()
+    import bentoml
+
+    built: dict[str, list[Any]] = {}
+    for found in bentoml.bentos.list():
+        if found.tag.name == BENTO_NAME:
+            built.setdefault(str(found.info.labels.get("model_version")), []).append(found)
+    if version not in built:
+        known = ", ".join(sorted(built, key=lambda v: (len(v), v))) or "none"
+        raise BuildError(f"no bento of model version {version} in this project's store (versions built: {known})")
+    newest = max(built[version], key=lambda found: found.info.creation_time)
+    return str(newest.tag)
+
+
 def golden_of(bento_tag: str, tolerance: float) -> dict[str, Any]:
     """The known answers packed into a bento's model, in the form of `golden.json`."""
     import bentoml

@@ -293,6 +293,13 @@ def project(tmp_path: Path, example: Example) -> Path:
     return make_project(tmp_path / "project")
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_left_by_another_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlflow.set_tracking_uri()` also sets MLFLOW_TRACKING_URI in os.environ (for subprocesses), so a test that
+    tracked in its own store would leave the next test of the worker tracking there: each starts without it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run commands in an empty directory with the project's params and declaration: outputs land there."""

@@ -4,7 +4,7 @@ previous one back when it fails. The scripts in deploy/targets/ and the release 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,9 @@ from forkcast.cli.common import (
     fail,
     load_params,
 )
+
+if TYPE_CHECKING:
+    from forkcast.targets.common import Deployed
 
 app = typer.Typer()
 target_app = typer.Typer(
@@ -38,6 +41,17 @@ TimeoutOption = Annotated[
     typer.Option(min=1, help="Seconds the new release has to become ready (default: deploy.rollout_timeout_seconds)."),
 ]
 DEFAULT_GOLDEN = Path("outputs/build/golden.json")
+
+
+def report(deployed: Deployed) -> None:
+    """Record the deployment (and its line in the history), summarise it, and print url=... for $GITHUB_OUTPUT."""
+    import os
+
+    from forkcast.targets import common
+
+    common.record(deployed, os.environ.get("FORKCAST_MODEL_VERSION"))  # the release job passes it
+    typer.echo(common.summary(deployed), err=True)
+    typer.echo(common.step_outputs(deployed), nl=False)
 
 
 @target_app.command("kubernetes")
@@ -85,9 +99,7 @@ def kubernetes(
         raise fail(f"{exc}: build first (`forkcast build`) or pass --golden", EXIT_USAGE) from exc
     except common.TargetError as exc:
         raise fail(str(exc), EXIT_USAGE if exc.usage else EXIT_CHECK_FAILED) from exc
-    common.record(deployed, os.environ.get("FORKCAST_MODEL_VERSION"))  # the release job passes it
-    typer.echo(common.summary(deployed), err=True)
-    typer.echo(common.step_outputs(deployed), nl=False)
+    report(deployed)
 
 
 @target_app.command("self-hosted")
@@ -134,6 +146,4 @@ def self_hosted(
         raise fail(f"{exc}: build first (`forkcast build`) or pass --golden", EXIT_USAGE) from exc
     except common.TargetError as exc:
         raise fail(str(exc), EXIT_USAGE if exc.usage else EXIT_CHECK_FAILED) from exc
-    common.record(deployed, os.environ.get("FORKCAST_MODEL_VERSION"))  # the release job passes it
-    typer.echo(common.summary(deployed), err=True)
-    typer.echo(common.step_outputs(deployed), nl=False)
+    report(deployed)

@@ -180,7 +180,7 @@ def _short(value: str | None, width: int) -> str:
 
 
 def _where(entry: VersionHistory) -> str:
-    places = [alias for alias in entry.aliases]
+    places = list(entry.aliases)
     for event in entry.deployments[-3:]:
         who = f" by {event.approved_by}" if event.approved_by else ""
         what = event.image.rsplit("@", 1)[-1][:19] if event.image else event.bento or ""

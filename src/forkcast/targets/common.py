@@ -8,12 +8,12 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from forkcast import atomic, paths
 from forkcast.config import Params
+from forkcast.model import history
 from forkcast.serving import smoke
 
 DEPLOY_DIR = paths.OUTPUTS / "deploy"
@@ -39,7 +39,7 @@ class Deployed:
     image: str
     smoke_report: str
     detail: dict[str, Any] = field(default_factory=dict)
-    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    at: str = field(default_factory=history.now)
 
 
 def pinned_image(image: str) -> tuple[str, str]:
@@ -98,8 +98,6 @@ def record_path(environment: str) -> Path:
 
 def record(deployed: Deployed, model_version: str | None = None) -> Path:
     """What serves the environment now, and a line in the deployments' history (`forkcast history`)."""
-    from forkcast.model import history
-
     path = record_path(deployed.environment)
     atomic.write_json(path, asdict(deployed))
     history.append_deployment(

@@ -124,7 +124,6 @@ def release_layer(
     repository, digest = pinned_image(image)
     cpu = f"{round(resources.cpu * 1000)}m"
     memory = f"{resources.memory_mib}Mi"
-    template_annotations = {"forkcast.dev/image-digest": digest}
     container: dict[str, Any] = {
         "name": CONTAINER,
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
@@ -141,7 +140,6 @@ def release_layer(
         "metadata": {"name": NAME},
         "spec": {
             "template": {
-                "metadata": {"annotations": template_annotations},
                 "spec": {"containers": [container]},
             }
         },
@@ -357,6 +355,14 @@ def deploy(rollout: Rollout, kubectl: Kubectl, smoke: Callable[[str], SmokeRepor
     )
 
 
+def rollout_status(kubectl: Kubectl, namespace: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    """`kubectl rollout status` of the Deployment: it returns once the rollout is done, or fails at `timeout`."""
+    return kubectl.run(
+        "rollout", "status", f"deployment/{NAME}", "--namespace", namespace, f"--timeout={timeout}s",
+        timeout=timeout + 30,
+    )  # fmt: skip
+
+
 def apply_and_check(
     rollout: Rollout, manifests: str, kubectl: Kubectl, smoke: Callable[[str], SmokeReport]
 ) -> str | None:
@@ -367,10 +373,7 @@ def apply_and_check(
         return f"kubectl apply failed: {last_lines(applied.stderr)}"
     say(applied.stdout.strip())
     say(f"waiting up to {rollout.timeout_seconds} s for the rollout ...")
-    status = kubectl.run(
-        "rollout", "status", f"deployment/{NAME}", "--namespace", namespace,
-        f"--timeout={rollout.timeout_seconds}s", timeout=rollout.timeout_seconds + 30,
-    )  # fmt: skip
+    status = rollout_status(kubectl, namespace, rollout.timeout_seconds)
     if status.returncode != 0:
         return f"the rollout did not finish: {last_lines(status.stderr or status.stdout)}"
     say(last_lines(status.stdout, 1))
@@ -396,10 +399,7 @@ def roll_back(kubectl: Kubectl, namespace: str, before: Revision | None, reason:
     say(f"{reason}: rolling back to revision {before.number or '(the previous)'} ({before.image}) ...")
     to_revision = [f"--to-revision={before.number}"] if before.number else []  # unnumbered yet: the previous one
     undo = kubectl.run("rollout", "undo", f"deployment/{NAME}", "--namespace", namespace, *to_revision)
-    waited = kubectl.run(
-        "rollout", "status", f"deployment/{NAME}", "--namespace", namespace, f"--timeout={timeout}s",
-        timeout=timeout + 30,
-    )  # fmt: skip
+    waited = rollout_status(kubectl, namespace, timeout)
     after = current(kubectl, namespace)
     if undo.returncode != 0 or waited.returncode != 0 or after is None or after.image != before.image:
         problem = last_lines(undo.stderr or waited.stderr or waited.stdout)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from forkcast.config import EnvironmentResources, Params
+from forkcast.serving.inference_log import SINK_ENV
 from forkcast.targets.common import Deployed, TargetError, failed_checks, pinned_image, smoke_dir, smoke_test
 
 TARGET = "self-hosted"
@@ -44,7 +45,6 @@ PASSED_THROUGH = (  # from the target's environment when set, by name: their val
     "FORKCAST_INFERENCE_BUFFER_ROWS",
     "FORKCAST_BACKEND",
 )
-SINK_ENV = "FORKCAST_INFERENCE_LOG"
 ACCESS_LOG = "(scheme=http,"  # in each of bentoml's access-log lines
 S3_SETTINGS = (  # handed over only with an s3:// log; paths (AWS_CA_BUNDLE...) would name files of this machine
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",

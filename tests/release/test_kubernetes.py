@@ -289,7 +289,9 @@ class Cluster:
         return state
 
     def update(self, **values: Any) -> None:
-        self.state.write_text(json.dumps({**self.read(), **values}))
+        scratch = self.state.with_suffix(".update")
+        scratch.write_text(json.dumps({**self.read(), **values}))
+        scratch.replace(self.state)  # whole: the stand-in may be reading it
 
     def image(self, namespace: str) -> str:
         found = self.read()["deployments"][namespace]

@@ -79,6 +79,16 @@ def test_the_pipeline_model_is_built_with_its_lineage(
     assert source.lineage["run_id"] == "abc"
     assert source.lineage["data_hash"] == trained.metadata["data_hash"]
     assert source.lineage["metrics"] == {"test_rmse": 50.0, "test_mae": 30.0, "test_r2": 0.8}
+    assert source.lineage["checks_passed"] is None  # no validation report: unknown, not assumed
+    assert source.lineage["model_type"] == trained.metadata["model_type"]
+    # With the backtest and the data checks beside it, a release carries both (its history shows them).
+    backtest = {"model": {"rmse": {"mean": 43.5, "std": 17.25}, "r2": {"mean": 0.78, "std": 0.2}}, "baseline": {}}
+    atomic.write_json(paths.BACKTEST_JSON, backtest)
+    atomic.write_json(paths.VALIDATION_JSON, {"summary": {"checks": 70, "share_of_checks_passed": 0.9857}})
+    lineage = build.from_pipeline_outputs().lineage
+    assert lineage["metrics"]["backtest_model_rmse_mean"] == 43.5
+    assert lineage["metrics"]["backtest_model_r2_std"] == 0.2
+    assert lineage["checks_passed"] == 0.9857
     assert source.onnx == trained.onnx
     assert source.inputs.names == tuple(trained.metadata["features"])  # the contract it was trained with
     test = trained.metadata["splits"]["test"]

@@ -68,7 +68,8 @@ class ModelSource:
     pipeline_bytes: bytes
     onnx: bytes | None
     inputs: Inputs  # the input contract the model was trained with
-    # model_name, model_version, run_id, data_hash, git_commit, trained_at, metrics, gate, test_period
+    # model_name, model_version, run_id, data_hash, git_commit, trained_at, model_type, metrics (test and backtest),
+    # checks_passed, gate, test_period
     lineage: dict[str, Any]
 
 
@@ -106,6 +107,7 @@ def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
             f"the quality gate rejected model version {gate['version']} ({paths.GATE_MD}); build it anyway with --force"
         )
     evaluation = atomic.read_json(paths.METRICS_JSON)
+    metrics = {f"test_{key}": value for key, value in evaluation["model"].items()}
     pipeline_bytes = paths.SERVED_PICKLE.read_bytes()
     return ModelSource(
         pipeline=joblib.load(io.BytesIO(pipeline_bytes)),
@@ -120,11 +122,35 @@ def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
             "git_commit": metadata.get("git_commit"),
             "trained_at": metadata.get("trained_at"),
             "fitted_on": metadata.get("fitted_on"),  # the rows it learned (all of them when refit)
-            "metrics": {f"test_{key}": value for key, value in evaluation["model"].items()},
+            "model_type": metadata.get("model_type"),
+            "metrics": {**metrics, **backtest_metrics(paths.BACKTEST_JSON)},
+            "checks_passed": checks_passed(paths.VALIDATION_JSON),
             "gate": "eligible" if gate["eligible"] else "rejected",
             "test_period": test_period(metadata),
         },
     )
+
+
+def backtest_metrics(backtest_json: Path) -> dict[str, float]:
+    """The backtest's spread, as the registry names it (`backtest_model_rmse_mean`, `..._std`): a release carries
+    it so that its history says how steady the model was, not only its one test score."""
+    if not backtest_json.exists():
+        return {}
+    summary = atomic.read_json(backtest_json).get("model") or {}
+    return {
+        f"backtest_model_{name}_{stat}": float(values[stat])
+        for name, values in summary.items()
+        for stat in ("mean", "std")
+        if isinstance(values, dict) and values.get(stat) is not None
+    }
+
+
+def checks_passed(validation_json: Path) -> float | None:
+    """The share of the data checks that passed on the data the model learned (the validation report's)."""
+    if not validation_json.exists():
+        return None
+    share = (atomic.read_json(validation_json).get("summary") or {}).get("share_of_checks_passed")
+    return float(share) if share is not None else None
 
 
 def from_mlflow_alias(params: Params, alias: str) -> ModelSource:
@@ -176,7 +202,10 @@ def from_mlflow(params: Params, *, alias: str | None = None, version: str | None
             "git_commit": tags.get("git_commit"),
             "trained_at": metadata.get("trained_at"),
             "fitted_on": metadata.get("fitted_on"),
-            "metrics": {key: value for key, value in run.data.metrics.items() if key.startswith("test_")},
+            "model_type": tags.get("model_type"),
+            "metrics": {
+                key: value for key, value in run.data.metrics.items() if key.startswith(("test_", "backtest_model_"))
+            },
             "gate": tags.get("gate", "unknown"),
             "test_period": test_period(metadata),
         },

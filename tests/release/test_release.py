@@ -111,21 +111,27 @@ def test_the_image_context_serves_its_model_from_an_empty_store(built: Built, co
 
 
 def test_the_manifest_names_everything_a_rollback_needs(record: dict, built: Built, tmp_path: Path) -> None:
+    spread = {"backtest_model_rmse_mean": 43.7584, "backtest_model_rmse_std": 17.8472}
+    record = {**record, "lineage": {**record["lineage"], "metrics": {**record["lineage"]["metrics"], **spread}}}
     manifest = records.manifest(
-        record, ROOT / "params.yaml", image="ghcr.io/O/R", digest=DIGEST, commit="c0ffee", run_url="https://run/1"
-    )
+        record, ROOT / "params.yaml", image="ghcr.io/O/R", digest=DIGEST, commit="c0ffee", run_url="https://run/1",
+        approved_by="alice",
+    )  # fmt: skip
     path = records.write_manifest(manifest, tmp_path)
 
     written = json.loads(path.read_text())
     assert written["image"] == f"ghcr.io/o/r@{DIGEST}"
     assert written["model"]["version"] == built.lineage["model_version"]
     assert written["data_hash"] == built.lineage["data_hash"]
-    assert written["metrics"] == built.lineage["metrics"]
+    assert written["metrics"] == {**built.lineage["metrics"], **spread}
+    assert written["approved_by"] == "alice"
     assert written["params"] == yaml.safe_load((ROOT / "params.yaml").read_text())
     assert written["git_commit"] == "c0ffee"
     markdown = (tmp_path / "manifest.md").read_text()
     assert f"ghcr.io/o/r@{DIGEST}" in markdown
     assert "Rollback" in markdown
+    assert "| production approved by | @alice |" in markdown
+    assert "| backtest (mean ± std over the folds) | rmse 43.76 ± 17.85 |" in markdown
     # A rollback reads it back into the same outputs the build job gives.
     outputs = records.manifest_outputs(records.read_manifest(path))
     assert outputs["bento"] == built.tag

@@ -147,6 +147,7 @@ def manifest(
     digest: str | None,
     commit: str,
     run_url: str | None = None,
+    approved_by: str | None = None,
 ) -> dict[str, Any]:
     """Everything a reviewer or a rollback needs to know about one release, in one record."""
     lineage = record["lineage"]
@@ -166,15 +167,18 @@ def manifest(
             "version": lineage.get("model_version"),
             "run_id": lineage.get("run_id"),
             "trained_at": lineage.get("trained_at"),
+            "type": lineage.get("model_type"),
             "bento_model": record["model"],
         },
         "data_hash": lineage.get("data_hash"),
         "git_commit": commit,
         "model_git_commit": lineage.get("git_commit"),
         "metrics": lineage.get("metrics", {}),
+        "checks_passed": lineage.get("checks_passed"),
         "gate": lineage.get("gate"),
         "params": yaml.safe_load(params_file.read_text()),
         "workflow_run": run_url,
+        "approved_by": approved_by,
     }
 
 
@@ -188,16 +192,34 @@ def manifest_markdown(release: dict[str, Any]) -> str:
         ("data hash", f"`{release['data_hash']}`"),
         ("commit", f"`{release['git_commit']}`"),
         ("quality gate", str(release["gate"])),
-        ("test metrics", ", ".join(f"{name.removeprefix('test_')} {value}" for name, value in metrics.items())),
+        ("test metrics", ", ".join(f"{k[len('test_') :]} {v}" for k, v in metrics.items() if k.startswith("test_"))),
     ]
+    backtest = backtest_spread(metrics)
+    if backtest:
+        rows.append(("backtest (mean ± std over the folds)", backtest))
+    if release.get("checks_passed") is not None:
+        rows.append(("data checks passed", f"{release['checks_passed']:.0%}"))
     if release["workflow_run"]:
         rows.append(("workflow run", release["workflow_run"]))
+    if release.get("approved_by"):
+        rows.append(("production approved by", ", ".join(f"@{login}" for login in release["approved_by"].split(", "))))
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     return (
         f"# Release {release['release']}\n\n| | |\n| --- | --- |\n{table}\n\n"
         "Roll back to this release: run the **Rollback** workflow with this release's tag; "
         "it deploys this digest through staging and the production approval, without rebuilding.\n"
     )
+
+
+def backtest_spread(metrics: dict[str, Any]) -> str:
+    """`rmse 43.8 ± 17.8, mae 29.1 ± 10.6` from the `backtest_model_<name>_mean|std` metrics."""
+    names = [key[len("backtest_model_") : -len("_mean")] for key in metrics if key.startswith("backtest_model_")
+             and key.endswith("_mean")]  # fmt: skip
+    shown = []
+    for name in names:
+        mean, std = metrics.get(f"backtest_model_{name}_mean"), metrics.get(f"backtest_model_{name}_std")
+        shown.append(f"{name} {mean:.4g} ± {std:.4g}" if std is not None else f"{name} {mean:.4g}")
+    return ", ".join(shown)
 
 
 def write_manifest(release: dict[str, Any], directory: Path = RELEASE_DIR) -> Path:

@@ -220,8 +220,8 @@ def test_history_lists_every_version_with_its_lineage_params_changes_metrics_and
     assert main(["history"]) == 0
     table = capsys.readouterr().out
     rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.startswith("│ ") and line[2] != " "}
-    assert "eligible" in rows[first.version]
-    assert "production" in rows[first.version]
-    assert new["gate"] in rows[second.version]
+    assert "eligible" in rows[f"v{first.version}"]
+    assert "production" in rows[f"v{first.version}"]
+    assert new["gate"] in rows[f"v{second.version}"]
     assert "alice" in table  # who approved the deployment, in the version's row
     assert f"v{second.version}: hist_gradient_boosting.max_iter 100 → 30" in table

@@ -69,6 +69,8 @@ class FakeGitHub:
     latest: str | None = None  # the tag GitHub answers for /releases/latest
     assets: dict[int, bytes] = field(default_factory=dict)  # served from another origin, like GitHub's storage
     deployments: list[dict[str, Any]] = field(default_factory=list)  # newest first, each with its statuses
+    reviews: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # run id -> its deployment reviews
+    refuse_reviews: bool = False  # 403 on a run's review history, as for a token without `actions: read`
     seen: list[Seen] = field(default_factory=list)
     next_id: int = 1000
 
@@ -107,6 +109,29 @@ class FakeGitHub:
         if page * per_page < len(self.releases):
             link = f'<{self.url}/repos/{REPO}/releases?per_page={per_page}&page={page + 1}>; rel="next"'
         return 200, self.releases[(page - 1) * per_page : page * per_page], link
+
+    def replace_asset(self, tag: str, name: str, data: bytes) -> None:
+        """`gh release upload --clobber`: the release's asset of that name, replaced."""
+        release = next(release for release in self.releases if release["tag_name"] == tag)
+        release["assets"] = [asset for asset in release["assets"] if asset["name"] != name]
+        asset_id = self.new_id()
+        self.assets[asset_id] = data
+        release["assets"].append({"id": asset_id, "name": name, "size": len(data)})
+
+    def review(self, run_id: int, login: str, environment: str, state: str = "approved") -> None:
+        """A reviewer's decision on a run's deployment to an environment, shaped like GitHub's review history."""
+        entry = {"environments": [{"id": 7, "name": environment}], "state": state, "comment": "",
+                 "user": {"login": login, "type": "User"}}  # fmt: skip
+        self.reviews.setdefault(run_id, []).append(entry)
+
+    def reviews_endpoint(self, method: str, run_id: str, query: Query, payload: Any) -> Answer:
+        if self.refuse_reviews:
+            return 403, {"message": "Resource not accessible by integration"}, ""
+        return 200, self.reviews.get(int(run_id), []), ""
+
+    def tag_endpoint(self, method: str, tag: str, query: Query, payload: Any) -> Answer:
+        found = [release for release in self.releases if release["tag_name"] == tag]
+        return (200, found[0], "") if found else (404, {"message": "Not Found"}, "")
 
     def add_deployment(self, environment: str, *statuses: tuple[str, str]) -> None:
         """A deployment and its statuses (state, environment_url), oldest status first as they happen."""
@@ -185,6 +210,8 @@ class FakeGitHub:
             (rf"{prefix}/releases", self.releases_endpoint),
             (rf"{prefix}/releases/(latest)", self.latest_endpoint),
             (rf"{prefix}/releases/assets/(\d+)", self.asset_endpoint),
+            (rf"{prefix}/releases/tags/([^/]+)", self.tag_endpoint),
+            (rf"{prefix}/actions/runs/(\d+)/approvals", self.reviews_endpoint),
             (rf"{prefix}/deployments", self.deployments_endpoint),
             (rf"{prefix}/deployments/(\d+)/statuses", self.statuses_endpoint),
         ]

@@ -192,6 +192,40 @@ def test_production_deploys_the_digest_the_build_job_pushed_and_never_rebuilds()
     assert release["production"]["needs"] == ["build", "staging", "approval", "tests"]
 
 
+def test_each_release_keeps_its_deployments_and_who_approved_production() -> None:
+    """`forkcast history --repo` reads them back: staging's record travels to production as a job output, production
+    adds who approved the run (its review history needs `actions: read`), and the release carries the record; a
+    rollback extends the record of the release it restores."""
+    release = load(WORKFLOWS / "release.yml")["jobs"]
+    staging = {step.get("name"): step for step in release["staging"]["steps"]}
+    assert "forkcast release deployment --environment staging" in staging["Record the deployment"]["run"]
+    assert release["staging"]["outputs"]["deployment"] == "${{ steps.recorded.outputs.deployment }}"
+    production = release["production"]
+    assert production["permissions"]["actions"] == "read"
+    names = [step.get("name") for step in production["steps"]]
+    steps = {step.get("name"): step for step in production["steps"]}
+    record = steps["Record who approved it and where it serves"]
+    assert (
+        names.index("Post-deploy smoke tests")
+        < names.index(record["name"])
+        < names.index("Publish the release manifest")
+    )
+    for argument in ('--approved-in-run "$GITHUB_RUN_ID"', '--release "$RELEASE"', '--also "$STAGING"'):
+        assert argument in record["run"]
+    assert record["env"]["STAGING"] == "${{ needs.staging.outputs.deployment }}"
+    publish = steps["Publish the release manifest"]
+    assert publish["env"]["APPROVED_BY"] == "${{ steps.recorded.outputs.approved_by }}"
+    assert '--approved-by "$APPROVED_BY"' in publish["run"]
+    assert (
+        'upload "$ROLLBACK_TO" --repo "$GITHUB_REPOSITORY" --clobber outputs/release/deployments.jsonl'
+        in publish["run"]
+    )
+    assert publish["run"].count("outputs/release/deployments.jsonl") == 2  # a new release's files, and a rollback's
+    for workflow, job in (("pipeline.yml", "release"), ("rollback.yml", "rollback")):
+        # A called workflow's jobs get no permission their caller did not grant.
+        assert load(WORKFLOWS / workflow)["jobs"][job]["permissions"]["actions"] == "read", workflow
+
+
 def test_the_pipeline_runs_on_changes_to_data_params_and_code() -> None:
     triggers = load(WORKFLOWS / "pipeline.yml")["on"]
     assert triggers["push"]["branches"] == ["main"]
@@ -679,6 +713,13 @@ def test_act_runs_the_release_through_the_staging_smoke_tests(act: Act) -> None:
     args = (release / "release" / "image.args").read_text().splitlines()
     assert args[args.index("--tag") + 1].startswith(f"ghcr.io/{REPO}:v1-")  # the repository act is told it runs in
     assert f"dev.forkcast.bento={yaml.safe_load(built)['bento']}" in args
+    # The staging job's deployment record, which production adds to the release's record.
+    recorded = json.loads(re.search(r"::set-output:: deployment=(\{.*\})", result.stdout)[1])
+    assert (recorded["environment"], recorded["target"], recorded["bento"]) == (
+        "staging",
+        "local",
+        yaml.safe_load(built)["bento"],
+    )
     # The one step GitHub runs and act cannot: no container engine here, so the local target skips it.
     assert "Run Main Build and push the image" not in result.stdout
 

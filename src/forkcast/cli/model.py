@@ -24,6 +24,7 @@ from forkcast.cli.common import (
 
 if TYPE_CHECKING:
     from forkcast.data.declaration import Inputs
+    from forkcast.model.history import VersionHistory
 
 app = typer.Typer()
 
@@ -233,6 +234,16 @@ def promote(
 @app.command()
 def history(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of the table.")] = False,
+    repo: Annotated[
+        str | None,
+        typer.Option(
+            "--repo",
+            metavar="OWNER/NAME",
+            help="Read the GitHub Releases registry of this repository (its release manifests and deployments) "
+            "instead of MLflow: a fork without a tracking server.",
+        ),
+    ] = None,
+    last: Annotated[int, typer.Option("--last", min=1, help="With --repo: how many recent releases.")] = 30,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Every registered model version: data hash, commit, params changed since the version before, metrics and
@@ -240,17 +251,36 @@ def history(
     from forkcast.model import history as versions
 
     params = load_params(params_file)
-    with tracking_errors():
-        found = versions.read(paths.LOCAL_MLFLOW_DIR, params)
+    if repo is not None:
+        found, nothing_yet = _history_of_releases(repo, last), f"no Forkcast release of {repo} carries a manifest yet"
+        nothing_yet += ": production publishes one when it deploys a release (the Release workflow)"
+    else:
+        with tracking_errors():
+            found = versions.read(paths.LOCAL_MLFLOW_DIR, params)
+        nothing_yet = f"no version of {params.tracking.registered_model} is registered yet"
+        nothing_yet += ": run the pipeline (`dvc repro`)"
     if as_json:
         typer.echo(versions.to_json(found))
         return
     if not found:
-        raise fail(
-            f"no version of {params.tracking.registered_model} is registered yet: run the pipeline (`dvc repro`)",
-            EXIT_NOTHING_YET,
-        )
+        raise fail(nothing_yet, EXIT_NOTHING_YET)
     typer.echo(versions.render_table(found, params.gate.metric), nl=False)
+    if repo is not None:
+        typer.echo("roll back to a release: run the Rollback workflow with its tag (the second line of `version`)")
+
+
+def _history_of_releases(repo: str, last: int) -> list[VersionHistory]:
+    from forkcast.cli.common import github_errors, repo_name
+    from forkcast.model.history import from_releases
+    from forkcast.release import github
+    from forkcast.release.github_registry import release_records
+
+    target = repo_name(repo)
+    with github_errors(), github.client() as gh:
+        records, notes = release_records(gh, target, last)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    return from_releases(records)
 
 
 @app.command()

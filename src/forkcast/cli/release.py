@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -98,13 +98,15 @@ def release_image_plan(
 
 @release_app.command("manifest")
 def release_manifest(
+    *,
     image: Annotated[str, typer.Option(help="Image repository the digest belongs to ('' for a bento only).")] = "",
     digest: Annotated[str, typer.Option(help="The pushed image's digest, sha256:...")] = "",
     commit: Annotated[str, typer.Option(help="Git commit being released.")] = "",
     run_url: Annotated[str, typer.Option(help="URL of the workflow run.")] = "",
+    approved_by: Annotated[str, typer.Option(help="Who approved the production deployment (GitHub logins).")] = "",
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
-    """Write outputs/release/manifest.{json,md}: model, data hash, params, commit, metrics, digest."""
+    """Write outputs/release/manifest.{json,md}: model, data hash, params, commit, metrics, digest, approver."""
     from forkcast.model import lineage
     from forkcast.release import records
     from forkcast.serving import build as bento
@@ -118,11 +120,98 @@ def release_manifest(
             digest=digest or None,
             commit=commit or lineage.git_commit() or "unknown",
             run_url=run_url or None,
+            approved_by=approved_by or None,
         )
     except records.ReleaseError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
     path = records.write_manifest(manifest)
     typer.echo(f"release {manifest['release']}: {manifest['image'] or manifest['bento']}  -> {path}")
+
+
+@release_app.command("deployment")
+def release_deployment(
+    *,
+    environment: Annotated[str, typer.Option(help="The environment deployed to: staging or production.")],
+    target: Annotated[str, typer.Option(help="The deploy target that ran (runner, kubernetes, ...).")] = "",
+    image: Annotated[str, typer.Option(help="The image deployed, repository@sha256:...")] = "",
+    bento: Annotated[str, typer.Option(help="The bento deployed.")] = "",
+    model_version: Annotated[str, typer.Option(help="The registered model version it serves.")] = "",
+    url: Annotated[str, typer.Option(help="Where it serves.")] = "",
+    run_url: Annotated[str, typer.Option(help="URL of the workflow run.")] = "",
+    approved_in_run: Annotated[
+        int | None,
+        typer.Option(metavar="RUN_ID", help="Read who approved the environment in this run (needs actions: read)."),
+    ] = None,
+    release: Annotated[
+        str, typer.Option(metavar="TAG", help="Extend this release's deployments record (when it is published).")
+    ] = "",
+    also: Annotated[
+        list[str] | None, typer.Option(metavar="JSON", help="An earlier deployment's record, e.g. staging's.")
+    ] = None,
+    repo: RepoOption = None,
+    output: Annotated[Path, typer.Option(help="Where the deployments record is written.")] = (
+        paths.OUTPUTS / "release" / "deployments.jsonl"
+    ),
+) -> None:
+    """Record one deployment (who approved it, where it serves) in a release's deployments record, and print
+    `deployment=<json>` and `approved_by=` for $GITHUB_OUTPUT: `forkcast history --repo` reads the record back."""
+    import json
+    from dataclasses import asdict
+
+    from forkcast import atomic
+    from forkcast.model.history import DeploymentEvent, now
+    from forkcast.release import records
+
+    if environment not in ("staging", "production"):
+        raise fail(f"--environment is staging or production, not '{environment}'", EXIT_USAGE)
+    earlier = []
+    for text in also or []:
+        if not text.strip():  # an empty job output: the earlier job recorded nothing
+            continue
+        try:
+            earlier.append(asdict(DeploymentEvent.from_dict(json.loads(text))))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise fail(f"--also is not a deployment record ({exc}): {text[:200]}", EXIT_USAGE) from exc
+    approved_by, recorded = _approvals_and_record(repo, approved_in_run, environment, release)
+    event = DeploymentEvent(
+        at=now(), environment=environment, target=target or "unknown", model_version=model_version or None,
+        bento=bento or None, image=image or None, url=url or None, approved_by=approved_by,
+        workflow_run=run_url or None,
+    )  # fmt: skip
+    lines = [*recorded, *earlier, asdict(event)]
+    atomic.write_text(output, "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    outputs = {"deployment": json.dumps(asdict(event)), "approved_by": approved_by}
+    try:
+        typer.echo(records.step_outputs(outputs), nl=False)
+    except records.ReleaseError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    typer.echo(f"{environment}: {image or bento} recorded in {output} ({len(lines)} deployment(s))", err=True)
+
+
+def _approvals_and_record(
+    repo: str | None, run_id: int | None, environment: str, release: str
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Who approved `environment` in the run, and the release's deployments so far; GitHub failing here warns
+    and records less rather than failing a deployment that already serves."""
+    from forkcast.release import github
+    from forkcast.release.github_registry import approvers, release_deployments
+
+    if run_id is None and not release:
+        return None, []
+    target = repo_name(repo)
+    approved_by, recorded = None, []
+    try:
+        with github.client() as gh:
+            if run_id is not None:
+                found = approvers(gh, target, run_id, environment)
+                approved_by = ", ".join(found) or None
+                if not found:
+                    typer.echo(f"::warning::no approval of {environment} is recorded in run {run_id}", err=True)
+            if release:
+                recorded = release_deployments(gh, target, release)
+    except (github.GitHubError, github.TokenMissingError) as exc:
+        typer.echo(f"::warning::the deployment is recorded without what GitHub would add: {exc}", err=True)
+    return approved_by, recorded
 
 
 @release_app.command("outputs")

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from forkcast import paths
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from forkcast.config import Params
+    from forkcast.release.github_registry import ReleaseRecord
 
 DEPLOYMENTS_LOG = paths.OUTPUTS / "deploy" / "history.jsonl"
 VALIDATION_ARTIFACT = "reports/report.json"  # the data checks' report, logged with each registering run
@@ -40,6 +41,12 @@ class DeploymentEvent:
     image: str | None = None
     url: str | None = None
     approved_by: str | None = None
+    workflow_run: str | None = None
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> DeploymentEvent:
+        """A record as written, keeping the fields this version knows (a newer writer may add some)."""
+        return cls(**{key: value for key, value in entry.items() if key in cls.__dataclass_fields__})
 
 
 def now() -> str:
@@ -63,8 +70,8 @@ def read_deployments(log: Path = DEPLOYMENTS_LOG) -> list[DeploymentEvent]:
     events = []
     for line in log.read_text(encoding="utf-8").splitlines():
         try:
-            events.append(DeploymentEvent(**json.loads(line)))
-        except (ValueError, TypeError):
+            events.append(DeploymentEvent.from_dict(json.loads(line)))
+        except (ValueError, TypeError, AttributeError):
             continue
     return events
 
@@ -171,6 +178,67 @@ def read(local_dir: Path, params: Params, log: Path = DEPLOYMENTS_LOG) -> list[V
     return versions(MlflowClient(), params.tracking.registered_model, read_deployments(log))
 
 
+def flatten(values: Any, prefix: str = "") -> dict[str, str]:
+    """params.yaml as dotted keys (`train.hyperparameters.max_iter`), each value as text: what a diff compares."""
+    if isinstance(values, dict):
+        flat: dict[str, str] = {}
+        for key, value in values.items():
+            flat |= flatten(value, f"{prefix}{key}.")
+        return flat
+    return {prefix.removesuffix("."): json.dumps(values) if isinstance(values, list) else str(values)}
+
+
+def from_releases(records: list[ReleaseRecord]) -> list[VersionHistory]:
+    """The history the GitHub Releases registry holds: each release's manifest and deployments, oldest first."""
+    history: list[VersionHistory] = []
+    previous: dict[str, str] = {}
+    for record in records:
+        manifest = record.manifest
+        model = manifest.get("model") or {}
+        params = flatten(manifest.get("params") or {})
+        metrics = {str(k): float(v) for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, int | float)}
+        deployments = [DeploymentEvent.from_dict(entry) for entry in record.deployments]
+        if not deployments:  # a release from before deployments were recorded: it was published once production ran it
+            deployments = [
+                DeploymentEvent(
+                    at=record.published_at,
+                    environment="production",
+                    target="unknown",
+                    model_version=_text(model.get("version")),
+                    bento=manifest.get("bento"),
+                    image=manifest.get("image"),
+                    approved_by=manifest.get("approved_by"),
+                    workflow_run=manifest.get("workflow_run"),
+                )
+            ]
+        checks = manifest.get("checks_passed")
+        history.append(
+            VersionHistory(
+                version=_text(model.get("version")) or "?",
+                registered_at=str(manifest.get("created_at") or record.published_at),
+                run_id=model.get("run_id"),
+                git_commit=manifest.get("model_git_commit") or manifest.get("git_commit"),
+                data_hash=manifest.get("data_hash"),
+                model_type=model.get("type") or params.get("train.model"),
+                gate=manifest.get("gate"),
+                aliases=["production"] if record.production else [],
+                released_at=record.published_at,
+                github_release=record.tag,
+                metrics=metrics,
+                params=params,
+                params_changed=params_diff(previous, params) if history and params else {},
+                checks_passed=float(checks) if isinstance(checks, int | float) else None,
+                deployments=deployments,
+            )
+        )
+        previous = params or previous
+    return history
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def to_json(history: list[VersionHistory]) -> str:
     return json.dumps([asdict(entry) for entry in history], indent=2, sort_keys=True)
 
@@ -180,37 +248,45 @@ def _short(value: str | None, width: int) -> str:
 
 
 def _where(entry: VersionHistory) -> str:
+    """Its aliases, then its last three deployments, each `environment date time target digest by approver`."""
     places = list(entry.aliases)
     for event in entry.deployments[-3:]:
         who = f" by {event.approved_by}" if event.approved_by else ""
-        what = event.image.rsplit("@", 1)[-1][:19] if event.image else event.bento or ""
-        places.append(f"{event.environment} {event.at[:16]} ({event.target} {what}){who}")
+        what = event.image.rsplit("@sha256:", 1)[-1][:12] if event.image else (event.bento or "").split(":")[-1]
+        places.append(f"{event.environment} {event.at[:10]} {event.at[11:16]} {event.target} {what}{who}")
     if len(entry.deployments) > 3:
         places.insert(len(entry.aliases), f"... {len(entry.deployments) - 3} earlier")
     return "\n".join(places) or "-"
 
 
+def label(entry: VersionHistory) -> str:
+    """`v3`, and the GitHub release that carries it where there is one (the tag a rollback names)."""
+    return f"v{entry.version} {entry.github_release}" if entry.github_release else f"v{entry.version}"
+
+
 def render_table(history: list[VersionHistory], metric: str) -> str:
     """A table a person reads, newest first, and under it what changed in each version's params."""
+    import shutil
     from io import StringIO
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(history)} versions, newest first", show_lines=False)
-    for column in ("version", "created", "commit", "data", "model", f"test {metric}", f"backtest {metric}",
-                   "checks", "gate", "deployed"):  # fmt: skip
+    table = Table(title=f"{len(history)} versions, newest first", show_lines=True)
+    table.add_column("version", no_wrap=True)
+    for column in ("created", "commit", "data", "model", f"test {metric}", f"backtest {metric}", "checks", "gate"):
         table.add_column(column, overflow="fold")
+    table.add_column("deployed (digest, approver)", overflow="fold", min_width=34)
     for entry in reversed(history):
         test = entry.metrics.get(f"test_{metric}")
         mean = entry.metrics.get(f"backtest_model_{metric}_mean")
         std = entry.metrics.get(f"backtest_model_{metric}_std")
         table.add_row(
-            entry.version,
-            entry.registered_at[:16],
+            label(entry).replace(" ", "\n"),
+            entry.registered_at[:10] + "\n" + entry.registered_at[11:16],
             _short(entry.git_commit, 7),
             _short(entry.data_hash, 8),
-            entry.model_type or "-",
+            (entry.model_type or "-").replace("_", " "),
             f"{test:.2f}" if test is not None else "-",
             f"{mean:.2f} ± {std:.2f}" if mean is not None and std is not None else "-",
             f"{entry.checks_passed:.0%}" if entry.checks_passed is not None else "-",
@@ -218,7 +294,8 @@ def render_table(history: list[VersionHistory], metric: str) -> str:
             _where(entry),
         )
     out = StringIO()
-    console = Console(file=out, width=160, color_system=None)
+    # The terminal's width where there is one; a log or a pipe gets a table wide enough not to fold the deployments.
+    console = Console(file=out, width=max(120, shutil.get_terminal_size((170, 24)).columns), color_system=None)
     console.print(table)
     changes = [entry for entry in reversed(history) if entry.params_changed]
     if changes:
@@ -226,5 +303,5 @@ def render_table(history: list[VersionHistory], metric: str) -> str:
         for entry in changes:
             shown = ", ".join(f"{key} {old} → {new}" for key, (old, new) in list(entry.params_changed.items())[:8])
             more = len(entry.params_changed) - 8
-            console.print(f"  v{entry.version}: {shown}" + (f" (and {more} more: --json)" if more > 0 else ""))
+            console.print(f"  {label(entry)}: {shown}" + (f" (and {more} more: --json)" if more > 0 else ""))
     return out.getvalue()

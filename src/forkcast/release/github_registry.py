@@ -32,6 +32,7 @@ ONNX_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 MODEL_ASSETS = (SKOPS_FILE, ONNX_FILE, METADATA_FILE)
 MANIFEST_FILE = "manifest.json"  # the release manifest: the commit it was released from, among the rest
+DEPLOYMENTS_FILE = "deployments.jsonl"  # every deployment of the release (staging, production, rollbacks), a line each
 
 
 class RegistryAssetsError(Exception):
@@ -81,9 +82,19 @@ class ReleasedModel:
     manifest: int | None = None  # the asset id of its manifest.json
 
 
-def released_models(github: GitHub, repo: str, count: int) -> tuple[list[ReleasedModel], str | None]:
-    """The last `count` published Forkcast releases that carry a model, oldest first, production among them; and a
-    note when the repository's latest release is not one of them (production is then the newest that is)."""
+@dataclass(frozen=True)
+class PublishedRelease:
+    """A published (not draft) Forkcast release: its tag, when, and its assets by name."""
+
+    tag: str
+    published_at: str
+    assets: dict[str, int]  # asset name -> id
+    latest: bool  # what GitHub answers for the repository's latest release
+
+
+def published_releases(github: GitHub, repo: str) -> tuple[list[PublishedRelease], str | None]:
+    """Every published Forkcast release (`forkcast-v…`), oldest first; and the tag of the repository's latest release
+    (production's, whether or not Forkcast made it)."""
     from forkcast.release.github import GitHubError
 
     try:
@@ -94,14 +105,29 @@ def released_models(github: GitHub, repo: str, count: int) -> tuple[list[Release
         latest = None  # no release yet
     found = []
     for release in github.paginate(f"/repos/{repo}/releases"):
-        assets = {asset["name"]: int(asset["id"]) for asset in release.get("assets", [])}
         tag = str(release.get("tag_name", ""))
-        if release.get("draft") or not tag.startswith(RELEASE_PREFIX) or not set(MODEL_ASSETS) <= set(assets):
+        if release.get("draft") or not tag.startswith(RELEASE_PREFIX):
             continue
-        chosen = {name: assets[name] for name in MODEL_ASSETS}
-        published = str(release.get("published_at") or "")
-        found.append(ReleasedModel(tag, published, chosen, tag == latest, assets.get(MANIFEST_FILE)))
-    found.sort(key=lambda release: release.published_at)
+        assets = {str(asset["name"]): int(asset["id"]) for asset in release.get("assets", [])}
+        found.append(PublishedRelease(tag, str(release.get("published_at") or ""), assets, tag == latest))
+    return sorted(found, key=lambda release: release.published_at), latest
+
+
+def released_models(github: GitHub, repo: str, count: int) -> tuple[list[ReleasedModel], str | None]:
+    """The last `count` published Forkcast releases that carry a model, oldest first, production among them; and a
+    note when the repository's latest release is not one of them (production is then the newest that is)."""
+    published, latest = published_releases(github, repo)
+    found = [
+        ReleasedModel(
+            release.tag,
+            release.published_at,
+            {name: release.assets[name] for name in MODEL_ASSETS},
+            release.latest,
+            release.assets.get(MANIFEST_FILE),
+        )
+        for release in published
+        if set(MODEL_ASSETS) <= set(release.assets)
+    ]
     note = None
     if found and not any(release.production for release in found):
         newest = found[-1]
@@ -135,6 +161,88 @@ def production_commit(github: GitHub, repo: str) -> tuple[str, str] | None:
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise RegistryAssetsError(f"{current.tag}'s {MANIFEST_FILE} names no commit (git_commit: {commit!r})")
     return current.tag, commit
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One release as its manifest and its deployments record tell it (`forkcast history --repo`)."""
+
+    tag: str
+    published_at: str
+    production: bool
+    manifest: dict[str, Any]
+    deployments: list[dict[str, Any]]
+
+
+def release_records(github: GitHub, repo: str, count: int) -> tuple[list[ReleaseRecord], list[str]]:
+    """The last `count` releases that carry a manifest, oldest first, production marked as `released_models` marks
+    it; and a note for each release left out because its manifest cannot be read."""
+    import json
+
+    published, latest = published_releases(github, repo)
+    with_manifest = [release for release in published if MANIFEST_FILE in release.assets]
+    production = next((r.tag for r in with_manifest if r.latest), with_manifest[-1].tag if with_manifest else None)
+    records, notes = [], []
+    if latest and with_manifest and production != latest:
+        notes.append(f"the repository's latest release ({latest}) carries no manifest: production is taken to be "
+                     f"the newest release that does, {production}")  # fmt: skip
+    for release in with_manifest[-count:]:
+        try:
+            manifest = json.loads(github.download(f"/repos/{repo}/releases/assets/{release.assets[MANIFEST_FILE]}"))
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            notes.append(f"{release.tag}: left out, its {MANIFEST_FILE} cannot be read ({exc})")
+            continue
+        deployments = _deployments(github, repo, release.assets.get(DEPLOYMENTS_FILE))
+        production_now = release.tag == production
+        records.append(ReleaseRecord(release.tag, release.published_at, production_now, manifest, deployments))
+    return records, notes
+
+
+def release_deployments(github: GitHub, repo: str, tag: str) -> list[dict[str, Any]]:
+    """The deployments a release recorded so far (none for a release not yet published, or one from before)."""
+    from forkcast.release.github import GitHubError
+
+    try:
+        release = github.get(f"/repos/{repo}/releases/tags/{tag}")
+    except GitHubError as exc:
+        if exc.status != 404:
+            raise
+        return []
+    assets = {str(asset["name"]): int(asset["id"]) for asset in release.get("assets", [])}
+    return _deployments(github, repo, assets.get(DEPLOYMENTS_FILE))
+
+
+def _deployments(github: GitHub, repo: str, asset: int | None) -> list[dict[str, Any]]:
+    """The lines of a deployments record; a line that is not a JSON object is skipped, never fatal."""
+    import json
+
+    if asset is None:
+        return []
+    lines = github.download(f"/repos/{repo}/releases/assets/{asset}").decode("utf-8", "replace").splitlines()
+    found = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            found.append(entry)
+    return found
+
+
+def approvers(github: GitHub, repo: str, run_id: int, environment: str) -> list[str]:
+    """Who approved the run's deployment to `environment`, from the run's review history (`actions: read`), in the
+    order GitHub lists them, each once."""
+    reviews = github.get(f"/repos/{repo}/actions/runs/{run_id}/approvals")
+    found: list[str] = []
+    for review in reviews:
+        names = {str(env.get("name")) for env in review.get("environments") or []}
+        login = str((review.get("user") or {}).get("login") or "")
+        if review.get("state") == "approved" and environment in names and login and login not in found:
+            found.append(login)
+    return found
 
 
 def production_url(github: GitHub, repo: str, environment: str = "production", looked_at: int = 10) -> str | None:

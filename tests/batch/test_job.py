@@ -30,9 +30,12 @@ from forkcast.batch import __main__ as job
 from forkcast.batch import table as tables
 from forkcast.config import Params
 from forkcast.data.prepare import Splits
+from forkcast.model.train import TrainedModel
 from forkcast.release import records
 
 from ..conftest import BIN, ROOT, Built, free_port, tool_env
+from ..release.test_github import REPO, TOKEN, FakeGitHub, fake  # noqa: F401 - the fake GitHub fixture
+from ..release.test_github_registry import release_files
 from ..test_declared_code import imported_modules
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -192,3 +195,74 @@ def test_the_score_workflow_takes_the_database_from_a_secret_and_starts_no_runne
     assert step["env"][tables.URL_ENV] == "${{ secrets.FORKCAST_SCORE_DATABASE_URL }}"
     assert "forkcast score" in step["run"]
     assert "secrets." not in str(score["env"])  # only the step that writes sees it
+    # Production's model by default (and always on the schedule); this branch's, trained and built, when asked.
+    assert score["env"]["MODEL"] == "${{ inputs.model || 'production' }}"
+    assert triggers["workflow_dispatch"]["inputs"]["model"]["options"] == ["production", "branch"]
+    steps = {step.get("name"): step for step in score["steps"]}
+    production = steps["Production's model (the bento its release carries)"]
+    assert production["if"] == "${{ env.MODEL == 'production' }}"
+    assert "forkcast release production-bento" in production["run"]
+    assert steps["This branch's model (dvc repro, forkcast build)"]["if"] == "${{ env.MODEL == 'branch' }}"
+    assert step["env"]["BENTO"] == "${{ steps.production.outputs.bento }}"
+    assert 'options+=(--bento "$BENTO")' in step["run"]
+    # The release that carries production's bento: the release workflow uploads it.
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())["jobs"]["production"]
+    publish = next(step for step in release["steps"] if step.get("name") == "Publish the release manifest")
+    assert "outputs/release/bento.bento" in publish["run"]
+
+
+def test_the_score_workflow_scores_with_the_bento_production_s_release_carries(
+    fake: FakeGitHub,  # noqa: F811
+    built: Built,
+    trained: TrainedModel,
+    splits: Splits,
+    params: Params,
+    tmp_path: Path,
+) -> None:
+    """What the Score workflow runs by default: production's bento, imported from its release into an empty store,
+    scores, with nothing trained or built; the rows name that bento and its model version."""
+    import bentoml
+
+    exported = tmp_path / "bento.bento"
+    bentoml.bentos.export_bento(built.tag, str(exported))
+    release = f"forkcast-{built.tag.split(':')[1]}"
+    fake.add_release(release, "2026-05-01T10:00:00Z", release_files(trained, tmp_path / "assets"))
+    fake.latest = release
+    workdir = tmp_path / "runner"
+    workdir.mkdir()
+    environment = tool_env(GITHUB_API_URL=fake.url, GH_TOKEN=TOKEN, BENTOML_HOME=str(tmp_path / "empty-store"))
+
+    def forkcast(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "forkcast"), *args], cwd=workdir, env=environment, capture_output=True,
+                              text=True, check=False)  # fmt: skip
+
+    fetched = forkcast("release", "production-bento", "--repo", REPO)
+    assert fetched.returncode == 3, fetched.stderr  # released before releases carried their bento
+    assert f"production's release {release} carries no bento.bento" in fetched.stderr
+    fake.replace_asset(release, "bento.bento", exported.read_bytes())
+    fetched = forkcast("release", "production-bento", "--repo", REPO)
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout.splitlines() == [f"release={release}", f"bento={built.tag}"]
+    assert (tmp_path / "empty-store" / "bentos" / "forkcast" / built.tag.split(":")[1]).is_dir()
+
+    rows = splits.test[list(params.dataset.feature_names)].head(200)
+    rows.to_csv(workdir / "features.csv", index=False)
+    database = tmp_path / "predictions.db"
+    scored = forkcast(
+        "score", "--bento", built.tag, "--input", "features.csv", "--database-url", f"sqlite:///{database}"
+    )
+    assert scored.returncode == 0, scored.stderr
+    with sqlite3.connect(database) as connection:
+        count, bentos, versions = connection.execute(
+            "SELECT count(*), group_concat(DISTINCT bento), group_concat(DISTINCT model_version) FROM predictions"
+        ).fetchone()
+    assert (count, bentos, versions) == (len(rows), built.tag, str(built.lineage["model_version"]))
+    downloads = [seen for seen in fake.seen if seen.path.startswith("/storage/")]
+    assert forkcast("release", "production-bento", "--repo", REPO).returncode == 0  # in the store already
+    assert [seen for seen in fake.seen if seen.path.startswith("/storage/")] == downloads  # nothing downloaded again
+
+    fake.replace_asset(release, "bento.bento", b"not a bento")
+    environment["BENTOML_HOME"] = str(tmp_path / "another-store")
+    broken = forkcast("release", "production-bento", "--repo", REPO)
+    assert broken.returncode == 1
+    assert f"{release}'s bento.bento cannot be imported" in broken.stderr

@@ -399,6 +399,30 @@ def release_production_url(repo: RepoOption = None) -> None:
     typer.echo(found)
 
 
+@release_app.command("production-bento")
+def release_production_bento(
+    repo: RepoOption = None,
+    directory: Annotated[Path, typer.Option("--dir", help="Where the release's bento is downloaded.")] = (
+        paths.OUTPUTS / "release" / "production"
+    ),
+) -> None:
+    """Import the bento production serves (its GitHub Release carries it) into the project's store and print
+    `release=` and `bento=` for $GITHUB_OUTPUT: the Score workflow scores with production's model, no rebuild."""
+    from forkcast.release import github
+    from forkcast.release.github_registry import NoProductionBentoError, RegistryAssetsError, production_bento
+
+    target = repo_name(repo)
+    with step(f"fetch the bento production serves on {target}"), github_errors():
+        try:
+            with github.client() as gh:
+                release, bento = production_bento(gh, target, directory)
+        except NoProductionBentoError as exc:
+            raise fail(str(exc), EXIT_NOTHING_YET) from exc
+        except RegistryAssetsError as exc:
+            raise fail(str(exc), EXIT_CHECK_FAILED) from exc
+    typer.echo(f"release={release}\nbento={bento}")
+
+
 @release_app.command("seed-registry")
 def release_seed_registry(
     repo: RepoOption = None,

@@ -10,7 +10,9 @@ with production's alias on the latest: the gate then runs exactly as it does loc
 
 from __future__ import annotations
 
+import lzma
 import shutil
+import tarfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,11 +34,16 @@ ONNX_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 MODEL_ASSETS = (SKOPS_FILE, ONNX_FILE, METADATA_FILE)
 MANIFEST_FILE = "manifest.json"  # the release manifest: the commit it was released from, among the rest
+BENTO_FILE = "bento.bento"  # the bento production serves (`bentoml export`): batch scoring uses it without a rebuild
 DEPLOYMENTS_FILE = "deployments.jsonl"  # every deployment of the release (staging, production, rollbacks), a line each
 
 
 class RegistryAssetsError(Exception):
     """A release's model cannot be written or read back."""
+
+
+class NoProductionBentoError(RegistryAssetsError):
+    """No release production runs carries its bento (none yet, or one published before releases carried it)."""
 
 
 def write_model_assets(pipeline_file: Path, onnx_file: Path, metadata_file: Path, directory: Path) -> list[Path]:
@@ -80,6 +87,7 @@ class ReleasedModel:
     assets: dict[str, int]  # asset name -> id, for the model assets
     production: bool  # the repository's latest release
     manifest: int | None = None  # the asset id of its manifest.json
+    bento: int | None = None  # the asset id of its bento.bento
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ def released_models(github: GitHub, repo: str, count: int) -> tuple[list[Release
             {name: release.assets[name] for name in MODEL_ASSETS},
             release.latest,
             release.assets.get(MANIFEST_FILE),
+            release.assets.get(BENTO_FILE),
         )
         for release in published
         if set(MODEL_ASSETS) <= set(release.assets)
@@ -243,6 +252,41 @@ def approvers(github: GitHub, repo: str, run_id: int, environment: str) -> list[
         if review.get("state") == "approved" and environment in names and login and login not in found:
             found.append(login)
     return found
+
+
+def production_bento(github: GitHub, repo: str, directory: Path) -> tuple[str, str]:
+    """The tag of the release production runs and its bento, imported into the project's BentoML store (from
+    `directory/<tag>/bento.bento`, downloaded unless the store holds it already)."""
+    from forkcast.serving import build as bento
+
+    releases, _ = released_models(github, repo, 1)
+    current = next((release for release in releases if release.production), None)
+    if current is None:
+        raise NoProductionBentoError(f"no release of {repo} carries a model yet: nothing serves in production")
+    if current.bento is None:
+        raise NoProductionBentoError(
+            f"production's release {current.tag} carries no {BENTO_FILE} (published before releases carried their "
+            "bento): score with this branch's model, or release again"
+        )
+    tag = f"{bento.BENTO_NAME}:{current.tag.removeprefix('forkcast-')}"  # a release is named after its bento
+    bento.use_project_store()
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    try:
+        bentoml.bentos.get(tag)
+        return current.tag, tag
+    except NotFound:
+        pass
+    path = directory / current.tag / BENTO_FILE
+    atomic.write_atomic(path, partial(_write, github.download(f"/repos/{repo}/releases/assets/{current.bento}")))
+    try:
+        imported = bentoml.bentos.import_bento(str(path.resolve()))  # a relative path would be read from /
+    except (BentoMLException, OSError, EOFError, ValueError, tarfile.TarError, lzma.LZMAError) as exc:
+        raise RegistryAssetsError(f"{current.tag}'s {BENTO_FILE} cannot be imported: {exc}") from exc
+    if str(imported.tag) != tag:
+        raise RegistryAssetsError(f"{current.tag}'s {BENTO_FILE} holds {imported.tag}, not {tag}")
+    return current.tag, tag
 
 
 def production_url(github: GitHub, repo: str, environment: str = "production", looked_at: int = 10) -> str | None:

@@ -387,3 +387,31 @@ def test_the_exit_codes_are_the_cli_s() -> None:
     assert (scoring.EXIT_CHECK_FAILED, scoring.EXIT_USAGE, scoring.EXIT_NOTHING_YET) == (
         common.EXIT_CHECK_FAILED, common.EXIT_USAGE, common.EXIT_NOTHING_YET,
     )  # fmt: skip
+
+
+def test_a_postgresql_table_in_its_own_schema_takes_the_rows_once(
+    postgres_url: str, built: Built, splits: Splits, params: Params, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL's chunks go through COPY into a temporary table, then INSERT ... ON CONFLICT DO NOTHING: a
+    schema-qualified table (quoted, in case its name needs it) gets every row once, and a rerun adds none."""
+    schema = f"Analytics_{uuid.uuid4().hex[:6]}"  # mixed case: only a quoted identifier keeps it
+    engine = sa.create_engine(tables.parse_url(postgres_url))
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    source = tmp_path / "rows.parquet"
+    features(splits.test, params).to_parquet(source)
+    table = f"{schema}.{table_name()}"
+    command = ["score", "--bento", built.tag, "--input", str(source), "--database-url", postgres_url, "--table", table,
+               "--chunk-rows", "500"]  # fmt: skip
+    assert main(command) == 0
+    assert main(command) == 0
+    assert f"{len(splits.test):,} were there already" in capsys.readouterr().out
+    engine = sa.create_engine(tables.parse_url(postgres_url))
+    try:
+        with engine.connect() as connection:
+            written = pd.read_sql_table(table.split(".")[1], connection, schema=schema)
+    finally:
+        engine.dispose()
+    assert len(written) == written["row_key"].nunique() == len(splits.test)
+    assert set(written["bento"]) == {built.tag}

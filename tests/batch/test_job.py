@@ -202,6 +202,9 @@ def test_the_score_workflow_takes_the_database_from_a_secret_and_starts_no_runne
     production = steps["Production's model (the bento its release carries)"]
     assert production["if"] == "${{ env.MODEL == 'production' }}"
     assert "forkcast release production-bento" in production["run"]
+    # No release carrying production's bento yet (exit 3): a notice and nothing scored, not a failed run every day.
+    assert 'if [ "$status" -eq 3 ]' in production["run"]
+    assert step["if"] == "${{ steps.production.outputs.nothing != 'true' }}"
     assert steps["This branch's model (dvc repro, forkcast build)"]["if"] == "${{ env.MODEL == 'branch' }}"
     assert step["env"]["BENTO"] == "${{ steps.production.outputs.bento }}"
     assert 'options+=(--bento "$BENTO")' in step["run"]

@@ -415,3 +415,60 @@ def test_a_postgresql_table_in_its_own_schema_takes_the_rows_once(
         engine.dispose()
     assert len(written) == written["row_key"].nunique() == len(splits.test)
     assert set(written["bento"]) == {built.tag}
+
+
+def test_a_chunk_that_overlaps_written_rows_adds_only_the_new_ones_and_keeps_the_old(
+    database: str, model: scoring.ScoringModel, splits: Splits
+) -> None:
+    """The write itself, under the resume logic: rows already there (another shard, a run that died after its
+    commit) are kept as they were, a key twice in one chunk is written once, and a row without a period is NULL."""
+    url, name = tables.parse_url(database), table_name()
+    batch = scoring.batch_of(splits.test, model.inputs, source="test split")
+    writer = tables.connect(url, name, model.inputs)
+    writer.create()
+    first = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    constant = {**model.lineage(), "source": batch.source, "scored_at": first}
+    rows = scoring.rows_of(model, batch, np.arange(100), constant)
+    writer.write(rows[:60])
+    later = [{**row, "prediction": -1.0, "scored_at": dt.datetime(2026, 2, 1, tzinfo=dt.UTC)} for row in rows]
+    no_period = {**later[99], "row_key": "no-period", "period": None}
+    writer.write([*later[40:100], later[70], no_period])
+    written = rows_of(database, name).set_index("row_key")
+    assert len(written) == 101
+    kept = written.loc[[row["row_key"] for row in rows[:60]]]
+    assert (kept["prediction"] != -1.0).all()  # never overwritten
+    assert (pd.to_datetime(kept["scored_at"], utc=True) == pd.Timestamp(first)).all()
+    added = written.loc[[row["row_key"] for row in rows[60:]]]
+    assert (added["prediction"] == -1.0).all()
+    assert pd.isna(written.loc["no-period", "period"])
+
+
+def test_a_postgresql_role_that_may_not_create_temporary_tables_still_writes(
+    postgres_url: str, built: Built, splits: Splits, params: Params, tmp_path: Path
+) -> None:
+    """COPY stages each chunk in a temporary table; a role without TEMP on the database (locked-down managed
+    servers) falls back to the multi-row INSERT, with the same rows in the end."""
+    admin = sa.create_engine(tables.parse_url(postgres_url))
+    role, schema = f"scorer_{uuid.uuid4().hex[:6]}", f"reports_{uuid.uuid4().hex[:6]}"
+    with admin.begin() as connection:
+        connection.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        connection.execute(sa.text(f"CREATE SCHEMA {schema} AUTHORIZATION {role}"))
+        connection.execute(sa.text("REVOKE TEMPORARY ON DATABASE postgres FROM PUBLIC"))
+    try:
+        limited = tables.parse_url(postgres_url).set(username=role)
+        refused = pytest.raises(sa.exc.ProgrammingError, match="permission denied to create temporary tables")
+        with sa.create_engine(limited).connect() as connection, refused:
+            connection.execute(sa.text("CREATE TEMPORARY TABLE probe (x int)"))
+        source = tmp_path / "rows.parquet"
+        features(splits.test, params).to_parquet(source)
+        table = f"{schema}.{table_name()}"
+        command = ["score", "--bento", built.tag, "--input", str(source), "--table", table, "--chunk-rows", "300",
+                   "--database-url", limited.render_as_string(hide_password=False)]  # fmt: skip
+        assert main(command) == 0
+        with admin.connect() as connection:
+            count = connection.scalar(sa.text(f"SELECT count(DISTINCT row_key) FROM {table}"))
+        assert count == len(splits.test)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text("GRANT TEMPORARY ON DATABASE postgres TO PUBLIC"))
+        admin.dispose()

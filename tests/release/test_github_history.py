@@ -125,7 +125,7 @@ def test_history_reads_the_releases_their_approvers_and_a_rollback_from_github(
 
     assert main(["history", "--repo", REPO, "--json"]) == 0
     captured = capsys.readouterr()
-    assert "forkcast-v3-cccccccccccc: left out, its manifest.json cannot be read" in captured.err
+    assert "forkcast-v3-cccccccccccc: left out, its manifest.json or deployments.jsonl cannot be read" in captured.err
     history = json.loads(captured.out)
     assert [entry["github_release"] for entry in history] == [first_tag, second_tag]
     january, february = history
@@ -182,21 +182,102 @@ def test_a_deployment_is_recorded_even_when_github_will_not_say_who_approved_it(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A token without `actions: read` cannot read the run's reviews: the deployment already serves, so the record
-    is written without the approver and the job is warned, not failed."""
+    """A token without `actions: read` cannot read the run's reviews: the deployment already serves, so it is
+    recorded without the approver, the earlier record kept, and the job warned, not failed."""
+    tag = "forkcast-v5-eeeeeeeeeeee"
+    earlier = {"at": "2026-05-01T08:00:00+00:00", "environment": "production", "target": "kubernetes",
+               "model_version": "5", "approved_by": "alice"}  # fmt: skip
+    fake.add_release(tag, "2026-05-01T08:00:00Z", {"deployments.jsonl": json.dumps(earlier).encode() + b"\n"})
     fake.refuse_reviews = True
     record = tmp_path / "deployments.jsonl"
-    deploy("production", "forkcast-v5-eeeeeeeeeeee", 505, record, "--approved-in-run", "505")
+    deploy("production", tag, 505, record, "--approved-in-run", "505", "--release", tag)
     captured = capsys.readouterr()
-    assert "::warning::the deployment is recorded without what GitHub would add" in captured.err
+    assert "::warning::who approved production is not recorded" in captured.err
     assert "Resource not accessible by integration" in captured.err
+    assert "needs `permissions: actions: read`" in captured.err
     assert outputs(captured.out)["approved_by"] == ""
-    (line,) = record.read_text().splitlines()
-    assert json.loads(line)["approved_by"] is None
+    assert outputs(captured.out)["recorded"] == "true"
+    kept, added = (json.loads(line) for line in record.read_text().splitlines())
+    assert kept["approved_by"] == "alice"  # the record so far, kept
+    assert added["approved_by"] is None
 
     fake.refuse_reviews = False  # no review for this environment in the run: said, not invented
-    deploy("production", "forkcast-v5-eeeeeeeeeeee", 506, record, "--approved-in-run", "506")
+    deploy("production", tag, 506, record, "--approved-in-run", "506")
     assert "::warning::no approval of production is recorded in run 506" in capsys.readouterr().err
+
+
+def test_a_record_that_cannot_be_read_is_never_replaced(
+    fake: FakeGitHub,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The workflow uploads the file with --clobber: a record written without the release's earlier lines would
+    erase them, so none is written and the step says `recorded=false`."""
+    tag = "forkcast-v6-ffffffffffff"
+    fake.add_release(tag, "2026-06-01T08:00:00Z", {"deployments.jsonl": b"{}\n"})
+    fake.assets.clear()  # the asset is listed but cannot be downloaded
+    record = tmp_path / "deployments.jsonl"
+    record.write_text("a stale file from an earlier step\n")
+    deploy("production", tag, 606, record, "--release", tag)
+    captured = capsys.readouterr()
+    assert f"::warning::the deployments record of {tag} cannot be read" in captured.err
+    assert outputs(captured.out)["recorded"] == "false"
+    assert not record.exists()
+
+
+def test_a_rollback_extends_the_record_once_per_deployment_and_keeps_an_older_release_s_first_one(
+    fake: FakeGitHub,  # noqa: F811
+    trained: TrainedModel,
+    splits: Splits,
+    params: Params,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A release published before releases kept their record stands for one production deployment: a rollback to
+    it starts its record with that one. A re-run of the production job hands staging's record over again: kept
+    once. `--last 1` still shows production after a rollback to an older release."""
+    old, newer = "forkcast-v7-777777777777", "forkcast-v8-888888888888"
+    manifest = manifest_of(trained, splits, params, old, tmp_path, approved_by="dana")
+    fake.add_release(old, "2026-07-01T08:00:00Z", {"manifest.json": manifest})
+    fake.add_release(newer, "2026-08-01T08:00:00Z", {"manifest.json": manifest_of(trained, splits, params, newer,
+                                                                                   tmp_path)})  # fmt: skip
+    fake.review(707, "erin", "production")
+    record = tmp_path / "deployments.jsonl"
+    deploy("staging", old, 707, tmp_path / "staging.jsonl")
+    staging = outputs(capsys.readouterr().out)["deployment"]
+    for attempt in (1, 2):  # the production job, then a re-run of it (the workflow names the attempt)
+        deploy("production", old, 707, record, "--approved-in-run", "707", "--release", old, "--also", staging,
+               "--run-url", f"{RUN_URL}707/attempts/{attempt}")  # fmt: skip
+        fake.replace_asset(old, "deployments.jsonl", record.read_bytes())
+    fake.latest = old
+    capsys.readouterr()
+    assert main(["history", "--repo", REPO, "--json", "--last", "1"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["github_release"] == old
+    assert [(d["environment"], d["approved_by"]) for d in entry["deployments"]] == [
+        ("production", "dana"), ("staging", None), ("production", "erin"), ("production", "erin"),
+    ]  # fmt: skip
+    assert entry["deployments"][0]["at"] == "2026-07-01T08:00:00Z"  # when it was published
+
+
+def test_a_release_whose_record_cannot_be_read_is_left_out_and_said(
+    fake: FakeGitHub,  # noqa: F811
+    trained: TrainedModel,
+    splits: Splits,
+    params: Params,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    good, missing = "forkcast-v9-999999999999", "forkcast-v10-101010101010"
+    fake.add_release(good, "2026-09-01T08:00:00Z", {"manifest.json": manifest_of(trained, splits, params, good,
+                                                                                  tmp_path)})  # fmt: skip
+    fake.add_release(missing, "2026-10-01T08:00:00Z", {"manifest.json": b"{}", "deployments.jsonl": b""})
+    broken = fake.releases[0]["assets"][1]["id"]
+    del fake.assets[broken]  # listed, but GitHub answers 404
+    assert main(["history", "--repo", REPO, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert f"{missing}: left out, its manifest.json or deployments.jsonl cannot be read" in captured.err
+    assert [entry["github_release"] for entry in json.loads(captured.out)] == [good]
 
 
 @pytest.mark.parametrize(
@@ -205,6 +286,14 @@ def test_a_deployment_is_recorded_even_when_github_will_not_say_who_approved_it(
         (["--environment", "qa"], "--environment is staging or production, not 'qa'"),
         (["--environment", "production", "--also", "{not json"], "--also is not a deployment record"),
         (["--environment", "production", "--also", '{"at": "x"}'], "--also is not a deployment record"),
+        (
+            ["--environment", "production", "--also", '{"at": 5, "environment": ["x"], "target": null}'],
+            "a deployment record needs `at` as text, not 5",
+        ),
+        (
+            ["--environment", "production", "--also", '{"at": "x", "environment": "y", "target": "z", "url": 3}'],
+            "`url` of a deployment record is text or null, not 3",
+        ),
     ],
 )
 def test_bad_input_to_the_deployment_record_writes_nothing(

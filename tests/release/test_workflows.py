@@ -216,11 +216,16 @@ def test_each_release_keeps_its_deployments_and_who_approved_production() -> Non
     publish = steps["Publish the release manifest"]
     assert publish["env"]["APPROVED_BY"] == "${{ steps.recorded.outputs.approved_by }}"
     assert '--approved-by "$APPROVED_BY"' in publish["run"]
-    assert (
-        'upload "$ROLLBACK_TO" --repo "$GITHUB_REPOSITORY" --clobber outputs/release/deployments.jsonl'
-        in publish["run"]
-    )
-    assert publish["run"].count("outputs/release/deployments.jsonl") == 2  # a new release's files, and a rollback's
+    # The record goes up with a new release's files, and replaces a rolled-back release's own, only when the
+    # record step wrote it (it writes none when the release's record could not be read: --clobber would erase it).
+    assert "record=outputs/release/deployments.jsonl" in publish["run"]
+    assert 'if [ -f "$record" ]; then files+=("$record"); fi' in publish["run"]
+    assert 'gh release upload "$RELEASE" --repo "$GITHUB_REPOSITORY" --clobber "$record"' in publish["run"]
+    # A record that fails must not keep a release that serves from being published.
+    assert staging["Record the deployment"]["continue-on-error"] is True
+    assert record["continue-on-error"] is True
+    for step in (staging["Record the deployment"], record):  # each attempt of a re-run is its own deployment
+        assert step["env"]["RUN_URL"].endswith("/attempts/${{ github.run_attempt }}")
     for workflow, job in (("pipeline.yml", "release"), ("rollback.yml", "rollback")):
         # A called workflow's jobs get no permission their caller did not grant.
         assert load(WORKFLOWS / workflow)["jobs"][job]["permissions"]["actions"] == "read", workflow

@@ -4,14 +4,15 @@ Its columns: `row_key`, `period`, the model's inputs (typed as its contract type
 (`model_name`, `model_version`, `bento`, `bento_model`, `run_id`, `data_hash`, `git_commit`, `trained_at`,
 `backend`), `source` and `scored_at`; its primary key is (row_key, model_version, bento). A table that exists is
 checked before anything is written: a missing, extra or mistyped column, or no such key, is refused by name. Rows
-are appended one chunk per transaction with the dialect's INSERT ... ON CONFLICT DO NOTHING: history is kept, a
-row is never overwritten, and a retried chunk adds nothing twice.
+are appended one chunk per transaction with INSERT ... ON CONFLICT DO NOTHING (in PostgreSQL from a temporary table
+the chunk is copied into, unless the role may not create one): history is kept, a row is never overwritten, and a
+retried chunk adds nothing twice.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,7 @@ class Writer:
         dialect = engine.dialect.name
         insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
         self._insert = insert(table).on_conflict_do_nothing(index_elements=list(KEY))
+        self._copy = dialect == "postgresql"  # until a role without the TEMP privilege says otherwise
 
     def create(self) -> bool:
         """Create the table when it does not exist (another run may create it at the same time); True if created."""
@@ -192,20 +194,25 @@ class Writer:
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """One chunk, in one transaction: all of its new rows, or none."""
-        copying = self.engine.dialect.name == "postgresql"
-        failures: tuple[type[Exception], ...] = (sa.exc.SQLAlchemyError,)
-        if copying:
+        if self._copy:
             import psycopg  # COPY goes through the driver itself
 
-            failures += (psycopg.Error,)
+            try:
+                self._write(rows, lambda connection: _copy_then_insert(connection, self.table, rows), psycopg.Error)
+                return
+            except WriteError as exc:
+                if not isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+                    raise
+                self._copy = False  # no TEMP on this database: the INSERT, which needs none, from now on
+        self._write(rows, lambda connection: connection.execute(self._insert, rows))
+
+    def _write(self, rows: list[dict[str, Any]], how: Callable[[Connection], object], *errors: type[Exception]) -> None:
+        failures: tuple[type[Exception], ...] = (sa.exc.SQLAlchemyError, *errors)
         try:
             with self.engine.begin() as connection:
-                if copying:
-                    _copy_then_insert(connection, self.table, rows)
-                else:
-                    connection.execute(self._insert, rows)
+                how(connection)
         except failures as exc:
-            raise WriteError(f"writing to {self.where} failed: {_first_line(exc)}") from exc
+            raise WriteError(f"writing {len(rows):,} rows to {self.where} failed: {_first_line(exc)}") from exc
 
     def count(self, model_version: str | None = None, bento: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(self.table)

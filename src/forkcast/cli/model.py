@@ -243,7 +243,7 @@ def history(
             "instead of MLflow: a fork without a tracking server.",
         ),
     ] = None,
-    last: Annotated[int, typer.Option("--last", min=1, help="With --repo: how many recent releases.")] = 30,
+    last: Annotated[int, typer.Option("--last", min=1, help="Show the last N versions (releases with --repo).")] = 30,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Every registered model version: data hash, commit, params changed since the version before, metrics and
@@ -252,11 +252,12 @@ def history(
 
     params = load_params(params_file)
     if repo is not None:
-        found, nothing_yet = _history_of_releases(repo, last), f"no Forkcast release of {repo} carries a manifest yet"
-        nothing_yet += ": production publishes one when it deploys a release (the Release workflow)"
+        found = _history_of_releases(repo, last)
+        nothing_yet = f"no Forkcast release of {repo} carries a manifest yet: production publishes one when it "
+        nothing_yet += "deploys a release (the Release workflow)"
     else:
         with tracking_errors():
-            found = versions.read(paths.LOCAL_MLFLOW_DIR, params)
+            found = versions.read(paths.LOCAL_MLFLOW_DIR, params)[-last:]
         nothing_yet = f"no version of {params.tracking.registered_model} is registered yet"
         nothing_yet += ": run the pipeline (`dvc repro`)"
     if as_json:
@@ -271,16 +272,15 @@ def history(
 
 def _history_of_releases(repo: str, last: int) -> list[VersionHistory]:
     from forkcast.cli.common import github_errors, repo_name
-    from forkcast.model.history import from_releases
     from forkcast.release import github
-    from forkcast.release.github_registry import release_records
+    from forkcast.release.github_registry import history_of, release_records
 
     target = repo_name(repo)
     with github_errors(), github.client() as gh:
         records, notes = release_records(gh, target, last)
     for note in notes:
         typer.echo(f"note: {note}", err=True)
-    return from_releases(records)
+    return history_of(records)
 
 
 @app.command()

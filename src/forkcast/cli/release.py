@@ -154,7 +154,8 @@ def release_deployment(
     ),
 ) -> None:
     """Record one deployment (who approved it, where it serves) in a release's deployments record, and print
-    `deployment=<json>` and `approved_by=` for $GITHUB_OUTPUT: `forkcast history --repo` reads the record back."""
+    `deployment=<json>`, `approved_by=` and `recorded=true|false` for $GITHUB_OUTPUT: `forkcast history --repo`
+    reads the record back. When the release's record cannot be read, none is written (`recorded=false`)."""
     import json
     from dataclasses import asdict
 
@@ -170,48 +171,77 @@ def release_deployment(
             continue
         try:
             earlier.append(asdict(DeploymentEvent.from_dict(json.loads(text))))
-        except (ValueError, TypeError, AttributeError) as exc:
+        except ValueError as exc:
             raise fail(f"--also is not a deployment record ({exc}): {text[:200]}", EXIT_USAGE) from exc
-    approved_by, recorded = _approvals_and_record(repo, approved_in_run, environment, release)
+    target_repo = repo_name(repo) if approved_in_run is not None or release else ""
+    approved_by = _approvers(target_repo, approved_in_run, environment) if approved_in_run is not None else None
     event = DeploymentEvent(
         at=now(), environment=environment, target=target or "unknown", model_version=model_version or None,
         bento=bento or None, image=image or None, url=url or None, approved_by=approved_by,
         workflow_run=run_url or None,
     )  # fmt: skip
-    lines = [*recorded, *earlier, asdict(event)]
-    atomic.write_text(output, "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
-    outputs = {"deployment": json.dumps(asdict(event)), "approved_by": approved_by}
     try:
-        typer.echo(records.step_outputs(outputs), nl=False)
+        printed = records.step_outputs({"deployment": json.dumps(asdict(event)), "approved_by": approved_by})
     except records.ReleaseError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
+    recorded = _recorded(target_repo, release) if release else []
+    if recorded is None:  # replacing a record that could not be read would lose it: leave it as it is
+        output.unlink(missing_ok=True)
+        typer.echo(f"{printed}recorded=false")
+        return
+    lines = _unique([*recorded, *earlier, asdict(event)])
+    atomic.write_text(output, "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    typer.echo(f"{printed}recorded=true")
     typer.echo(f"{environment}: {image or bento} recorded in {output} ({len(lines)} deployment(s))", err=True)
 
 
-def _approvals_and_record(
-    repo: str | None, run_id: int | None, environment: str, release: str
-) -> tuple[str | None, list[dict[str, Any]]]:
-    """Who approved `environment` in the run, and the release's deployments so far; GitHub failing here warns
-    and records less rather than failing a deployment that already serves."""
+def _approvers(repo: str, run_id: int, environment: str) -> str | None:
+    """Who approved `environment` in the run (`alice, bob`). GitHub failing here warns and records no approver
+    rather than failing a deployment that already serves."""
     from forkcast.release import github
-    from forkcast.release.github_registry import approvers, release_deployments
+    from forkcast.release.github_registry import approvers
 
-    if run_id is None and not release:
-        return None, []
-    target = repo_name(repo)
-    approved_by, recorded = None, []
     try:
         with github.client() as gh:
-            if run_id is not None:
-                found = approvers(gh, target, run_id, environment)
-                approved_by = ", ".join(found) or None
-                if not found:
-                    typer.echo(f"::warning::no approval of {environment} is recorded in run {run_id}", err=True)
-            if release:
-                recorded = release_deployments(gh, target, release)
+            found = approvers(gh, repo, run_id, environment)
     except (github.GitHubError, github.TokenMissingError) as exc:
-        typer.echo(f"::warning::the deployment is recorded without what GitHub would add: {exc}", err=True)
-    return approved_by, recorded
+        reason = str(exc).splitlines()[0]
+        typer.echo(f"::warning::who approved {environment} is not recorded ({reason}): the job needs "
+                   "`permissions: actions: read` to read the run's review history", err=True)  # fmt: skip
+        return None
+    if not found:
+        typer.echo(f"::warning::no approval of {environment} is recorded in run {run_id}", err=True)
+    return ", ".join(found) or None
+
+
+def _recorded(repo: str, release: str) -> list[dict[str, Any]] | None:
+    """The release's deployments so far ([] before it is published); None, with a warning, when they cannot be
+    read."""
+    from forkcast.release import github
+    from forkcast.release.github_registry import release_deployments
+
+    try:
+        with github.client() as gh:
+            return release_deployments(gh, repo, release)
+    except (github.GitHubError, github.TokenMissingError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        typer.echo(f"::warning::the deployments record of {release} cannot be read ({reason}): it is left as it "
+                   "is, without this deployment", err=True)  # fmt: skip
+        return None
+
+
+def _unique(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each deployment once: a re-run of the production job hands over staging's record again."""
+    import json
+
+    seen: set[str] = set()
+    kept = []
+    for line in lines:
+        text = json.dumps(line, sort_keys=True)
+        if text not in seen:
+            seen.add(text)
+            kept.append(line)
+    return kept
 
 
 @release_app.command("outputs")
@@ -408,19 +438,19 @@ def release_production_bento(
 ) -> None:
     """Import the bento production serves (its GitHub Release carries it) into the project's store and print
     `release=` and `bento=` for $GITHUB_OUTPUT: the Score workflow scores with production's model, no rebuild."""
-    from forkcast.release import github
+    from forkcast.release import github, records
     from forkcast.release.github_registry import NoProductionBentoError, RegistryAssetsError, production_bento
 
     target = repo_name(repo)
     with step(f"fetch the bento production serves on {target}"), github_errors():
         try:
             with github.client() as gh:
-                release, bento = production_bento(gh, target, directory)
+                release, bento = production_bento(gh, target, directory, note=lambda line: typer.echo(line, err=True))
         except NoProductionBentoError as exc:
             raise fail(str(exc), EXIT_NOTHING_YET) from exc
         except RegistryAssetsError as exc:
             raise fail(str(exc), EXIT_CHECK_FAILED) from exc
-    typer.echo(f"release={release}\nbento={bento}")
+    typer.echo(records.step_outputs({"release": release, "bento": bento}), nl=False)
 
 
 @release_app.command("seed-registry")

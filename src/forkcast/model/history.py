@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from forkcast.config import Params
-    from forkcast.release.github_registry import ReleaseRecord
 
 DEPLOYMENTS_LOG = paths.OUTPUTS / "deploy" / "history.jsonl"
 VALIDATION_ARTIFACT = "reports/report.json"  # the data checks' report, logged with each registering run
@@ -44,9 +43,19 @@ class DeploymentEvent:
     workflow_run: str | None = None
 
     @classmethod
-    def from_dict(cls, entry: dict[str, Any]) -> DeploymentEvent:
-        """A record as written, keeping the fields this version knows (a newer writer may add some)."""
-        return cls(**{key: value for key, value in entry.items() if key in cls.__dataclass_fields__})
+    def from_dict(cls, entry: Any) -> DeploymentEvent:
+        """A record as written, keeping the fields this version knows (a newer writer may add some); ValueError
+        naming the field when it is not one (a missing time, place or target, or a value that is not text)."""
+        if not isinstance(entry, dict):
+            raise ValueError(f"a deployment record is a JSON object, not {type(entry).__name__}")
+        known = {key: value for key, value in entry.items() if key in cls.__dataclass_fields__}
+        for name in ("at", "environment", "target"):
+            if not isinstance(known.get(name), str) or not known[name]:
+                raise ValueError(f"a deployment record needs `{name}` as text, not {known.get(name)!r}")
+        for name, value in known.items():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"`{name}` of a deployment record is text or null, not {value!r}")
+        return cls(**{"model_version": None, **known})
 
 
 def now() -> str:
@@ -71,7 +80,7 @@ def read_deployments(log: Path = DEPLOYMENTS_LOG) -> list[DeploymentEvent]:
     for line in log.read_text(encoding="utf-8").splitlines():
         try:
             events.append(DeploymentEvent.from_dict(json.loads(line)))
-        except (ValueError, TypeError, AttributeError):
+        except ValueError:
             continue
     return events
 
@@ -105,7 +114,8 @@ def params_diff(before: dict[str, str], after: dict[str, str]) -> dict[str, list
     }
 
 
-def _checks_passed(run_id: str) -> float | None:
+def run_checks_passed(run_id: str) -> float | None:
+    """The share of data checks that passed, from the validation report the run logged."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -160,7 +170,7 @@ def versions(client: MlflowClient, name: str, deployments: list[DeploymentEvent]
                 metrics=metrics,
                 params=params,
                 params_changed=params_diff(previous, params) if history and params else {},
-                checks_passed=_checks_passed(entry.run_id) if entry.run_id else None,
+                checks_passed=run_checks_passed(entry.run_id) if entry.run_id else None,
                 deployments=[event for event in deployments if event.model_version == version],
             )
         )
@@ -176,67 +186,6 @@ def read(local_dir: Path, params: Params, log: Path = DEPLOYMENTS_LOG) -> list[V
 
     use_tracking(local_dir, params.tracking.experiment)
     return versions(MlflowClient(), params.tracking.registered_model, read_deployments(log))
-
-
-def flatten(values: Any, prefix: str = "") -> dict[str, str]:
-    """params.yaml as dotted keys (`train.hyperparameters.max_iter`), each value as text: what a diff compares."""
-    if isinstance(values, dict):
-        flat: dict[str, str] = {}
-        for key, value in values.items():
-            flat |= flatten(value, f"{prefix}{key}.")
-        return flat
-    return {prefix.removesuffix("."): json.dumps(values) if isinstance(values, list) else str(values)}
-
-
-def from_releases(records: list[ReleaseRecord]) -> list[VersionHistory]:
-    """The history the GitHub Releases registry holds: each release's manifest and deployments, oldest first."""
-    history: list[VersionHistory] = []
-    previous: dict[str, str] = {}
-    for record in records:
-        manifest = record.manifest
-        model = manifest.get("model") or {}
-        params = flatten(manifest.get("params") or {})
-        metrics = {str(k): float(v) for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, int | float)}
-        deployments = [DeploymentEvent.from_dict(entry) for entry in record.deployments]
-        if not deployments:  # a release from before deployments were recorded: it was published once production ran it
-            deployments = [
-                DeploymentEvent(
-                    at=record.published_at,
-                    environment="production",
-                    target="unknown",
-                    model_version=_text(model.get("version")),
-                    bento=manifest.get("bento"),
-                    image=manifest.get("image"),
-                    approved_by=manifest.get("approved_by"),
-                    workflow_run=manifest.get("workflow_run"),
-                )
-            ]
-        checks = manifest.get("checks_passed")
-        history.append(
-            VersionHistory(
-                version=_text(model.get("version")) or "?",
-                registered_at=str(manifest.get("created_at") or record.published_at),
-                run_id=model.get("run_id"),
-                git_commit=manifest.get("model_git_commit") or manifest.get("git_commit"),
-                data_hash=manifest.get("data_hash"),
-                model_type=model.get("type") or params.get("train.model"),
-                gate=manifest.get("gate"),
-                aliases=["production"] if record.production else [],
-                released_at=record.published_at,
-                github_release=record.tag,
-                metrics=metrics,
-                params=params,
-                params_changed=params_diff(previous, params) if history and params else {},
-                checks_passed=float(checks) if isinstance(checks, int | float) else None,
-                deployments=deployments,
-            )
-        )
-        previous = params or previous
-    return history
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def to_json(history: list[VersionHistory]) -> str:
@@ -267,6 +216,7 @@ def label(entry: VersionHistory) -> str:
 def render_table(history: list[VersionHistory], metric: str) -> str:
     """A table a person reads, newest first, and under it what changed in each version's params."""
     import shutil
+    import sys
     from io import StringIO
 
     from rich.console import Console
@@ -289,13 +239,14 @@ def render_table(history: list[VersionHistory], metric: str) -> str:
             (entry.model_type or "-").replace("_", " "),
             f"{test:.2f}" if test is not None else "-",
             f"{mean:.2f} ± {std:.2f}" if mean is not None and std is not None else "-",
-            f"{entry.checks_passed:.0%}" if entry.checks_passed is not None else "-",
+            f"{entry.checks_passed:.1%}" if entry.checks_passed is not None else "-",
             entry.gate or "-",
             _where(entry),
         )
     out = StringIO()
-    # The terminal's width where there is one; a log or a pipe gets a table wide enough not to fold the deployments.
-    console = Console(file=out, width=max(120, shutil.get_terminal_size((170, 24)).columns), color_system=None)
+    # A terminal's own width; a log, a pipe or a test gets a table wide enough not to fold the deployments.
+    width = max(120, shutil.get_terminal_size().columns) if sys.stdout.isatty() else 170
+    console = Console(file=out, width=width, color_system=None)
     console.print(table)
     changes = [entry for entry in reversed(history) if entry.params_changed]
     if changes:

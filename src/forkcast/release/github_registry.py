@@ -10,12 +10,13 @@ with production's alias on the latest: the gate then runs exactly as it does loc
 
 from __future__ import annotations
 
+import json
 import lzma
 import shutil
 import tarfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
     from forkcast.config import Params
+    from forkcast.model.history import VersionHistory
     from forkcast.release.github import GitHub
 
 RELEASE_PREFIX = "forkcast-v"
@@ -156,7 +158,6 @@ def released_models(github: GitHub, repo: str, count: int) -> tuple[list[Release
 def production_commit(github: GitHub, repo: str) -> tuple[str, str] | None:
     """The tag of the release production runs and the commit it was released from (its manifest's `git_commit`);
     None when no release carries a model yet."""
-    import json
     import re
 
     releases, _ = released_models(github, repo, 1)
@@ -184,33 +185,50 @@ class ReleaseRecord:
 
 
 def release_records(github: GitHub, repo: str, count: int) -> tuple[list[ReleaseRecord], list[str]]:
-    """The last `count` releases that carry a manifest, oldest first, production marked as `released_models` marks
-    it; and a note for each release left out because its manifest cannot be read."""
-    import json
+    """The last `count` releases that carry a manifest (production kept among them after a rollback to an older
+    one), oldest first, production marked as `released_models` marks it; and a note for each release left out
+    because its manifest or its deployments record cannot be read."""
+    from forkcast.release.github import GitHubError
 
     published, latest = published_releases(github, repo)
     with_manifest = [release for release in published if MANIFEST_FILE in release.assets]
-    production = next((r.tag for r in with_manifest if r.latest), with_manifest[-1].tag if with_manifest else None)
-    records, notes = [], []
-    if latest and with_manifest and production != latest:
+    production = next((r for r in with_manifest if r.latest), with_manifest[-1] if with_manifest else None)
+    notes = []
+    if latest and production is not None and production.tag != latest:
         notes.append(f"the repository's latest release ({latest}) carries no manifest: production is taken to be "
-                     f"the newest release that does, {production}")  # fmt: skip
-    for release in with_manifest[-count:]:
+                     f"the newest release that does, {production.tag}")  # fmt: skip
+    shown = with_manifest[-count:]
+    if production is not None and production not in shown:
+        shown = [production, *shown[1:]]  # rolled back to an older release: it is production, and shown
+    records = []
+    for release in shown:
         try:
-            manifest = json.loads(github.download(f"/repos/{repo}/releases/assets/{release.assets[MANIFEST_FILE]}"))
-            if not isinstance(manifest, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            notes.append(f"{release.tag}: left out, its {MANIFEST_FILE} cannot be read ({exc})")
+            manifest = _json_object(github.download(f"/repos/{repo}/releases/assets/{release.assets[MANIFEST_FILE]}"))
+            recorded = _deployments(github, repo, release.assets.get(DEPLOYMENTS_FILE))
+        except (ValueError, GitHubError) as exc:
+            notes.append(f"{release.tag}: left out, its {MANIFEST_FILE} or {DEPLOYMENTS_FILE} cannot be read ({exc})")
             continue
-        deployments = _deployments(github, repo, release.assets.get(DEPLOYMENTS_FILE))
-        production_now = release.tag == production
-        records.append(ReleaseRecord(release.tag, release.published_at, production_now, manifest, deployments))
+        deployments = recorded or [published_deployment(manifest, release.published_at)]
+        records.append(ReleaseRecord(release.tag, release.published_at, release == production, manifest, deployments))
     return records, notes
 
 
+def published_deployment(manifest: dict[str, Any], published_at: str) -> dict[str, Any]:
+    """The one deployment a release from before deployments records is known to have had: production's, when the
+    release was published (the workflow publishes it once production serves it and passed its smoke tests)."""
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    version = model.get("version") if model else None
+    return {
+        "at": published_at, "environment": "production", "target": "unknown",
+        "model_version": None if version is None else str(version), "bento": manifest.get("bento"),
+        "image": manifest.get("image"), "approved_by": manifest.get("approved_by"),
+        "workflow_run": manifest.get("workflow_run"),
+    }  # fmt: skip
+
+
 def release_deployments(github: GitHub, repo: str, tag: str) -> list[dict[str, Any]]:
-    """The deployments a release recorded so far (none for a release not yet published, or one from before)."""
+    """The deployments a release recorded so far: none for a release not published yet; for one published before
+    releases kept the record, the production deployment its publication stands for."""
     from forkcast.release.github import GitHubError
 
     try:
@@ -220,12 +238,23 @@ def release_deployments(github: GitHub, repo: str, tag: str) -> list[dict[str, A
             raise
         return []
     assets = {str(asset["name"]): int(asset["id"]) for asset in release.get("assets", [])}
-    return _deployments(github, repo, assets.get(DEPLOYMENTS_FILE))
+    recorded = _deployments(github, repo, assets.get(DEPLOYMENTS_FILE))
+    if recorded or MANIFEST_FILE not in assets:
+        return recorded
+    manifest = _json_object(github.download(f"/repos/{repo}/releases/assets/{assets[MANIFEST_FILE]}"))
+    return [published_deployment(manifest, str(release.get("published_at") or ""))]
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    found = json.loads(data)
+    if not isinstance(found, dict):
+        raise ValueError("not a JSON object")
+    return found
 
 
 def _deployments(github: GitHub, repo: str, asset: int | None) -> list[dict[str, Any]]:
-    """The lines of a deployments record; a line that is not a JSON object is skipped, never fatal."""
-    import json
+    """The well-formed lines of a deployments record (one torn or edited by hand is skipped, never fatal)."""
+    from forkcast.model.history import DeploymentEvent
 
     if asset is None:
         return []
@@ -233,11 +262,9 @@ def _deployments(github: GitHub, repo: str, asset: int | None) -> list[dict[str,
     found = []
     for line in lines:
         try:
-            entry = json.loads(line)
+            found.append(asdict(DeploymentEvent.from_dict(json.loads(line))))
         except ValueError:
             continue
-        if isinstance(entry, dict):
-            found.append(entry)
     return found
 
 
@@ -254,12 +281,16 @@ def approvers(github: GitHub, repo: str, run_id: int, environment: str) -> list[
     return found
 
 
-def production_bento(github: GitHub, repo: str, directory: Path) -> tuple[str, str]:
+def production_bento(
+    github: GitHub, repo: str, directory: Path, note: Callable[[str], None] = lambda _line: None
+) -> tuple[str, str]:
     """The tag of the release production runs and its bento, imported into the project's BentoML store (from
     `directory/<tag>/bento.bento`, downloaded unless the store holds it already)."""
     from forkcast.serving import build as bento
 
-    releases, _ = released_models(github, repo, 1)
+    releases, why = released_models(github, repo, 1)
+    if why:
+        note(f"note: {why}")
     current = next((release for release in releases if release.production), None)
     if current is None:
         raise NoProductionBentoError(f"no release of {repo} carries a model yet: nothing serves in production")
@@ -361,3 +392,58 @@ def seed(
         mark = " (production)" if release.production else ""
         progress(f"  {release.tag}{mark}: version {version}{', already here' if reused else ''}")
     return seeded
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, str]:
+    """params.yaml as dotted keys (`train.hyperparameters.max_iter`), each value as text: what a diff compares."""
+    if isinstance(values, dict):
+        flat: dict[str, str] = {}
+        for key, value in values.items():
+            flat |= flatten(value, f"{prefix}{key}.")
+        return flat
+    return {prefix.removesuffix("."): json.dumps(values) if isinstance(values, list) else str(values)}
+
+
+def history_of(records: list[ReleaseRecord]) -> list[VersionHistory]:
+    """The history the GitHub Releases registry holds (`forkcast history --repo`): each release's manifest and
+    deployments record, oldest first, with the params each release changed against the one before."""
+    from forkcast.model.history import DeploymentEvent, VersionHistory, params_diff
+
+    history: list[VersionHistory] = []
+    previous: dict[str, str] = {}
+    for record in records:
+        manifest = record.manifest
+        model = manifest.get("model") or {}
+        params = flatten(manifest.get("params") or {})
+        metrics = {
+            str(key): float(value)
+            for key, value in (manifest.get("metrics") or {}).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        deployments = [DeploymentEvent.from_dict(entry) for entry in record.deployments]
+        checks = manifest.get("checks_passed")
+        history.append(
+            VersionHistory(
+                version=_text(model.get("version")) or "?",
+                registered_at=str(manifest.get("created_at") or record.published_at),
+                run_id=model.get("run_id"),
+                git_commit=manifest.get("model_git_commit") or manifest.get("git_commit"),
+                data_hash=manifest.get("data_hash"),
+                model_type=model.get("type") or params.get("train.model"),
+                gate=manifest.get("gate"),
+                aliases=["production"] if record.production else [],
+                released_at=record.published_at,
+                github_release=record.tag,
+                metrics=metrics,
+                params=params,
+                params_changed=params_diff(previous, params) if previous and params else {},
+                checks_passed=float(checks) if isinstance(checks, int | float) else None,
+                deployments=deployments,
+            )
+        )
+        previous = params or previous
+    return history
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -164,6 +164,7 @@ def from_mlflow(params: Params, *, alias: str | None = None, version: str | None
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from forkcast.model.history import run_checks_passed
     from forkcast.model.registry import use_tracking
 
     use_tracking(paths.LOCAL_MLFLOW_DIR, params.tracking.experiment)
@@ -203,6 +204,7 @@ def from_mlflow(params: Params, *, alias: str | None = None, version: str | None
             "trained_at": metadata.get("trained_at"),
             "fitted_on": metadata.get("fitted_on"),
             "model_type": tags.get("model_type"),
+            "checks_passed": run_checks_passed(run.info.run_id),
             "metrics": {
                 key: value for key, value in run.data.metrics.items() if key.startswith(("test_", "backtest_model_"))
             },

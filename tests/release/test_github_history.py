@@ -269,15 +269,20 @@ def test_a_release_whose_record_cannot_be_read_is_left_out_and_said(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     good, missing = "forkcast-v9-999999999999", "forkcast-v10-101010101010"
-    fake.add_release(good, "2026-09-01T08:00:00Z", {"manifest.json": manifest_of(trained, splits, params, good,
-                                                                                  tmp_path)})  # fmt: skip
+    kept = {"at": "2026-09-01T08:00:00+00:00", "environment": "production", "target": "self-hosted"}
+    record = b"\n".join([b'{"at": "2026-08-31T', json.dumps({**kept, "url": 3}).encode(), json.dumps(kept).encode()])
+    manifest = manifest_of(trained, splits, params, good, tmp_path)
+    fake.add_release(good, "2026-09-01T08:00:00Z", {"manifest.json": manifest, "deployments.jsonl": record})
     fake.add_release(missing, "2026-10-01T08:00:00Z", {"manifest.json": b"{}", "deployments.jsonl": b""})
     broken = fake.releases[0]["assets"][1]["id"]
     del fake.assets[broken]  # listed, but GitHub answers 404
     assert main(["history", "--repo", REPO, "--json"]) == 0
     captured = capsys.readouterr()
     assert f"{missing}: left out, its manifest.json or deployments.jsonl cannot be read" in captured.err
-    assert [entry["github_release"] for entry in json.loads(captured.out)] == [good]
+    (entry,) = json.loads(captured.out)
+    assert entry["github_release"] == good
+    # A torn line and one with a value of the wrong type are skipped; the well-formed one is shown.
+    assert [(d["at"], d["target"]) for d in entry["deployments"]] == [(kept["at"], "self-hosted")]
 
 
 @pytest.mark.parametrize(

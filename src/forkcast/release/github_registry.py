@@ -208,7 +208,7 @@ def release_records(github: GitHub, repo: str, count: int) -> tuple[list[Release
         except (ValueError, GitHubError) as exc:
             notes.append(f"{release.tag}: left out, its {MANIFEST_FILE} or {DEPLOYMENTS_FILE} cannot be read ({exc})")
             continue
-        deployments = recorded or [published_deployment(manifest, release.published_at)]
+        deployments = recorded or _well_formed([published_deployment(manifest, release.published_at)])
         records.append(ReleaseRecord(release.tag, release.published_at, release == production, manifest, deployments))
     return records, notes
 
@@ -242,7 +242,7 @@ def release_deployments(github: GitHub, repo: str, tag: str) -> list[dict[str, A
     if recorded or MANIFEST_FILE not in assets:
         return recorded
     manifest = _json_object(github.download(f"/repos/{repo}/releases/assets/{assets[MANIFEST_FILE]}"))
-    return [published_deployment(manifest, str(release.get("published_at") or ""))]
+    return _well_formed([published_deployment(manifest, str(release.get("published_at") or ""))])
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
@@ -254,15 +254,26 @@ def _json_object(data: bytes) -> dict[str, Any]:
 
 def _deployments(github: GitHub, repo: str, asset: int | None) -> list[dict[str, Any]]:
     """The well-formed lines of a deployments record (one torn or edited by hand is skipped, never fatal)."""
-    from forkcast.model.history import DeploymentEvent
-
     if asset is None:
         return []
     lines = github.download(f"/repos/{repo}/releases/assets/{asset}").decode("utf-8", "replace").splitlines()
-    found = []
+    entries = []
     for line in lines:
         try:
-            found.append(asdict(DeploymentEvent.from_dict(json.loads(line))))
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return _well_formed(entries)
+
+
+def _well_formed(entries: list[Any]) -> list[dict[str, Any]]:
+    """The entries that are deployment records, as this version writes them (the others skipped)."""
+    from forkcast.model.history import DeploymentEvent
+
+    found = []
+    for entry in entries:
+        try:
+            found.append(asdict(DeploymentEvent.from_dict(entry)))
         except ValueError:
             continue
     return found

@@ -189,8 +189,9 @@ def release_deployment(
         output.unlink(missing_ok=True)
         typer.echo(f"{printed}recorded=false")
         return
-    lines = _unique([*recorded, *earlier, asdict(event)])
-    atomic.write_text(output, "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    # Each deployment once: a re-run of the production job hands over staging's record again.
+    lines = dict.fromkeys(json.dumps(line, sort_keys=True) for line in [*recorded, *earlier, asdict(event)])
+    atomic.write_text(output, "".join(line + "\n" for line in lines))
     typer.echo(f"{printed}recorded=true")
     typer.echo(f"{environment}: {image or bento} recorded in {output} ({len(lines)} deployment(s))", err=True)
 
@@ -228,20 +229,6 @@ def _recorded(repo: str, release: str) -> list[dict[str, Any]] | None:
         typer.echo(f"::warning::the deployments record of {release} cannot be read ({reason}): it is left as it "
                    "is, without this deployment", err=True)  # fmt: skip
         return None
-
-
-def _unique(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each deployment once: a re-run of the production job hands over staging's record again."""
-    import json
-
-    seen: set[str] = set()
-    kept = []
-    for line in lines:
-        text = json.dumps(line, sort_keys=True)
-        if text not in seen:
-            seen.add(text)
-            kept.append(line)
-    return kept
 
 
 @release_app.command("outputs")

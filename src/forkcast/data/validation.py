@@ -100,6 +100,16 @@ class ValidationReport:
         }
 
 
+def share_of_checks_passed(report_json: Path) -> float | None:
+    """The share of checks that passed, as a written report (`ValidationReport.to_dict`) says; None when there is no
+    readable report there."""
+    try:
+        share = (atomic.read_json(report_json).get("summary") or {}).get("share_of_checks_passed")
+        return float(share) if share is not None else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 class _Checker:
     """Collects check outcomes over one table, tracking which rows fail anything."""
 

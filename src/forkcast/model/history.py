@@ -119,15 +119,16 @@ def run_checks_passed(run_id: str) -> float | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from forkcast.data.validation import share_of_checks_passed
+
     with tempfile.TemporaryDirectory() as scratch:
         try:
             path = mlflow.artifacts.download_artifacts(
                 run_id=run_id, artifact_path=VALIDATION_ARTIFACT, dst_path=scratch
             )
-            summary = json.loads(Path(path).read_text())["summary"]
-            return float(summary["share_of_checks_passed"])
-        except (MlflowException, OSError, ValueError, KeyError, TypeError):
+        except (MlflowException, OSError):
             return None  # a release seeded from GitHub, or a run from before its report was logged
+        return share_of_checks_passed(Path(path))
 
 
 def _iso(milliseconds: int | None) -> str:

@@ -166,7 +166,10 @@ def production_commit(github: GitHub, repo: str) -> tuple[str, str] | None:
         return None
     if current.manifest is None:
         raise RegistryAssetsError(f"{current.tag} carries no {MANIFEST_FILE}: which commit it came from is unknown")
-    manifest = json.loads(github.download(f"/repos/{repo}/releases/assets/{current.manifest}"))
+    try:
+        manifest = _json_object(github.download(f"/repos/{repo}/releases/assets/{current.manifest}"))
+    except ValueError as exc:
+        raise RegistryAssetsError(f"{current.tag}'s {MANIFEST_FILE} cannot be read ({exc})") from exc
     commit = str(manifest.get("git_commit") or "")
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise RegistryAssetsError(f"{current.tag}'s {MANIFEST_FILE} names no commit (git_commit: {commit!r})")

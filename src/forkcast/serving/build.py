@@ -90,6 +90,8 @@ def test_period(metadata: dict[str, Any]) -> dict[str, Any] | None:
 
 def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
     """The model the last `dvc repro` refit and registered (outputs/served)."""
+    from forkcast.data.validation import share_of_checks_passed
+
     required = (paths.SERVED_PICKLE, paths.SERVED_METADATA, paths.METRICS_JSON, paths.GATE_JSON)
     missing = [str(path) for path in required if not path.exists()]
     if missing:
@@ -124,7 +126,7 @@ def from_pipeline_outputs(*, force: bool = False) -> ModelSource:
             "fitted_on": metadata.get("fitted_on"),  # the rows it learned (all of them when refit)
             "model_type": metadata.get("model_type"),
             "metrics": {**metrics, **backtest_metrics(paths.BACKTEST_JSON)},
-            "checks_passed": checks_passed(paths.VALIDATION_JSON),
+            "checks_passed": share_of_checks_passed(paths.VALIDATION_JSON),
             "gate": "eligible" if gate["eligible"] else "rejected",
             "test_period": test_period(metadata),
         },
@@ -143,14 +145,6 @@ def backtest_metrics(backtest_json: Path) -> dict[str, float]:
         for stat in ("mean", "std")
         if isinstance(values, dict) and values.get(stat) is not None
     }
-
-
-def checks_passed(validation_json: Path) -> float | None:
-    """The share of the data checks that passed on the data the model learned (the validation report's)."""
-    if not validation_json.exists():
-        return None
-    share = (atomic.read_json(validation_json).get("summary") or {}).get("share_of_checks_passed")
-    return float(share) if share is not None else None
 
 
 def from_mlflow_alias(params: Params, alias: str) -> ModelSource:

@@ -198,7 +198,7 @@ def manifest_markdown(release: dict[str, Any]) -> str:
     if backtest:
         rows.append(("backtest (mean ± std over the folds)", backtest))
     if release.get("checks_passed") is not None:
-        rows.append(("data checks passed", f"{release['checks_passed']:.0%}"))
+        rows.append(("data checks passed", f"{release['checks_passed']:.1%}"))
     if release["workflow_run"]:
         rows.append(("workflow run", release["workflow_run"]))
     if release.get("approved_by"):

@@ -192,3 +192,19 @@ def test_release_commands_without_a_build_say_what_to_run(
     assert main(["release", "manifest"]) == 2
     assert capsys.readouterr().err.count("run `forkcast build` first") == 3
     assert not (tmp_path / "outputs" / "release").exists()  # nothing half-written
+
+
+def test_the_manifest_command_records_who_approved_production(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the production job runs once it has read the approvers (`forkcast release deployment`)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "build").mkdir(parents=True)
+    (tmp_path / "outputs" / "build" / "build.json").write_bytes((built.output_dir / "build.json").read_bytes())
+    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    command = ["release", "manifest", "--image", "ghcr.io/o/r", "--digest", DIGEST, "--commit", "c0ffee",
+               "--approved-by", "alice, bob"]  # fmt: skip
+    assert main(command) == 0
+    written = json.loads((tmp_path / "outputs" / "release" / "manifest.json").read_text())
+    assert written["approved_by"] == "alice, bob"
+    assert "| production approved by | @alice, @bob |" in (tmp_path / "outputs" / "release" / "manifest.md").read_text()
